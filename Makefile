@@ -1,0 +1,30 @@
+# The two Quickstart commands: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup data demo test test-slow
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	touch $@
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist: the built-in offline default data.
+data:
+	@sh scripts/install_data.sh
+
+# Screen ResNet-20 at 95% sparsity on the default data, train briefly, test (minutes on 2 cores).
+demo: setup data
+	$(PY) run.py --model resnet20 --ratio 0.95 --epochs 2 --train-limit 10000 --out runs/demo
+
+# The default test suite (under 10 minutes on 2 cores).
+test: setup data
+	$(PY) -m pytest -q -m "not slow"
+
+# Tests marked slow; exit code 5 (none selected) is not a failure.
+test-slow: setup data
+	$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi

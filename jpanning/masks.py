@@ -1,0 +1,207 @@
+"""Masks: pytrees shaped like the params, exact top-k, sparsity reports, a masked optimizer.
+
+Conventions (used everywhere in jpanning):
+
+* A **mask** pytree has exactly the params' tree structure. Every leaf is an array of the
+    param's shape and dtype holding 0 or 1. Leaves that are never pruned hold ones, so
+    ``apply(params, masks)`` is a plain ``jax.tree.map`` and users never special-case them.
+* The **prunable set** is decided by one filter, :func:`is_prunable`: a leaf is prunable when
+    its last path key is ``kernel`` and it has at least two dimensions, i.e. the weights of
+    convolutions and dense layers (first conv, last classifier and 1x1 shortcuts included).
+    Biases, BatchNorm scales/offsets and running statistics are never pruned. Pass your own
+    ``filter_fn`` to :func:`prunable_tree` to change that.
+* **Sparsity** is the pruned fraction of the prunable weights; **density** = 1 - sparsity.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jpanning.errors import JPanningError
+
+PyTree = Any
+FilterFn = Callable[[tuple, Any], bool]
+
+
+def _key_name(entry) -> str:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return str(getattr(entry, attr))
+    return str(entry)
+
+
+def path_str(path) -> str:
+    """'block1/conv1/kernel' for a ``jax.tree_util`` key path."""
+    return "/".join(_key_name(p) for p in path)
+
+
+def is_prunable(path, leaf) -> bool:
+    """The default filter: conv and dense kernels (last key 'kernel', ndim >= 2)."""
+    return bool(path) and _key_name(path[-1]) == "kernel" and np.ndim(leaf) >= 2
+
+
+def prunable_tree(params: PyTree, filter_fn: FilterFn = is_prunable) -> PyTree:
+    """A pytree of Python bools shaped like ``params``: True where a leaf may be pruned."""
+    return jax.tree_util.tree_map_with_path(lambda p, x: bool(filter_fn(p, x)), params)
+
+
+def ones_like(params: PyTree) -> PyTree:
+    """The dense mask: ones everywhere, in each param's dtype."""
+    return jax.tree.map(jnp.ones_like, params)
+
+
+def apply(params: PyTree, masks: PyTree) -> PyTree:
+    """Params with pruned weights set to zero (``params * masks`` leaf by leaf)."""
+    return jax.tree.map(lambda p, m: p * m.astype(p.dtype), params, masks)
+
+
+def _check_sparsity(sparsity) -> None:
+    if isinstance(sparsity, (int, float)) and not 0.0 <= float(sparsity) < 1.0:
+        raise JPanningError(f"sparsity {sparsity!r} is outside [0, 1): it is the fraction of "
+                                                "prunable weights removed")
+
+
+def _prunable_leaves(scores: PyTree, prunable: PyTree):
+    leaves, treedef = jax.tree.flatten(scores)
+    flags = treedef.flatten_up_to(prunable)
+    if not any(flags):
+        raise JPanningError("no prunable leaves: the filter selected nothing to prune")
+    return leaves, treedef, flags
+
+
+def _sanitize(scores):
+    """Scores ranked with NaN lowest and -0.0 equal to 0.0, so sorting is a total order."""
+    s = jnp.asarray(scores, jnp.float32) if scores.dtype == jnp.bfloat16 else scores
+    s = jnp.where(jnp.isnan(s), -jnp.inf, s)
+    return jnp.where(s == 0, jnp.zeros_like(s), s)
+
+
+def _keep_top(flat_scores: jax.Array, num_keep) -> jax.Array:
+    """A 0/1 vector keeping exactly ``num_keep`` entries with the largest scores.
+
+    Ties are broken deterministically by position: the earlier index wins. ``num_keep`` may be a
+    traced integer, so the sparsity can vary inside ``jit``/``vmap`` without recompiling.
+    """
+    order = jnp.argsort(-_sanitize(flat_scores), stable=True)
+    keep_sorted = jnp.arange(flat_scores.size) < num_keep
+    return jnp.zeros(flat_scores.size, jnp.bool_).at[order].set(keep_sorted)
+
+
+def num_to_keep(total: int, sparsity) -> jax.Array:
+    """Weights kept out of ``total`` at ``sparsity``: ``total - round(sparsity * total)``."""
+    return total - jnp.round(jnp.asarray(sparsity, jnp.float32) * total).astype(jnp.int32)
+
+
+def global_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
+    """Mask keeping the highest-scoring prunable weights across all layers together.
+
+    Exactly ``round(sparsity * n)`` of the ``n`` prunable weights are pruned; ties go to the
+    weight that comes first in the tree's flattening order (leaf order, then C order).
+
+    Args:
+        scores: pytree shaped like the params; only prunable leaves are read. NaN scores rank last.
+        sparsity: fraction of prunable weights to remove, in [0, 1); may be a traced scalar.
+        prunable: pytree of bools from :func:`prunable_tree`.
+    Returns:
+        A mask pytree (0/1 in each score leaf's dtype; ones on non-prunable leaves).
+    """
+    _check_sparsity(sparsity)
+    leaves, treedef, flags = _prunable_leaves(scores, prunable)
+    chosen = [x for x, f in zip(leaves, flags) if f]
+    flat = jnp.concatenate([jnp.ravel(x) for x in chosen])
+    keep = _keep_top(flat, num_to_keep(flat.size, sparsity))
+    offsets = np.cumsum([0] + [x.size for x in chosen])
+    pieces = iter(jnp.split(keep, offsets[1:-1]))
+    out = [next(pieces).reshape(x.shape).astype(x.dtype) if f else jnp.ones_like(x)
+                  for x, f in zip(leaves, flags)]
+    return treedef.unflatten(out)
+
+
+def layerwise_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
+    """Mask pruning each prunable layer to the same sparsity, exactly per layer.
+
+    Args, Returns: as :func:`global_topk`, except that the count ``round(sparsity * n_l)`` is
+    taken per layer (so the overall count may differ from the global one by a few weights).
+    """
+    _check_sparsity(sparsity)
+    leaves, treedef, flags = _prunable_leaves(scores, prunable)
+    out = [_keep_top(jnp.ravel(x), num_to_keep(x.size, sparsity)).reshape(x.shape).astype(x.dtype)
+                  if f else jnp.ones_like(x) for x, f in zip(leaves, flags)]
+    return treedef.unflatten(out)
+
+
+TOPK = {"global": global_topk, "layer": layerwise_topk}
+
+
+def topk(scores: PyTree, sparsity, prunable: PyTree, scope: str = "global") -> PyTree:
+    """:func:`global_topk` or :func:`layerwise_topk` by name ('global' or 'layer')."""
+    if scope not in TOPK:
+        raise JPanningError(f"unknown mask scope {scope!r}; choose from: {', '.join(TOPK)}")
+    return TOPK[scope](scores, sparsity, prunable)
+
+
+def sparsity_report(masks: PyTree, prunable: PyTree) -> dict:
+    """Counts of kept and total weights, overall and per prunable layer (host-side numbers).
+
+    Returns:
+        ``{'total', 'kept', 'sparsity', 'density', 'layers': {path: {...same keys...}}}`` where
+        counts cover the prunable leaves only.
+    """
+    flat, _ = jax.tree_util.tree_flatten_with_path(masks)
+    flags = jax.tree.structure(masks).flatten_up_to(prunable)
+    layers = {}
+    for (path, m), f in zip(flat, flags):
+        if not f:
+            continue
+        total, kept = int(np.size(m)), int(np.count_nonzero(np.asarray(m)))
+        layers[path_str(path)] = {"total": total, "kept": kept, "sparsity": 1 - kept / total,
+                                                            "density": kept / total}
+    total = sum(v["total"] for v in layers.values())
+    kept = sum(v["kept"] for v in layers.values())
+    return {"total": total, "kept": kept, "sparsity": 1 - kept / total, "density": kept / total,
+                    "layers": layers}
+
+
+def empty_layers(masks: PyTree, prunable: PyTree) -> list[str]:
+    """Paths of prunable layers whose mask keeps no weight at all."""
+    report = sparsity_report(masks, prunable)
+    return [name for name, v in report["layers"].items() if v["kept"] == 0]
+
+
+class MaskedState(NamedTuple):
+    """Optimizer state of :func:`masked_optimizer`: the masks travel with the inner state."""
+    masks: PyTree
+    inner_state: optax.OptState
+
+
+def masked_optimizer(inner: optax.GradientTransformation,
+                                          masks: PyTree) -> optax.GradientTransformation:
+    """Wrap an optax optimizer so pruned weights stay exactly zero through training.
+
+    Gradients are masked before the inner transformation, so momentum buffers and weight decay
+    of pruned weights stay exactly zero, and the updates are masked after it. With params that
+    start masked (``apply(params, masks)``), pruned weights remain 0.0 after every step.
+    The masks live in the optimizer state (checkpointed with it); ``masks`` passed here only
+    serves ``init``.
+
+    Args:
+        inner: any optax transformation, e.g. ``optax.chain(add_decayed_weights, sgd)``.
+        masks: mask pytree shaped like the params.
+    Returns:
+        An ``optax.GradientTransformation`` whose state is a :class:`MaskedState`.
+    """
+
+    def init_fn(params):
+        return MaskedState(masks=masks, inner_state=inner.init(params))
+
+    def update_fn(updates, state, params=None):
+        updates = apply(updates, state.masks)
+        updates, inner_state = inner.update(updates, state.inner_state, params)
+        return apply(updates, state.masks), MaskedState(state.masks, inner_state)
+
+    return optax.GradientTransformation(init_fn, update_fn)

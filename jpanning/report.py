@@ -1,0 +1,129 @@
+"""Output of a run: atomic files, the environment it ran in, a density plot, a summary table."""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import os
+import platform
+import tempfile
+from importlib import metadata
+from typing import Any
+
+import numpy as np
+from flax import traverse_util
+
+VERSIONED = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "tensorflow-datasets",
+                          "array_record", "numpy")
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
+
+    A reader never sees a half-written file, and an interrupted write leaves the old one intact.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_json(path: str, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
+    """``{'block/conv/kernel': array}`` for a nested dict pytree."""
+    flat = traverse_util.flatten_dict(tree, sep="/")
+    return {k: np.asarray(v) for k, v in flat.items()}
+
+
+def save_npz(path: str, **trees: Any) -> None:
+    """Save nested-dict pytrees to one ``.npz`` with keys ``'<tree>/<path>'``, atomically."""
+    arrays = {}
+    for name, tree in trees.items():
+        arrays.update({f"{name}/{k}": v for k, v in flatten_tree(tree).items()})
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **arrays)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_npz(path: str) -> dict[str, Any]:
+    """Inverse of :func:`save_npz`: ``{'<tree>': nested dict of numpy arrays}``."""
+    with np.load(path) as data:
+        flat = {tuple(k.split("/")): data[k] for k in data.files}
+    return traverse_util.unflatten_dict(flat)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment() -> dict:
+    """Versions, device and machine, recorded next to every result."""
+    import jax  # deferred: keeps this module importable without initialising a backend
+
+    versions = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    devices = jax.devices()
+    return {
+            "versions": versions,
+            "device": {"platform": devices[0].platform, "kind": devices[0].device_kind,
+                                  "count": len(devices)},
+            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
+    """Bar chart of the kept fraction of each prunable layer, written atomically as PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(sparsity["layers"])
+    density = [sparsity["layers"][n]["density"] for n in names]
+    fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(names) + 2), 4.2))
+    ax.bar(range(len(names)), density, color="#3b75af")
+    ax.axhline(sparsity["density"], color="#d62728", ls="--", lw=1,
+                          label=f"overall {sparsity['density']:.4f}")
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels([n.removesuffix("/kernel") for n in names], rotation=75, fontsize=7,
+                                          ha="right")
+    ax.set_ylabel("density (kept fraction)")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def summary_table(rows: list[tuple[str, str]]) -> str:
+    """A two-column plain-text table."""
+    width = max(len(k) for k, _ in rows)
+    line = "+" + "-" * (width + 2) + "+" + "-" * (max(len(v) for _, v in rows) + 2) + "+"
+    body = [f"| {k.ljust(width)} | {v.ljust(len(line) - width - 7)} |" for k, v in rows]
+    return "\n".join([line, *body, line])
