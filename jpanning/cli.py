@@ -29,7 +29,8 @@ def _ratio(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number; give a fraction in (0, 1)")
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(
-                f"{value} is outside (0, 1): it is the fraction of prunable weights removed")
+            f"{value} is outside (0, 1): it is the fraction of prunable weights removed"
+        )
     return value
 
 
@@ -42,41 +43,129 @@ def _positive(kind):
         if not value > 0:
             raise argparse.ArgumentTypeError(f"{value} must be positive")
         return value
+
     return parse
+
+
+def _weights(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or min(values) < 0:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not three non-negative numbers SYNFLOW,SNIP,GRASP (e.g. .2,.5,.3)"
+        )
+    return values
 
 
 def build_parser() -> argparse.ArgumentParser:
     from jpanning.models import MODELS
     from jpanning.pruning import METHODS
 
-    p = _Parser(prog="run.py", description=__doc__.splitlines()[0],
-                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--model", default="resnet20", choices=list(MODELS), metavar="MODEL",
-                                  help=f"network: {', '.join(MODELS)}")
-    p.add_argument("--dataset", default=None, choices=DATASETS, metavar="DATASET",
-                                  help=f"{', '.join(DATASETS)}; default: cifar10 when tfds can provide it, "
-                                            "else fashion_mnist")
-    p.add_argument("--ratio", type=_ratio, default=0.95,
-                                  help="sparsity: fraction of prunable weights removed, in (0, 1)")
-    p.add_argument("--method", default="magnitude", choices=list(METHODS), metavar="METHOD",
-                                  help=f"pruning method: {', '.join(METHODS)}")
-    p.add_argument("--scope", default="global", choices=("global", "layer"),
-                                  help="rank weights over all layers together or per layer")
+    p = _Parser(
+        prog="run.py",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--model",
+        default="resnet20",
+        choices=list(MODELS),
+        metavar="MODEL",
+        help=f"network: {', '.join(MODELS)}",
+    )
+    p.add_argument(
+        "--dataset",
+        default=None,
+        choices=DATASETS,
+        metavar="DATASET",
+        help=f"{', '.join(DATASETS)}; default: cifar10 when tfds can provide it, "
+        "else fashion_mnist",
+    )
+    p.add_argument(
+        "--ratio",
+        type=_ratio,
+        default=0.95,
+        help="sparsity: fraction of prunable weights removed, in (0, 1)",
+    )
+    p.add_argument(
+        "--method",
+        default="panning",
+        choices=list(METHODS),
+        metavar="METHOD",
+        help=f"pruning method: {', '.join(METHODS)}",
+    )
+    p.add_argument(
+        "--scope",
+        default="global",
+        choices=("global", "layer"),
+        help="rank weights over all layers together or per layer",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive(int),
+        default=None,
+        help="rounds of the iterative methods (synflow, iter_snip, force, panning; default 100)",
+    )
+    p.add_argument(
+        "--temperature",
+        type=_positive(float),
+        default=200.0,
+        help="GraSP and Panning take SNIP/GraSP at logits / temperature",
+    )
+    p.add_argument(
+        "--panning-thresholds",
+        type=float,
+        nargs="+",
+        default=None,
+        metavar="S",
+        help="panning: sparsity bounds of the hand schedule's bands (default 0.8 0.9 0.98 0.99)",
+    )
+    p.add_argument(
+        "--panning-weights",
+        type=_weights,
+        nargs="+",
+        default=None,
+        metavar="SYN,SNIP,GRASP",
+        help="panning: fusion weights per band, one more than thresholds "
+        "(default .2,.5,.3 .2,.4,.4 .2,.3,.5 .4,.2,.4 .5,0,.5)",
+    )
+    p.add_argument(
+        "--chunk-size",
+        type=_positive(int),
+        default=None,
+        help="score the scoring batch in chunks of this many examples (bounded memory)",
+    )
     p.add_argument("--epochs", type=_positive(int), default=160)
     p.add_argument("--batch-size", type=_positive(int), default=128)
     p.add_argument("--lr", type=_positive(float), default=0.1)
     p.add_argument("--momentum", type=float, default=0.9)
     p.add_argument("--weight-decay", type=float, default=5e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--samples-per-class", type=_positive(int), default=10,
-                                  help="scoring batch: training examples per class given to the scorers")
-    p.add_argument("--train-limit", type=_positive(int), default=None,
-                                  help="use a seeded subset of this many training examples (quick runs)")
-    p.add_argument("--test-limit", type=_positive(int), default=None,
-                                  help="use a seeded subset of this many test examples")
-    p.add_argument("--data-dir", default=None,
-                                  help="tfds data directory (default: $JPANNING_DATA_DIR or "
-                                            "~/tensorflow_datasets)")
+    p.add_argument(
+        "--samples-per-class",
+        type=_positive(int),
+        default=10,
+        help="scoring batch: training examples per class given to the scorers",
+    )
+    p.add_argument(
+        "--train-limit",
+        type=_positive(int),
+        default=None,
+        help="use a seeded subset of this many training examples (quick runs)",
+    )
+    p.add_argument(
+        "--test-limit",
+        type=_positive(int),
+        default=None,
+        help="use a seeded subset of this many test examples",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="tfds data directory (default: $JPANNING_DATA_DIR or ~/tensorflow_datasets)",
+    )
     p.add_argument("--out", default=None, help="output directory (default: runs/<run name>)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
@@ -99,7 +188,7 @@ def run(args: argparse.Namespace) -> dict:
     import jax
     import numpy as np
 
-    from jpanning import data, masks as masks_lib, models, pruning, report, train
+    from jpanning import data, masks as masks_lib, models, pruning, report, scores, train
 
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise JPanningError(f"--data-dir {args.data_dir!r} does not exist")
@@ -107,15 +196,27 @@ def run(args: argparse.Namespace) -> dict:
         args.dataset, reason = data.resolve_default_dataset(args.data_dir)
         print(f"dataset: {args.dataset} ({reason})")
     if args.out is None:
-        args.out = os.path.join("runs", f"{args.model}-{args.dataset}-{args.method}-"
-                                                                        f"{args.ratio}-seed{args.seed}")
+        args.out = os.path.join(
+            "runs", f"{args.model}-{args.dataset}-{args.method}-{args.ratio}-seed{args.seed}"
+        )
     _check_out_dir(args.out)
     sparsity = 0.0 if args.method == "dense" else args.ratio
 
-    dataset = data.load_dataset(args.dataset, args.data_dir, train_limit=args.train_limit,
-                                                            test_limit=args.test_limit, seed=args.seed)
-    print(f"data: {dataset.name}, {dataset.num_train} train / {dataset.num_test} test, "
-                f"{dataset.input_shape}, {dataset.num_classes} classes; {dataset.source}")
+    if args.no_progress and args.dataset != "synthetic":
+        import tensorflow_datasets as tfds
+
+        tfds.disable_progress_bar()  # the one-time dataset preparation has bars of its own
+    dataset = data.load_dataset(
+        args.dataset,
+        args.data_dir,
+        train_limit=args.train_limit,
+        test_limit=args.test_limit,
+        seed=args.seed,
+    )
+    print(
+        f"data: {dataset.name}, {dataset.num_train} train / {dataset.num_test} test, "
+        f"{dataset.input_shape}, {dataset.num_classes} classes; {dataset.source}"
+    )
     key = jax.random.key(args.seed)
     init_key, prune_key, train_key = jax.random.split(key, 3)
     model = models.create_model(args.model, dataset.num_classes)
@@ -123,69 +224,134 @@ def run(args: argparse.Namespace) -> dict:
     prunable = masks_lib.prunable_tree(variables["params"])
     batch = data.scoring_batch(dataset, args.samples_per_class, seed=args.seed)
 
-    problem = pruning.PruneProblem(model=model, variables=variables, batch=batch,
-                                                                  sparsity=sparsity, prunable=prunable, key=prune_key,
-                                                                  scope=args.scope)
+    problem = pruning.PruneProblem(
+        model=model,
+        variables=variables,
+        batch=batch,
+        sparsity=sparsity,
+        prunable=prunable,
+        key=prune_key,
+        scope=args.scope,
+        options={
+            "rounds": args.rounds,
+            "chunk_size": args.chunk_size,
+            "temperature": args.temperature,
+            "thresholds": args.panning_thresholds,
+            "weights": args.panning_weights,
+        },
+    )
     start = time.perf_counter()
     masks = pruning.prune(args.method, problem)
     prune_seconds = time.perf_counter() - start
     empty = masks_lib.empty_layers(masks, prunable)
     if empty:
-        raise JPanningError(f"method {args.method!r} at ratio {args.ratio} pruned every weight of "
-                                                f"layer(s) {', '.join(empty)}: the network is cut; lower --ratio or "
-                                                "use --scope layer")
+        raise JPanningError(
+            f"method {args.method!r} at ratio {args.ratio} pruned every weight of "
+            f"layer(s) {', '.join(empty)}: the network is cut; lower --ratio or "
+            "use --scope layer"
+        )
     sparsity_report = masks_lib.sparsity_report(masks, prunable)
-    print(f"pruned with {args.method} in {prune_seconds:.2f}s: kept {sparsity_report['kept']:,} "
-                f"of {sparsity_report['total']:,} prunable weights "
-                f"(sparsity {sparsity_report['sparsity']:.4f})")
+    eval_apply = models.make_apply_fn(model, variables["batch_stats"], train=False)
+    effective = float(
+        scores.effective_sparsity(eval_apply, masks, dataset.input_shape, prunable=prunable)
+    )
+    collapsed = scores.collapsed_layers(eval_apply, masks, dataset.input_shape, prunable=prunable)
+    print(
+        f"pruned with {args.method} in {prune_seconds:.2f}s: kept {sparsity_report['kept']:,} "
+        f"of {sparsity_report['total']:,} prunable weights "
+        f"(sparsity {sparsity_report['sparsity']:.4f}, effective {effective:.4f})"
+    )
+    if collapsed:
+        print(f"warning: no input-output path through layer(s) {', '.join(collapsed)}")
 
-    config = train.TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                                                          momentum=args.momentum, weight_decay=args.weight_decay)
+    config = train.TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
     start = time.perf_counter()
-    state, history = train.train(model, variables, dataset, config, train_key,
-                                                              masks=None if args.method == "dense" else masks,
-                                                              progress=not args.no_progress)
+    state, history = train.train(
+        model,
+        variables,
+        dataset,
+        config,
+        train_key,
+        masks=None if args.method == "dense" else masks,
+        progress=not args.no_progress,
+    )
     train_seconds = time.perf_counter() - start
     final = history[-1]
     trained_masks = masks_lib.sparsity_report(
-            jax.tree.map(lambda p: (p != 0).astype(np.float32), state.params), prunable)
+        jax.tree.map(lambda p: (p != 0).astype(np.float32), state.params), prunable
+    )
 
     results = {
-            "config": vars(args) | {"train": dataclasses.asdict(config)},
-            **report.environment(),
-            "dataset": {"name": dataset.name, "source": dataset.source,
-                                    "num_train": dataset.num_train, "num_test": dataset.num_test,
-                                    "input_shape": list(dataset.input_shape),
-                                    "num_classes": dataset.num_classes},
-            "model": {"name": args.model, "params": models.count_params(variables["params"]),
-                                "prunable": sparsity_report["total"]},
-            "sparsity": sparsity_report,
-            "nonzero_after_training": {"kept": trained_masks["kept"],
-                                                                  "sparsity": trained_masks["sparsity"]},
-            "test_accuracy": final["test_accuracy"],
-            "test_loss": final["test_loss"],
-            "prune_seconds": prune_seconds,
-            "train_seconds": train_seconds,
-            "history": history,
-            "files": {"masks_and_params": "model.npz", "density_plot": "density.png"},
+        "config": vars(args) | {"train": dataclasses.asdict(config)},
+        **report.environment(),
+        "dataset": {
+            "name": dataset.name,
+            "source": dataset.source,
+            "num_train": dataset.num_train,
+            "num_test": dataset.num_test,
+            "input_shape": list(dataset.input_shape),
+            "num_classes": dataset.num_classes,
+        },
+        "model": {
+            "name": args.model,
+            "params": models.count_params(variables["params"]),
+            "prunable": sparsity_report["total"],
+        },
+        "sparsity": sparsity_report,
+        "effective_sparsity": effective,
+        "collapsed_layers": collapsed,
+        "nonzero_after_training": {
+            "kept": trained_masks["kept"],
+            "sparsity": trained_masks["sparsity"],
+        },
+        "test_accuracy": final["test_accuracy"],
+        "test_loss": final["test_loss"],
+        "prune_seconds": prune_seconds,
+        "train_seconds": train_seconds,
+        "history": history,
+        "files": {"masks_and_params": "model.npz", "density_plot": "density.png"},
     }
-    report.save_npz(os.path.join(args.out, "model.npz"), masks=masks, params=state.params,
-                                    batch_stats=state.batch_stats)
-    report.plot_layer_density(sparsity_report, os.path.join(args.out, "density.png"),
-                                                        f"{args.model} / {dataset.name} / {args.method} "
-                                                        f"(sparsity {sparsity_report['sparsity']:.4f})")
+    report.save_npz(
+        os.path.join(args.out, "model.npz"),
+        masks=masks,
+        params=state.params,
+        batch_stats=state.batch_stats,
+    )
+    report.plot_layer_density(
+        sparsity_report,
+        os.path.join(args.out, "density.png"),
+        f"{args.model} / {dataset.name} / {args.method} "
+        f"(sparsity {sparsity_report['sparsity']:.4f})",
+    )
     report.write_json(os.path.join(args.out, "results.json"), results)
-    print(report.summary_table([
-            ("model", f"{args.model} ({results['model']['params']:,} params)"),
-            ("dataset", f"{dataset.name} ({dataset.num_train} train / {dataset.num_test} test)"),
-            ("method", f"{args.method} ({args.scope})"),
-            ("sparsity", f"{sparsity_report['sparsity']:.6f} (kept {sparsity_report['kept']:,} / "
-                                      f"{sparsity_report['total']:,})"),
-            ("test accuracy", f"{final['test_accuracy']:.4f}"),
-            ("prune time", f"{prune_seconds:.2f} s"),
-            ("train time", f"{train_seconds:.1f} s ({args.epochs} epochs)"),
-            ("results", os.path.join(args.out, "results.json")),
-    ]))
+    print(
+        report.summary_table(
+            [
+                ("model", f"{args.model} ({results['model']['params']:,} params)"),
+                (
+                    "dataset",
+                    f"{dataset.name} ({dataset.num_train} train / {dataset.num_test} test)",
+                ),
+                ("method", f"{args.method} ({args.scope})"),
+                (
+                    "sparsity",
+                    f"{sparsity_report['sparsity']:.6f} (kept {sparsity_report['kept']:,} / "
+                    f"{sparsity_report['total']:,})",
+                ),
+                ("effective sparsity", f"{effective:.6f}"),
+                ("test accuracy", f"{final['test_accuracy']:.4f}"),
+                ("prune time", f"{prune_seconds:.2f} s"),
+                ("train time", f"{train_seconds:.1f} s ({args.epochs} epochs)"),
+                ("results", os.path.join(args.out, "results.json")),
+            ]
+        )
+    )
     return results
 
 

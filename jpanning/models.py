@@ -31,11 +31,25 @@ from jpanning.errors import JPanningError
 KERNEL_INIT = nn.initializers.kaiming_normal()
 
 
-def conv(features: int, kernel_size: int, strides: int = 1, *, use_bias: bool = False,
-                  padding: str | Sequence = "SAME", name: str | None = None) -> nn.Module:
+def conv(
+    features: int,
+    kernel_size: int,
+    strides: int = 1,
+    *,
+    use_bias: bool = False,
+    padding: str | Sequence = "SAME",
+    name: str | None = None,
+) -> nn.Module:
     """The one convolution every model uses (NHWC, square kernel)."""
-    return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
-                                  padding=padding, use_bias=use_bias, kernel_init=KERNEL_INIT, name=name)
+    return nn.Conv(
+        features,
+        (kernel_size, kernel_size),
+        strides=(strides, strides),
+        padding=padding,
+        use_bias=use_bias,
+        kernel_init=KERNEL_INIT,
+        name=name,
+    )
 
 
 def dense(features: int, name: str | None = None) -> nn.Module:
@@ -49,6 +63,7 @@ def batch_norm(train: bool, name: str | None = None) -> nn.Module:
 
 class LeNet300100(nn.Module):
     """LeNet-300-100 (LeCun et al. 1998): a 300-100 MLP on the flattened image."""
+
     num_classes: int = 10
 
     @nn.compact
@@ -61,6 +76,7 @@ class LeNet300100(nn.Module):
 
 class LeNet5(nn.Module):
     """LeNet-5: conv 6@5x5 (SAME) - pool - conv 16@5x5 (VALID) - pool - 120 - 84 - classes."""
+
     num_classes: int = 10
 
     @nn.compact
@@ -76,16 +92,37 @@ class LeNet5(nn.Module):
 
 
 VGG_CONFIGS = {
-        11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
-        16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M",
-                  512, 512, 512, "M"),
-        19: (64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
-                  512, 512, 512, 512, "M"),
+    11: (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"),
+    16: (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"),
+    19: (
+        64,
+        64,
+        "M",
+        128,
+        128,
+        "M",
+        256,
+        256,
+        256,
+        256,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+        512,
+        512,
+        512,
+        512,
+        "M",
+    ),
 }
 
 
 class VGG(nn.Module):
     """VGG with BatchNorm for small images (conv layers with bias, as in SynFlow's code)."""
+
     depth: int = 16
     num_classes: int = 10
 
@@ -102,6 +139,7 @@ class VGG(nn.Module):
 
 class BasicBlock(nn.Module):
     """Two 3x3 conv-BN layers with an identity, option-A or option-B shortcut."""
+
     features: int
     strides: int = 1
     shortcut: str = "A"
@@ -112,17 +150,19 @@ class BasicBlock(nn.Module):
         y = batch_norm(train)(conv(self.features, 3)(y))
         if self.strides != 1 or x.shape[-1] != self.features:
             if self.shortcut == "A":
-                x = x[:, ::self.strides, ::self.strides, :]
+                x = x[:, :: self.strides, :: self.strides, :]
                 pad = self.features - x.shape[-1]
                 x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (pad // 2, pad - pad // 2)))
             else:
                 x = batch_norm(train, name="shortcut_bn")(
-                        conv(self.features, 1, self.strides, name="shortcut_conv")(x))
+                    conv(self.features, 1, self.strides, name="shortcut_conv")(x)
+                )
         return nn.relu(x + y)
 
 
 class CifarResNet(nn.Module):
     """ResNet-(6n+2) for 32x32-like images (He et al. 2016, section 4.2)."""
+
     depth: int = 20
     num_classes: int = 10
     width: int = 16
@@ -146,27 +186,27 @@ class CifarResNet(nn.Module):
 
 class TinyCNN(nn.Module):
     """A two-conv network with BatchNorm for fast tests (not a benchmark model)."""
+
     num_classes: int = 10
 
     @nn.compact
     def __call__(self, x, train: bool = False):
         x = nn.relu(batch_norm(train)(conv(8, 3)(x)))
         x = nn.relu(conv(16, 3, 2, use_bias=True)(x))
-        x = jnp.mean(x, axis=(1, 2))
-        return dense(self.num_classes)(x)
+        return dense(self.num_classes)(x.reshape(x.shape[0], -1))
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-        "lenet300100": LeNet300100,
-        "lenet5": LeNet5,
-        "vgg11": functools.partial(VGG, depth=11),
-        "vgg16": functools.partial(VGG, depth=16),
-        "vgg19": functools.partial(VGG, depth=19),
-        "resnet20": functools.partial(CifarResNet, depth=20),
-        "resnet32": functools.partial(CifarResNet, depth=32),
-        "resnet56": functools.partial(CifarResNet, depth=56),
-        "resnet20_panning": functools.partial(CifarResNet, depth=20, width=32, shortcut="B"),
-        "tinycnn": TinyCNN,
+    "lenet300100": LeNet300100,
+    "lenet5": LeNet5,
+    "vgg11": functools.partial(VGG, depth=11),
+    "vgg16": functools.partial(VGG, depth=16),
+    "vgg19": functools.partial(VGG, depth=19),
+    "resnet20": functools.partial(CifarResNet, depth=20),
+    "resnet32": functools.partial(CifarResNet, depth=32),
+    "resnet56": functools.partial(CifarResNet, depth=56),
+    "resnet20_panning": functools.partial(CifarResNet, depth=20, width=32, shortcut="B"),
+    "tinycnn": TinyCNN,
 }
 
 

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jpanning import masks as masks_lib
+from jpanning import masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
 
 
@@ -34,6 +34,7 @@ class PruneProblem:
         scope: 'global' (one ranking over all layers) or 'layer' (same sparsity per layer).
         options: method-specific settings (e.g. the number of rounds).
     """
+
     model: nn.Module
     variables: dict
     batch: tuple
@@ -69,8 +70,9 @@ def prune(name: str, problem: PruneProblem):
 
 def masks_from_scores(scores, problem: PruneProblem):
     """Top-k masks of a score pytree at the problem's sparsity and scope (jitted once)."""
-    select = jax.jit(functools.partial(masks_lib.topk, prunable=problem.prunable,
-                                                                          scope=problem.scope))
+    select = jax.jit(
+        functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
+    )
     return select(scores, problem.sparsity)
 
 
@@ -83,13 +85,167 @@ def dense(problem: PruneProblem):
 @register_method("random")
 def random(problem: PruneProblem):
     """Uniformly random masks: i.i.d. uniform scores, then the exact top-k."""
-    leaves, treedef = jax.tree.flatten(problem.params)
-    keys = jax.random.split(problem.key, len(leaves))
-    scores = treedef.unflatten([jax.random.uniform(k, x.shape) for k, x in zip(keys, leaves)])
-    return masks_from_scores(scores, problem)
+    return masks_from_scores(scores.random(None, problem.params, None, key=problem.key), problem)
 
 
 @register_method("magnitude")
 def magnitude(problem: PruneProblem):
     """Keep the largest |θ| at initialization."""
-    return masks_from_scores(jax.tree.map(jnp.abs, problem.params), problem)
+    return masks_from_scores(scores.magnitude(None, problem.params, None), problem)
+
+
+# ----------------------------------------------------------------------------------------------
+# Data and data-free scores, single-shot and iterative.
+
+GRASP_TEMPERATURE = 200.0  # GraSP's reference code divides the logits by 200 for its score
+
+
+def train_apply_fn(problem: PruneProblem):
+    """``apply_fn`` with BatchNorm on the scoring batch's own statistics (SNIP, GraSP)."""
+    return models.make_apply_fn(problem.model, problem.variables["batch_stats"], train=True)
+
+
+def eval_apply_fn(problem: PruneProblem):
+    """``apply_fn`` with BatchNorm on its running statistics (SynFlow's all-ones input)."""
+    return models.make_apply_fn(problem.model, problem.variables["batch_stats"], train=False)
+
+
+exponential_schedule = masks_lib.exponential_schedule
+
+
+def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool):
+    """Prune over ``rounds`` rounds of the exponential schedule, rescoring each round.
+
+    Args:
+        score_fn: pure ``score_fn(params, masks) -> scores`` (higher is kept).
+        problem: the pruning problem (its sparsity, scope and prunable set are used).
+        rounds: T, the number of rounds.
+        keep_pruned: True: a weight pruned in one round stays pruned (its score is -inf);
+            False: every weight competes every round, so pruned weights can come back.
+    Returns:
+        The final masks, at exactly ``problem.sparsity``.
+
+    The whole loop is one ``jax.jit`` of a ``lax.scan`` over the schedule (the per-round
+    sparsity is traced: the top-k count is computed inside the graph).
+    """
+    select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
+
+    def one_round(masks, sparsity):
+        s = score_fn(problem.params, masks)
+        if keep_pruned:
+            s = jax.tree.map(lambda x, m: jnp.where(m != 0, x, -jnp.inf), s, masks)
+        return select(s, sparsity), None
+
+    @jax.jit
+    def run(schedule):
+        return jax.lax.scan(one_round, masks_lib.ones_like(problem.params), schedule)[0]
+
+    return run(jnp.asarray(masks_lib.exponential_schedule(problem.sparsity, rounds)))
+
+
+def _rounds(problem: PruneProblem, default: int) -> int:
+    return int(problem.options.get("rounds") or default)
+
+
+def _chunk(problem: PruneProblem):
+    return problem.options.get("chunk_size")
+
+
+@register_method("snip")
+def snip(problem: PruneProblem):
+    """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
+    score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=_chunk(problem))
+    return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
+
+
+@register_method("grasp")
+def grasp(problem: PruneProblem):
+    """GraSP (Wang et al. 2020): keep the largest θ ⊙ Hg (gradient-flow preserving), one shot.
+
+    The loss is taken at logits / 200 as in GraSP's code (``options['temperature']``).
+    """
+    temperature = float(problem.options.get("temperature", GRASP_TEMPERATURE))
+    score = functools.partial(
+        scores.grasp,
+        train_apply_fn(problem),
+        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature),
+        prunable=problem.prunable,
+        chunk_size=_chunk(problem),
+    )
+    return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
+
+
+@register_method("synflow")
+def synflow(problem: PruneProblem):
+    """SynFlow (Tanaka et al. 2020): data-free, iterative, T=100 rounds by default.
+
+    Each round scores the masked |θ|-network; pruned weights get the score −inf, so they stay
+    pruned (the paper multiplies by the mask: the same masks except among tied zeros), then prunes to the next sparsity of the exponential schedule. ``rounds=1`` is
+    single-shot SynFlow.
+    """
+    apply_fn = eval_apply_fn(problem)
+
+    def score_fn(params, masks):
+        return scores.synflow(
+            apply_fn, params, problem.batch, masks=masks, prunable=problem.prunable
+        )
+
+    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=True)
+
+
+@register_method("iter_snip")
+def iter_snip(problem: PruneProblem):
+    """Iterative SNIP (de Jorge et al. 2021): SNIP rescored at the pruned network each round;
+    pruned weights stay pruned. T=100 rounds by default."""
+    apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
+
+    def score_fn(params, masks):
+        return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
+
+    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=True)
+
+
+@register_method("force")
+def force(problem: PruneProblem):
+    """FORCE (de Jorge et al. 2021): like ``iter_snip`` but every weight competes each round.
+
+    The gradient is taken at the currently pruned network ``θ ⊙ m`` and every weight, kept or
+    pruned, is scored by ``|θ ⊙ ∂L/∂w|`` (the derivative with respect to its mask entry), so
+    a weight pruned in one round can come back in the next. T=100 rounds by default.
+    """
+    apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
+
+    def score_fn(params, masks):
+        return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
+
+    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=False)
+
+
+@register_method("panning")
+def panning(problem: PruneProblem):
+    """Neural Network Panning with the authors' hand schedule (:mod:`jpanning.panning`).
+
+    T=100 rounds by default (``options['rounds']``); SNIP and GraSP of the dense network at
+    ``options['temperature']`` (200), SynFlow of the masked network every round; pruned weights
+    may come back in any round. ``options['thresholds']`` and ``options['weights']`` replace
+    the hand schedule (see :class:`jpanning.panning.PanningConfig`).
+    """
+    defaults = panning_lib.PanningConfig()
+    config = panning_lib.PanningConfig(
+        rounds=_rounds(problem, defaults.rounds),
+        temperature=float(problem.options.get("temperature", GRASP_TEMPERATURE)),
+        thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
+        weights=tuple(map(tuple, problem.options.get("weights") or defaults.weights)),
+    )
+    masks, _ = panning_lib.panning(
+        train_apply_fn(problem),
+        eval_apply_fn(problem),
+        problem.params,
+        problem.batch,
+        problem.sparsity,
+        prunable=problem.prunable,
+        config=config,
+        scope=problem.scope,
+        chunk_size=_chunk(problem),
+    )
+    return masks

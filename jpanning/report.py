@@ -14,8 +14,17 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
-VERSIONED = ("jax", "jaxlib", "flax", "optax", "chex", "rlax", "tensorflow-datasets",
-                          "array_record", "numpy")
+VERSIONED = (
+    "jax",
+    "jaxlib",
+    "flax",
+    "optax",
+    "chex",
+    "rlax",
+    "tensorflow-datasets",
+    "array_record",
+    "numpy",
+)
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:
@@ -26,6 +35,9 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; give the usual permissions
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -87,17 +99,21 @@ def environment() -> dict:
             versions[name] = None
     devices = jax.devices()
     return {
-            "versions": versions,
-            "device": {"platform": devices[0].platform, "kind": devices[0].device_kind,
-                                  "count": len(devices)},
-            "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
-            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "versions": versions,
+        "device": {
+            "platform": devices[0].platform,
+            "kind": devices[0].device_kind,
+            "count": len(devices),
+        },
+        "machine": {"cpu": cpu_model(), "cores": os.cpu_count(), "system": platform.platform()},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
     """Bar chart of the kept fraction of each prunable layer, written atomically as PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -105,11 +121,17 @@ def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
     density = [sparsity["layers"][n]["density"] for n in names]
     fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(names) + 2), 4.2))
     ax.bar(range(len(names)), density, color="#3b75af")
-    ax.axhline(sparsity["density"], color="#d62728", ls="--", lw=1,
-                          label=f"overall {sparsity['density']:.4f}")
+    ax.axhline(
+        sparsity["density"],
+        color="#d62728",
+        ls="--",
+        lw=1,
+        label=f"overall {sparsity['density']:.4f}",
+    )
     ax.set_xticks(range(len(names)))
-    ax.set_xticklabels([n.removesuffix("/kernel") for n in names], rotation=75, fontsize=7,
-                                          ha="right")
+    ax.set_xticklabels(
+        [n.removesuffix("/kernel") for n in names], rotation=75, fontsize=7, ha="right"
+    )
     ax.set_ylabel("density (kept fraction)")
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=10)

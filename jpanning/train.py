@@ -29,6 +29,7 @@ from jpanning.errors import JPanningError
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of one training run (serialised into results.json)."""
+
     epochs: int = 160
     batch_size: int = 128
     lr: float = 0.1
@@ -46,31 +47,45 @@ class TrainState:
     opt_state: Any
 
 
-def make_optimizer(config: TrainConfig, total_steps: int,
-                                      masks: Any | None = None) -> optax.GradientTransformation:
+def make_optimizer(
+    config: TrainConfig, total_steps: int, masks: Any | None = None
+) -> optax.GradientTransformation:
     """SGD + momentum + weight decay with a cosine schedule; masked when ``masks`` is given."""
     schedule = optax.cosine_decay_schedule(config.lr, max(total_steps, 1))
-    tx = optax.chain(optax.add_decayed_weights(config.weight_decay),
-                                      optax.sgd(schedule, momentum=config.momentum))
+    tx = optax.chain(
+        optax.add_decayed_weights(config.weight_decay),
+        optax.sgd(schedule, momentum=config.momentum),
+    )
     return tx if masks is None else masks_lib.masked_optimizer(tx, masks)
 
 
-def create_train_state(variables: dict, tx: optax.GradientTransformation,
-                                              masks: Any | None = None) -> TrainState:
-    """Initial state; params are multiplied by ``masks`` so pruned weights start at zero."""
+def create_train_state(
+    variables: dict, tx: optax.GradientTransformation, masks: Any | None = None
+) -> TrainState:
+    """Initial state; params are multiplied by ``masks`` so pruned weights start at zero.
+
+    The state owns fresh buffers (the train step donates it), so the caller's ``variables``
+    and ``masks`` stay valid after training.
+    """
     params = variables["params"]
     if masks is not None:
         params = masks_lib.apply(params, masks)
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                                        batch_stats=variables["batch_stats"], opt_state=tx.init(params))
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables["batch_stats"],
+        opt_state=tx.init(params),
+    )
+    return jax.tree.map(jnp.copy, state)
 
 
 def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
-                                        augment: bool) -> Callable:
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, *, augment: bool
+) -> Callable:
     """A jitted ``train_step(state, key, images, labels) -> (state, metrics)``.
 
     ``metrics`` holds the batch's mean loss and its number of correct predictions.
@@ -81,17 +96,23 @@ def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *,
             images = augment_batch(key, images)
 
         def loss_fn(params):
-            logits, updates = model.apply({"params": params, "batch_stats": state.batch_stats},
-                                                                        images, train=True, mutable=["batch_stats"])
+            logits, updates = model.apply(
+                {"params": params, "batch_stats": state.batch_stats},
+                images,
+                train=True,
+                mutable=["batch_stats"],
+            )
             return cross_entropy(logits, labels), (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-                state.params)
+            state.params
+        )
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         correct = jnp.sum(jnp.argmax(logits, -1) == labels)
-        new_state = TrainState(step=state.step + 1, params=params, batch_stats=batch_stats,
-                                                      opt_state=opt_state)
+        new_state = TrainState(
+            step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+        )
         return new_state, {"loss": loss, "correct": correct}
 
     return jax.jit(train_step, donate_argnums=0)
@@ -113,13 +134,19 @@ def make_eval_step(model: nn.Module) -> Callable:
     return jax.jit(eval_step)
 
 
-def evaluate(eval_step: Callable, params, batch_stats, images: np.ndarray, labels: np.ndarray,
-                          batch_size: int) -> dict:
+def evaluate(
+    eval_step: Callable,
+    params,
+    batch_stats,
+    images: np.ndarray,
+    labels: np.ndarray,
+    batch_size: int,
+) -> dict:
     """Mean loss and accuracy over a whole split (the last batch padded, not dropped)."""
     n = len(images)
     loss_sum, correct = 0.0, 0
     for start in range(0, n, batch_size):
-        x, y = images[start:start + batch_size], labels[start:start + batch_size]
+        x, y = images[start : start + batch_size], labels[start : start + batch_size]
         pad = batch_size - len(x)
         w = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
         if pad:
@@ -132,13 +159,23 @@ def evaluate(eval_step: Callable, params, batch_stats, images: np.ndarray, label
 
 def _check_finite(loss: float, step: int, lr: float) -> None:
     if not math.isfinite(loss):
-        raise JPanningError(f"training diverged: loss is {loss} at step {step}; lower --lr "
-                                                f"(now {lr}) or check the data")
+        raise JPanningError(
+            f"training diverged: loss is {loss} at step {step}; lower --lr "
+            f"(now {lr}) or check the data"
+        )
 
 
-def train(model: nn.Module, variables: dict, dataset: Dataset, config: TrainConfig, key,
-                    *, masks: Any | None = None, progress: bool = True,
-                    log: Callable[[str], None] = print) -> tuple[TrainState, list[dict]]:
+def train(
+    model: nn.Module,
+    variables: dict,
+    dataset: Dataset,
+    config: TrainConfig,
+    key,
+    *,
+    masks: Any | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> tuple[TrainState, list[dict]]:
     """Train ``model`` on ``dataset`` (masked when ``masks`` is given) and evaluate each epoch.
 
     Args:
@@ -156,8 +193,10 @@ def train(model: nn.Module, variables: dict, dataset: Dataset, config: TrainConf
     """
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
-        raise JPanningError(f"batch size {config.batch_size} is larger than the training set "
-                                                f"({dataset.num_train} examples)")
+        raise JPanningError(
+            f"batch size {config.batch_size} is larger than the training set "
+            f"({dataset.num_train} examples)"
+        )
     tx = make_optimizer(config, steps_per_epoch * config.epochs, masks)
     state = create_train_state(variables, tx, masks)
     train_step = make_train_step(model, tx, augment=dataset.augment)
@@ -168,31 +207,56 @@ def train(model: nn.Module, variables: dict, dataset: Dataset, config: TrainConf
     for epoch in range(config.epochs):
         loss_sum, correct, seen, pending = 0.0, 0, 0, []
         batches = epoch_batches(rng, dataset.num_train, config.batch_size)
-        bar = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{config.epochs}",
-                              disable=not progress, leave=False, unit="step")
+        bar = tqdm(
+            batches,
+            total=steps_per_epoch,
+            desc=f"epoch {epoch + 1}/{config.epochs}",
+            disable=not progress,
+            leave=False,
+            unit="step",
+        )
         for idx in bar:
-            state, metrics = train_step(state, jax.random.fold_in(aug_key, done),
-                                                                    dataset.train_images[idx], dataset.train_labels[idx])
+            state, metrics = train_step(
+                state,
+                jax.random.fold_in(aug_key, done),
+                dataset.train_images[idx],
+                dataset.train_labels[idx],
+            )
             done += 1
             pending.append(metrics)
             if len(pending) == config.check_every:
-                loss_sum, correct, seen = _drain(pending, loss_sum, correct, seen, config, done, bar)
+                loss_sum, correct, seen = _drain(
+                    pending, loss_sum, correct, seen, config, done, bar
+                )
         loss_sum, correct, seen = _drain(pending, loss_sum, correct, seen, config, done, bar)
         bar.close()
-        test = evaluate(eval_step, state.params, state.batch_stats, dataset.test_images,
-                                        dataset.test_labels, config.eval_batch_size)
-        record = {"epoch": epoch + 1, "train_loss": loss_sum / seen,
-                            "train_accuracy": correct / (seen * config.batch_size),
-                            "test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+        test = evaluate(
+            eval_step,
+            state.params,
+            state.batch_stats,
+            dataset.test_images,
+            dataset.test_labels,
+            config.eval_batch_size,
+        )
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / (seen * config.batch_size),
+            "test_loss": test["loss"],
+            "test_accuracy": test["accuracy"],
+        }
         history.append(record)
-        log(f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
-                f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
-                f"acc {test['accuracy']:.4f}")
+        log(
+            f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
+            f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
+            f"acc {test['accuracy']:.4f}"
+        )
     return state, history
 
 
-def _drain(pending: list, loss_sum: float, correct: int, seen: int, config: TrainConfig,
-                      done: int, bar) -> tuple[float, int, int]:
+def _drain(
+    pending: list, loss_sum: float, correct: int, seen: int, config: TrainConfig, done: int, bar
+) -> tuple[float, int, int]:
     """Fetch queued step metrics (one host sync per ``check_every`` steps) and check them.
 
     ``done`` counts the steps taken; the queued ones are steps ``done - len(pending) + 1`` to

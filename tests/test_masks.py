@@ -18,8 +18,10 @@ def _tree(shapes, values):
     tree, start = {}, 0
     for i, shape in enumerate(shapes):
         n = int(np.prod(shape))
-        tree[f"layer{i}"] = {"kernel": jnp.asarray(values[start:start + n], jnp.float32).reshape(shape),
-                                                  "bias": jnp.zeros(shape[-1])}
+        tree[f"layer{i}"] = {
+            "kernel": jnp.asarray(values[start : start + n], jnp.float32).reshape(shape),
+            "bias": jnp.zeros(shape[-1]),
+        }
         start += n
     return tree
 
@@ -74,13 +76,19 @@ def test_layerwise_topk_is_exact_per_layer(case):
 
 
 def test_report_counts_and_matches_hand_computation():
-    masks = {"a": {"kernel": jnp.array([[1., 0.], [0., 0.]]), "bias": jnp.ones(2)},
-                      "b": {"kernel": jnp.array([[1., 1., 1.]])}}
+    masks = {
+        "a": {"kernel": jnp.array([[1.0, 0.0], [0.0, 0.0]]), "bias": jnp.ones(2)},
+        "b": {"kernel": jnp.array([[1.0, 1.0, 1.0]])},
+    }
     report = M.sparsity_report(masks, M.prunable_tree(masks))
     assert (report["total"], report["kept"]) == (7, 4)
     assert report["sparsity"] == pytest.approx(3 / 7)
-    assert report["layers"]["a/kernel"] == {"total": 4, "kept": 1, "sparsity": 0.75,
-                                                                                    "density": 0.25}
+    assert report["layers"]["a/kernel"] == {
+        "total": 4,
+        "kept": 1,
+        "sparsity": 0.75,
+        "density": 0.25,
+    }
     assert M.empty_layers(masks, M.prunable_tree(masks)) == []
     masks["b"]["kernel"] = jnp.zeros((1, 3))
     assert M.empty_layers(masks, M.prunable_tree(masks)) == ["b/kernel"]
@@ -107,7 +115,8 @@ def test_vmap_over_sparsities():
     scores = _tree([(6, 6)], np.arange(36.0))
     prunable = M.prunable_tree(scores)
     masks = jax.vmap(functools.partial(M.global_topk, prunable=prunable), in_axes=(None, 0))(
-            scores, jnp.array([0.0, 0.5, 0.75]))
+        scores, jnp.array([0.0, 0.5, 0.75])
+    )
     np.testing.assert_array_equal(masks["layer0"]["kernel"].sum(axis=(1, 2)), [36, 18, 9])
 
 
@@ -128,18 +137,28 @@ def test_bad_sparsity_and_scope_and_empty_prunable_set():
 
 
 def test_filter_selects_conv_and_dense_kernels_only():
-    params = {"conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
-                        "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
-                        "dense": {"kernel": jnp.ones((4, 2))}, "odd": {"kernel": jnp.ones(3)}}
-    assert M.prunable_tree(params) == {"conv": {"kernel": True, "bias": False},
-                                                                          "bn": {"scale": False, "bias": False},
-                                                                          "dense": {"kernel": True}, "odd": {"kernel": False}}
+    params = {
+        "conv": {"kernel": jnp.ones((3, 3, 1, 4)), "bias": jnp.ones(4)},
+        "bn": {"scale": jnp.ones(4), "bias": jnp.ones(4)},
+        "dense": {"kernel": jnp.ones((4, 2))},
+        "odd": {"kernel": jnp.ones(3)},
+    }
+    assert M.prunable_tree(params) == {
+        "conv": {"kernel": True, "bias": False},
+        "bn": {"scale": False, "bias": False},
+        "dense": {"kernel": True},
+        "odd": {"kernel": False},
+    }
 
 
 def test_masked_optimizer_keeps_pruned_weights_and_momentum_exactly_zero():
     rng = np.random.default_rng(1)
-    params = {"l": {"kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
-                                    "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}}
+    params = {
+        "l": {
+            "kernel": jnp.asarray(rng.normal(size=(5, 4)), jnp.float32),
+            "bias": jnp.asarray(rng.normal(size=4), jnp.float32),
+        }
+    }
     masks = M.global_topk(jax.tree.map(jnp.abs, params), 0.6, M.prunable_tree(params))
     inner = optax.chain(optax.add_decayed_weights(5e-4), optax.sgd(0.1, momentum=0.9))
     tx = M.masked_optimizer(inner, masks)

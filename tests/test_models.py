@@ -13,24 +13,26 @@ from jpanning.errors import JPanningError
 def _shapes(name, input_shape, num_classes=10):
     model = models.create_model(name, num_classes)
     x = jax.ShapeDtypeStruct((2, *input_shape), jnp.float32)
-    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape)),
-                               jax.random.key(0))
+    variables = jax.eval_shape(lambda k: model.init(k, jnp.zeros(x.shape)), jax.random.key(0))
     logits = jax.eval_shape(lambda v: model.apply(v, jnp.zeros(x.shape)), variables)
     return variables["params"], logits
 
 
 # Published totals (trainable parameters, BN affine included, running stats excluded):
 # He et al. 2016 Table 6 (0.27M/0.46M/0.85M), the PyTorch CIFAR VGGs, LeCun et al. 1998.
-@pytest.mark.parametrize("name,input_shape,expected", [
-    ("resnet20", (32, 32, 3), 269_722),
-    ("resnet32", (32, 32, 3), 464_154),
-    ("resnet56", (32, 32, 3), 853_018),
-    ("vgg11", (32, 32, 3), 9_231_114),
-    ("vgg16", (32, 32, 3), 14_728_266),
-    ("vgg19", (32, 32, 3), 20_040_522),
-    ("lenet300100", (28, 28, 1), 266_610),
-    ("lenet5", (28, 28, 1), 61_706),
-])
+@pytest.mark.parametrize(
+    "name,input_shape,expected",
+    [
+        ("resnet20", (32, 32, 3), 269_722),
+        ("resnet32", (32, 32, 3), 464_154),
+        ("resnet56", (32, 32, 3), 853_018),
+        ("vgg11", (32, 32, 3), 9_231_114),
+        ("vgg16", (32, 32, 3), 14_728_266),
+        ("vgg19", (32, 32, 3), 20_040_522),
+        ("lenet300100", (28, 28, 1), 266_610),
+        ("lenet5", (28, 28, 1), 61_706),
+    ],
+)
 def test_parameter_counts_match_published(name, input_shape, expected):
     params, logits = _shapes(name, input_shape)
     assert models.count_params(params) == expected

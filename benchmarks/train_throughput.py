@@ -1,0 +1,123 @@
+"""Training throughput of dense vs masked networks, measured in one run.
+
+        python -m benchmarks.train_throughput --model resnet20 --batch-size 128
+
+Both variants run the same jitted train step (jpanning.train.make_train_step) on the same
+CIFAR-shaped random batch; the masked one wraps the optimizer in
+``jpanning.masks.masked_optimizer`` with a 95%-sparse random mask. Timed windows alternate
+between the two so that machine noise hits both alike. Writes medians and the ratio to
+``benchmarks/results/train_throughput_<device>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpanning import masks as masks_lib, models, report, scores, train
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+
+
+def make_runner(model, variables, config, masks, images, labels, augment):
+    tx = train.make_optimizer(config, 10_000, masks)
+    state = train.create_train_state(variables, tx, masks)
+    step = train.make_train_step(model, tx, augment=augment)
+    key = jax.random.key(0)
+    holder = {"state": state}
+
+    def run(n):
+        s = holder["state"]
+        for i in range(n):
+            s, metrics = step(s, jax.random.fold_in(key, i), images, labels)
+        jax.block_until_ready(metrics["loss"])
+        holder["state"] = s
+
+    return run
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="resnet20")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--input-shape", type=int, nargs=3, default=(32, 32, 3))
+    p.add_argument("--sparsity", type=float, default=0.95)
+    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
+    p.add_argument("--augment", action="store_true", help="include crop+flip augmentation")
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+
+    model = models.create_model(args.model, 10)
+    variables = models.init_variables(model, jax.random.key(0), args.input_shape)
+    prunable = masks_lib.prunable_tree(variables["params"])
+    random_scores = scores.random(None, variables["params"], None, key=jax.random.key(1))
+    masks = masks_lib.global_topk(random_scores, args.sparsity, prunable)
+    rng = np.random.default_rng(0)
+    images = jnp.asarray(rng.normal(size=(args.batch_size, *args.input_shape)), jnp.float32)
+    labels = jnp.asarray(rng.integers(0, 10, args.batch_size), jnp.int32)
+    config = train.TrainConfig()
+    runners = {
+        "dense": make_runner(model, variables, config, None, images, labels, args.augment),
+        "masked": make_runner(model, variables, config, masks, images, labels, args.augment),
+    }
+    for run in runners.values():  # compile and warm up
+        run(2)
+    times = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(args.steps)
+            times[name].append(time.perf_counter() - start)
+    ips = {k: [args.steps * args.batch_size / t for t in v] for k, v in times.items()}
+    med = {k: statistics.median(v) for k, v in ips.items()}
+    overhead = med["dense"] / med["masked"] - 1
+    env = report.environment()
+    result = {
+        "benchmark": "train_throughput",
+        "settings": vars(args) | {"out": None},
+        "images_per_second": ips,
+        "median_images_per_second": med,
+        "masked_overhead": overhead,
+        "goal": "masked costs at most 5% more than dense",
+        "goal_met": overhead <= 0.05,
+        **env,
+    }
+    os.makedirs(args.out, exist_ok=True)
+    tag = f"{env['device']['platform']}"
+    report.write_json(os.path.join(args.out, f"train_throughput_{tag}.json"), result)
+    md = [
+        f"# Training throughput, {args.model}, batch {args.batch_size}, "
+        f"input {tuple(args.input_shape)}",
+        "",
+        f"Command: `{' '.join(['python -m benchmarks.train_throughput', *(argv or sys.argv[1:])])}`  ",
+        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
+        f"{env['device']['kind']} ({env['device']['platform']}); jax "
+        f"{env['versions']['jax']}, flax {env['versions']['flax']}; {env['date']}",
+        "",
+        "| variant | median images/s | windows (images/s) |",
+        "|---|---|---|",
+    ]
+    for k in runners:
+        md.append(f"| {k} | {med[k]:.1f} | {', '.join(f'{x:.1f}' for x in ips[k])} |")
+    md += [
+        "",
+        f"Masked overhead: {100 * overhead:+.1f}% (goal: at most +5%; "
+        f"{'met' if overhead <= 0.05 else 'not met'}), {args.sparsity:.0%} sparse random "
+        f"mask, {args.repeats} windows of {args.steps} steps each, alternating.",
+    ]
+    report.atomic_write_bytes(
+        os.path.join(args.out, f"train_throughput_{tag}.md"), ("\n".join(md) + "\n").encode()
+    )
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
