@@ -17,9 +17,11 @@ $(VENV)/.installed: requirements.txt
 data:
 	@sh scripts/install_data.sh
 
-# Screen ResNet-20 at 95% sparsity on the default data, train briefly, test (minutes on 2 cores).
+# RL Panning (quick search budget) screens ResNet-20 at 95% sparsity on the default data,
+# then a short training and the test (minutes on 2 cores).
 demo: setup data
-	$(PY) run.py --model resnet20 --ratio 0.95 --epochs 2 --train-limit 10000 --out runs/demo
+	$(PY) run.py --model resnet20 --ratio 0.95 --preset quick --epochs 2 --train-limit 10000 \
+		--out runs/demo
 
 # The default test suite (under 10 minutes on 2 cores).
 test: setup data

@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--method",
-        default="panning",
+        default="rlpanning",
         choices=list(METHODS),
         metavar="METHOD",
         help=f"pruning method: {', '.join(METHODS)}",
@@ -136,6 +136,31 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=None,
         help="score the scoring batch in chunks of this many examples (bounded memory)",
+    )
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=("paper", "quick"),
+        help="rlpanning: search budget; paper: the authors' (50k agent steps, T=100, 256-256 "
+        "MLPs); quick: 200 steps, T=20, 64-64 MLPs, minutes on a CPU (a smoke test)",
+    )
+    p.add_argument(
+        "--agent-steps",
+        type=_positive(int),
+        default=None,
+        help="rlpanning: TD3 environment steps (default: the preset's)",
+    )
+    p.add_argument(
+        "--pool-size",
+        type=_positive(int),
+        default=None,
+        help="rlpanning: scoring batches the environment draws from (default: the preset's)",
+    )
+    p.add_argument(
+        "--policy",
+        default=None,
+        metavar="PATH",
+        help="rlpanning: screen with this saved policy (a run's policy.msgpack), no search",
     )
     p.add_argument("--epochs", type=_positive(int), default=160)
     p.add_argument("--batch-size", type=_positive(int), default=128)
@@ -199,6 +224,10 @@ def run(args: argparse.Namespace) -> dict:
         args.out = os.path.join(
             "runs", f"{args.model}-{args.dataset}-{args.method}-{args.ratio}-seed{args.seed}"
         )
+    if args.policy is not None and args.method != "rlpanning":
+        raise JPanningError(f"--policy is for --method rlpanning, not {args.method!r}")
+    if args.policy is not None and not os.path.isfile(args.policy):
+        raise JPanningError(f"--policy {args.policy!r} does not exist")
     _check_out_dir(args.out)
     sparsity = 0.0 if args.method == "dense" else args.ratio
 
@@ -238,10 +267,18 @@ def run(args: argparse.Namespace) -> dict:
             "temperature": args.temperature,
             "thresholds": args.panning_thresholds,
             "weights": args.panning_weights,
+            "preset": args.preset,
+            "agent_steps": args.agent_steps,
+            "policy": args.policy,
         },
     )
     start = time.perf_counter()
-    masks = pruning.prune(args.method, problem)
+    rl = None
+    if args.method == "rlpanning":
+        rl = _rl_search(args, problem, dataset)
+        masks = rl.masks
+    else:
+        masks = pruning.prune(args.method, problem)
     prune_seconds = time.perf_counter() - start
     empty = masks_lib.empty_layers(masks, prunable)
     if empty:
@@ -329,6 +366,9 @@ def run(args: argparse.Namespace) -> dict:
         f"{args.model} / {dataset.name} / {args.method} "
         f"(sparsity {sparsity_report['sparsity']:.4f})",
     )
+    if rl is not None:
+        results["rl"] = _rl_report(args, rl)
+        results["files"] |= {k: v for k, v in results["rl"]["files"].items() if v}
     report.write_json(os.path.join(args.out, "results.json"), results)
     print(
         report.summary_table(
@@ -353,6 +393,88 @@ def run(args: argparse.Namespace) -> dict:
         )
     )
     return results
+
+
+def _rl_search(args: argparse.Namespace, problem, dataset):
+    """RL Panning: build the pool, search (progress bar) or load the policy, and screen."""
+    import dataclasses as dc
+
+    from tqdm.auto import tqdm
+
+    from jpanning import rlpanning
+
+    if args.policy is None:
+        config = rlpanning.config_from_options(problem.options)
+        pool_size = args.pool_size or config.pool_size
+    else:
+        pool_size = args.pool_size or rlpanning.PRESETS[args.preset].pool_size
+    pool = rlpanning.score_pool(dataset, args.samples_per_class, pool_size, args.seed)
+    problem = dc.replace(problem, options=problem.options | {"pool": pool})
+    if args.policy is not None:
+        print(f"rlpanning: screening with the policy in {args.policy} (no search)")
+        return rlpanning.run(problem)
+    print(
+        f"rlpanning: TD3 search, {config.agent_steps} agent steps, T={config.rounds} rounds, "
+        f"pool of {pool_size} scoring batches ({args.preset} preset)"
+    )
+    bar = tqdm(total=config.agent_steps, desc="RL search", unit="step", disable=args.no_progress)
+    state = {"returns": []}
+
+    def progress(t, metrics):
+        bar.update(len(metrics["reward"]))
+        state["returns"] += list(metrics["episode_return"][metrics["done"]])
+        if state["returns"]:
+            bar.set_postfix(episodes=len(state["returns"]), ret=f"{state['returns'][-1]:.1f}")
+
+    try:
+        return rlpanning.run(problem, callback=progress)
+    finally:
+        bar.close()
+
+
+def _rl_report(args: argparse.Namespace, rl) -> dict:
+    """Save the policy and the learning curve; the ``rl`` entry of results.json."""
+    from jpanning import report, rlpanning
+
+    files = {"policy": None, "rl_curve": None}
+    out = {
+        "preset": args.preset if args.policy is None else None,
+        "policy_loaded_from": args.policy,
+        "agent_steps": rl.config.agent_steps if rl.metrics is not None else 0,
+        "rounds": rl.config.rounds,
+        "td3": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(rl.config.agent_config()).items()
+        },
+        "search_seconds": rl.search_seconds,
+        "screen_seconds": rl.screen_seconds,
+        "screen": {k: v.tolist() for k, v in rl.trace.items()},
+    }
+    if rl.metrics is not None:
+        files["policy"] = "policy.msgpack"
+        rlpanning.save_policy(
+            os.path.join(args.out, files["policy"]),
+            rl.actor_params,
+            rl.config,
+            meta={"model": args.model, "dataset": args.dataset, "seed": args.seed},
+        )
+        steps, returns = rlpanning.episode_returns(rl.metrics)
+        out["episode_end_steps"] = steps.tolist()
+        out["episode_returns"] = returns.tolist()
+        files["rl_curve"] = "rl_curve.png"
+        report.plot_learning_curve(
+            steps,
+            returns,
+            os.path.join(args.out, files["rl_curve"]),
+            f"RL Panning search: {args.model} / {args.dataset}, T={rl.config.rounds}",
+        )
+        print(
+            f"rlpanning: searched in {rl.search_seconds:.1f}s, {len(returns)} episodes"
+            + (f", last return {returns[-1]:.2f}" if len(returns) else "")
+            + f"; policy saved to {os.path.join(args.out, files['policy'])}"
+        )
+    out["files"] = files
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,8 +15,8 @@ global top-k of it, so a pruned weight wins its place back whenever its fused sc
 * the fusion weights ``p = (p_synflow, p_snip, p_grasp)`` follow a hand schedule of the
   round's sparsity (:class:`PanningConfig`), or are chosen by an agent (RL Panning).
 
-Everything here is a pure function over pytrees; :func:`panning` runs all rounds as one
-``lax.scan`` under one ``jax.jit``.
+Everything here is a pure function over pytrees; :func:`panning` runs each round as one
+jitted call (compiled once) in a host loop.
 """
 
 from __future__ import annotations
@@ -221,27 +221,30 @@ def panning(
             if f
         )
 
-    @jax.jit
-    def run(params, batch, schedule):
-        dense = dense_metrics(
+    dense_fn = jax.jit(
+        functools.partial(
+            dense_metrics,
             apply_fn,
-            params,
-            batch,
             prunable=prunable,
             temperature=config.temperature,
             chunk_size=chunk_size,
         )
+    )
 
-        def one_round(masks, inputs):
-            t, s = inputs
-            p = scheduled_weights(s, config) if weights_fn is None else weights_fn(t, s)
-            fused = fused_scores(
-                synflow_apply_fn, params, masks, dense, p, input_shape, prunable=prunable
-            )
-            new = select(fused, s)
-            return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
+    @jax.jit
+    def one_round(params, dense, masks, t, s):
+        p = scheduled_weights(s, config) if weights_fn is None else weights_fn(t, s)
+        fused = fused_scores(
+            synflow_apply_fn, params, masks, dense, p, input_shape, prunable=prunable
+        )
+        new = select(fused, s)
+        return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
 
-        rounds = jnp.arange(len(schedule))
-        return jax.lax.scan(one_round, masks_lib.ones_like(params), (rounds, schedule))
-
-    return run(params, batch, jnp.asarray(schedule))
+    # Rounds are separate jitted calls in a host loop (masks stay on the device): XLA:CPU runs
+    # convolutions inside a lax.scan body ~30x slower (see jpanning.pruning).
+    dense = dense_fn(params, batch)
+    masks, trace = masks_lib.ones_like(params), []
+    for t, s in enumerate(schedule):
+        masks, info = one_round(params, dense, masks, jnp.int32(t), s)
+        trace.append(info)
+    return masks, jax.tree.map(lambda *xs: jnp.stack(xs), *trace)

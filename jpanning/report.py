@@ -143,6 +143,32 @@ def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def plot_learning_curve(steps, returns, path: str, title: str, window: int = 10) -> None:
+    """Episode return against the agent step it ended at, with a moving average; PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, returns = np.asarray(steps), np.asarray(returns, np.float64)
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    ax.plot(steps, returns, ".", color="#3b75af", alpha=0.5, label="episode return")
+    if len(returns) >= window:
+        smooth = np.convolve(returns, np.ones(window) / window, mode="valid")
+        ax.plot(steps[window - 1 :], smooth, color="#d62728", label=f"mean of {window}")
+    if not len(returns):
+        ax.text(0.5, 0.5, "no episode completed", ha="center", transform=ax.transAxes)
+    ax.set_xlabel("agent step")
+    ax.set_ylabel("return")
+    ax.set_title(title, fontsize=10)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
 def summary_table(rows: list[tuple[str, str]]) -> str:
     """A two-column plain-text table."""
     width = max(len(k) for k, _ in rows)

@@ -103,6 +103,11 @@ def test_every_scoring_method_runs_end_to_end(tmp_path, method):
         (["--epochs", "0"], "0 must be positive"),
         (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' does not exist"),
         (["--out", "/proc/version/out"], "--out '/proc/version/out' is not writable"),
+        (["--panning-weights", "1,2"], "'1,2' is not three non-negative numbers"),
+        (
+            ["--method", "panning", "--panning-weights", "1,0,0", "--rounds", "2"],
+            "panning needs 5 rows of weights for 4 thresholds, got 1",
+        ),
     ],
 )
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message):

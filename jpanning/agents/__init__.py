@@ -1,0 +1,1 @@
+"""Reinforcement-learning agents as pure functions over ``flax.struct`` state (RL Panning)."""

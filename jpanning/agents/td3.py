@@ -1,0 +1,666 @@
+"""TD3 (Fujimoto, van Hoof, Meger 2018, "Addressing Function Approximation Error in
+Actor-Critic Methods") as pure functions over ``flax.struct`` state.
+
+Twin critics with the clipped double-Q target, target policy smoothing, and delayed actor and
+target updates; the replay buffer is preallocated device arrays. :func:`make_train` returns a
+pure ``train(key)`` whose whole loop (act, step, store, update) is one ``lax.scan``, so
+``jax.jit(jax.vmap(train))(keys)`` trains several seeds at once::
+
+    train = make_train(env, env_params, TD3Config(total_steps=50_000), action_size=3)
+    agent_state, metrics = jax.jit(train)(jax.random.key(0))
+
+:func:`train_loop` runs the same steps (same key, same result up to rounding) as one jitted
+call per step, or per ``steps_per_call`` steps, from a host loop: for environments whose
+convolutions XLA:CPU runs slowly inside a loop body, and for progress reporting.
+
+The environment follows gymnax's functional API with ``terminated`` and ``truncated`` kept
+apart (``jpanning.env.PanningEnv``): ``env.reset(key, params) -> (obs, state)`` and
+``env.step(key, state, action, params) -> (obs, state, reward, terminated, truncated, info)``,
+with ``obs`` a 1-D float vector and ``action`` in ``[action_low, action_high]^k``. It must not
+reset itself: the loop resets after ``terminated | truncated`` and bootstraps through
+truncations (only ``terminated`` stops bootstrapping).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+import rlax
+
+from jpanning.errors import JPanningError
+
+PyTree = Any
+
+
+def _static(default):
+    return flax.struct.field(pytree_node=False, default=default)
+
+
+@flax.struct.dataclass
+class TD3Config:
+    """TD3's settings; defaults from the Panning authors' code (all static, hashable).
+
+    Attributes:
+        hidden_sizes: widths of the actor's and each critic's hidden layers.
+        actor_lr, critic_lr: Adam learning rates.
+        warmup_steps: environment steps with uniform random actions before the policy acts
+            and before any update.
+        batch_size: transitions per update.
+        gamma: discount.
+        tau: target soft-update rate, ``θ' ← τ θ + (1 − τ) θ'``.
+        policy_noise, noise_clip: target policy smoothing, ``clip(σ ε, −c, c)``, in units of
+            half the action range.
+        policy_delay: the actor and the targets update once every this many critic updates.
+        exploration_noise: Gaussian acting noise, in units of half the action range.
+        buffer_size: replay capacity (transitions).
+        total_steps: environment steps of :func:`make_train`'s ``train`` (one update each).
+        action_low, action_high: action bounds, the same for every dimension.
+    """
+
+    hidden_sizes: tuple[int, ...] = _static((256, 256))
+    actor_lr: float = _static(2e-4)
+    critic_lr: float = _static(2e-4)
+    warmup_steps: int = _static(2000)
+    batch_size: int = _static(256)
+    gamma: float = _static(0.99)
+    tau: float = _static(0.01)
+    policy_noise: float = _static(0.2)
+    noise_clip: float = _static(0.5)
+    policy_delay: int = _static(2)
+    exploration_noise: float = _static(0.1)
+    buffer_size: int = _static(100_000)
+    total_steps: int = _static(50_000)
+    action_low: float = _static(-1.0)
+    action_high: float = _static(1.0)
+
+
+def validate_config(config: TD3Config) -> TD3Config:
+    """Raise :class:`JPanningError` on settings TD3 cannot run with; return ``config``."""
+    for name in ("warmup_steps", "total_steps"):
+        if int(getattr(config, name)) < 0:
+            raise JPanningError(f"{name} must be >= 0, got {getattr(config, name)}")
+    for name in ("batch_size", "buffer_size", "policy_delay"):
+        if int(getattr(config, name)) < 1:
+            raise JPanningError(f"{name} must be >= 1, got {getattr(config, name)}")
+    if any(int(h) < 1 for h in config.hidden_sizes):
+        raise JPanningError(f"hidden_sizes must be positive widths, got {config.hidden_sizes}")
+    if config.batch_size > config.buffer_size:
+        raise JPanningError(
+            f"batch_size ({config.batch_size}) must be <= buffer_size ({config.buffer_size})"
+        )
+    if not 0.0 < config.tau <= 1.0:
+        raise JPanningError(f"tau must be in (0, 1], got {config.tau}")
+    if not 0.0 <= config.gamma <= 1.0:
+        raise JPanningError(f"gamma must be in [0, 1], got {config.gamma}")
+    for name in ("actor_lr", "critic_lr"):
+        if not getattr(config, name) > 0:
+            raise JPanningError(f"{name} must be > 0, got {getattr(config, name)}")
+    for name in ("policy_noise", "noise_clip", "exploration_noise"):
+        if not getattr(config, name) >= 0:
+            raise JPanningError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if not config.action_low < config.action_high:
+        raise JPanningError(
+            f"action_low must be < action_high, got {config.action_low}, {config.action_high}"
+        )
+    return config
+
+
+# -- networks -------------------------------------------------------------------------------
+
+
+class Actor(nn.Module):
+    """Deterministic policy MLP: ``obs [..., O] -> tanh output [..., A]`` in ``[-1, 1]``.
+
+    Params are ``{'hidden_i': Dense, ..., 'out': Dense}``.
+    """
+
+    action_size: int
+    hidden_sizes: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs):
+        x = obs
+        for i, width in enumerate(self.hidden_sizes):
+            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+        return jnp.tanh(nn.Dense(self.action_size, name="out")(x))
+
+
+class QNetwork(nn.Module):
+    """One critic MLP: ``(obs [..., O], action [..., A]) -> Q [...]``."""
+
+    hidden_sizes: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs, action):
+        x = jnp.concatenate([obs, action], axis=-1)
+        for i, width in enumerate(self.hidden_sizes):
+            x = nn.relu(nn.Dense(width, name=f"hidden_{i}")(x))
+        return nn.Dense(1, name="out")(x)[..., 0]
+
+
+class TwinCritic(nn.Module):
+    """Two independent critics, one vmapped module: ``(obs, action) -> Q [2, ...]``.
+
+    Params are ``{'q': QNetwork params with a leading axis of 2}``.
+    """
+
+    hidden_sizes: Sequence[int] = (256, 256)
+
+    @nn.compact
+    def __call__(self, obs, action):
+        twin = nn.vmap(
+            QNetwork,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=None,
+            out_axes=0,
+            axis_size=2,
+        )
+        return twin(hidden_sizes=self.hidden_sizes, name="q")(obs, action)
+
+
+def _actor(config: TD3Config, action_size: int) -> Actor:
+    return Actor(action_size=action_size, hidden_sizes=tuple(config.hidden_sizes))
+
+
+def _critic(config: TD3Config) -> TwinCritic:
+    return TwinCritic(hidden_sizes=tuple(config.hidden_sizes))
+
+
+def _half_range(config: TD3Config) -> float:
+    return (config.action_high - config.action_low) / 2.0
+
+
+def scale_action(tanh_action: jax.Array, config: TD3Config) -> jax.Array:
+    """Map the actor's ``[-1, 1]`` output to ``[action_low, action_high]`` (same shape)."""
+    return config.action_low + (tanh_action + 1.0) * _half_range(config)
+
+
+def policy(actor_params: PyTree, obs: jax.Array, config: TD3Config, action_size: int):
+    """The deterministic action ``μ(obs)`` within the bounds.
+
+    Args:
+        actor_params: the actor's params.
+        obs: ``[..., O]``.
+        config: for the network sizes and action bounds.
+        action_size: A.
+
+    Returns:
+        ``[..., A]``.
+    """
+    return scale_action(_actor(config, action_size).apply(actor_params, obs), config)
+
+
+# -- replay buffer --------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class Transition:
+    """One transition, or a batch of them (leading axis B).
+
+    ``terminated`` is 1.0 where the episode ended in a terminal state (no bootstrapping);
+    a truncated transition is stored with ``terminated = 0``.
+    """
+
+    obs: jax.Array  # [O]
+    action: jax.Array  # [A]
+    reward: jax.Array  # []
+    next_obs: jax.Array  # [O]
+    terminated: jax.Array  # [], float32 0/1
+
+
+@flax.struct.dataclass
+class ReplayBuffer:
+    """A ring buffer of preallocated arrays: ``data`` leaves are ``[capacity, ...]``.
+
+    ``position`` is the slot the next transition goes to, ``size`` how many slots are filled.
+    """
+
+    data: Transition
+    position: jax.Array
+    size: jax.Array
+
+    @property
+    def capacity(self) -> int:
+        return self.data.reward.shape[0]
+
+
+def buffer_init(capacity: int, obs_size: int, action_size: int) -> ReplayBuffer:
+    """An empty buffer of ``capacity`` zeroed float32 transitions."""
+    if int(capacity) < 1:
+        raise JPanningError(f"buffer capacity must be >= 1, got {capacity}")
+    data = Transition(
+        obs=jnp.zeros((capacity, obs_size), jnp.float32),
+        action=jnp.zeros((capacity, action_size), jnp.float32),
+        reward=jnp.zeros((capacity,), jnp.float32),
+        next_obs=jnp.zeros((capacity, obs_size), jnp.float32),
+        terminated=jnp.zeros((capacity,), jnp.float32),
+    )
+    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
+
+
+def buffer_add(buffer: ReplayBuffer, transition: Transition) -> ReplayBuffer:
+    """Write one transition at ``position`` (overwriting the oldest once full).
+
+    Args:
+        buffer: the ring buffer.
+        transition: unbatched leaves (``obs [O]``, ``reward []``, ...).
+
+    Returns:
+        The buffer with ``position`` advanced mod capacity and ``size`` capped at capacity.
+    """
+    data = jax.tree.map(
+        lambda store, x: store.at[buffer.position].set(jnp.asarray(x, store.dtype)),
+        buffer.data,
+        transition,
+    )
+    capacity = buffer.capacity
+    return ReplayBuffer(
+        data=data,
+        position=(buffer.position + 1) % capacity,
+        size=jnp.minimum(buffer.size + 1, capacity),
+    )
+
+
+def buffer_sample(key: jax.Array, buffer: ReplayBuffer, batch_size: int) -> Transition:
+    """Draw ``batch_size`` transitions uniformly, with replacement, from the filled slots.
+
+    Returns:
+        A :class:`Transition` with leaves ``[batch_size, ...]`` (meaningless if the buffer
+        is empty).
+    """
+    index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
+    return jax.tree.map(lambda store: store[index], buffer.data)
+
+
+# -- agent state and update -----------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class AgentState:
+    """Everything TD3 learns, plus ``step``, the number of updates done so far."""
+
+    actor_params: PyTree
+    critic_params: PyTree
+    target_actor_params: PyTree
+    target_critic_params: PyTree
+    actor_opt_state: PyTree
+    critic_opt_state: PyTree
+    step: jax.Array
+
+
+def _optimizers(config: TD3Config):
+    return optax.adam(config.actor_lr), optax.adam(config.critic_lr)
+
+
+def init_agent(key: jax.Array, config: TD3Config, obs_size: int, action_size: int) -> AgentState:
+    """Fresh networks (targets equal to them), Adam states and ``step = 0``.
+
+    Args:
+        key: PRNG key.
+        config: network sizes and learning rates.
+        obs_size, action_size: O and A.
+    """
+    k_actor, k_critic = jax.random.split(key)
+    obs = jnp.zeros((obs_size,), jnp.float32)
+    action = jnp.zeros((action_size,), jnp.float32)
+    actor_params = _actor(config, action_size).init(k_actor, obs)
+    critic_params = _critic(config).init(k_critic, obs, action)
+    actor_opt, critic_opt = _optimizers(config)
+    return AgentState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_actor_params=actor_params,
+        target_critic_params=critic_params,
+        actor_opt_state=actor_opt.init(actor_params),
+        critic_opt_state=critic_opt.init(critic_params),
+        step=jnp.int32(0),
+    )
+
+
+def critic_target(
+    key: jax.Array,
+    target_actor_params: PyTree,
+    target_critic_params: PyTree,
+    batch: Transition,
+    config: TD3Config,
+) -> jax.Array:
+    """The clipped double-Q target with target policy smoothing (TD3, eq. 15).
+
+    ``y = r + γ (1 − terminated) min_i Q'_i(s', clip(μ'(s') + clip(σ ε, −c, c), low, high))``
+    with ``ε ~ N(0, 1)`` per action dimension, σ and c in units of half the action range.
+
+    Args:
+        key: PRNG key for the smoothing noise.
+        target_actor_params, target_critic_params: μ' and (Q'_1, Q'_2).
+        batch: transitions with leaves ``[B, ...]``.
+        config: γ, σ, c, action bounds and network sizes.
+
+    Returns:
+        ``[B]`` targets, without gradient.
+    """
+    action_size = batch.action.shape[-1]
+    half = _half_range(config)
+    noise = config.policy_noise * half * jax.random.normal(key, batch.action.shape)
+    noise = jnp.clip(noise, -config.noise_clip * half, config.noise_clip * half)
+    next_action = policy(target_actor_params, batch.next_obs, config, action_size) + noise
+    next_action = jnp.clip(next_action, config.action_low, config.action_high)
+    q_t = _critic(config).apply(target_critic_params, batch.next_obs, next_action)  # [2, B]
+    discount_t = config.gamma * (1.0 - batch.terminated)
+    return jax.lax.stop_gradient(batch.reward + discount_t * jnp.min(q_t, axis=0))
+
+
+def update(
+    state: AgentState, batch: Transition, key: jax.Array, config: TD3Config
+) -> tuple[AgentState, dict[str, jax.Array]]:
+    """One TD3 update: the critics every call; the actor and all targets every
+    ``policy_delay``-th call (when ``state.step + 1`` is a multiple of it).
+
+    The critic loss is the authors' ``MSE(Q1, y) + MSE(Q2, y)`` (``2 × rlax.l2_loss``); the
+    actor maximises ``Q1(s, μ(s))`` with the freshly updated critic; targets move by
+    ``optax.incremental_update`` with step size τ.
+
+    Args:
+        state: the agent.
+        batch: transitions with leaves ``[B, ...]``.
+        key: PRNG key (target smoothing noise).
+        config: hyper-parameters.
+
+    Returns:
+        ``(state, metrics)``; metrics are scalars ``critic_loss``, ``actor_loss`` (0 where
+        the actor did not update), ``q`` (mean of both critics) and ``actor_updated`` (bool).
+    """
+    action_size = batch.action.shape[-1]
+    actor, critic = _actor(config, action_size), _critic(config)
+    actor_opt, critic_opt = _optimizers(config)
+
+    y = critic_target(key, state.target_actor_params, state.target_critic_params, batch, config)
+
+    def critic_loss_fn(params):
+        q_tm1 = critic.apply(params, batch.obs, batch.action)  # [2, B]
+        loss = 2.0 * jnp.mean(jnp.sum(rlax.l2_loss(q_tm1 - y[None]), axis=0))
+        return loss, jnp.mean(q_tm1)
+
+    (critic_loss, q_mean), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
+        state.critic_params
+    )
+    updates, critic_opt_state = critic_opt.update(grads, state.critic_opt_state)
+    critic_params = optax.apply_updates(state.critic_params, updates)
+
+    def actor_loss_fn(params):
+        action = scale_action(actor.apply(params, batch.obs), config)
+        return -jnp.mean(critic.apply(critic_params, batch.obs, action)[0])
+
+    def delayed(operand):
+        actor_params, actor_opt_state, target_actor, target_critic = operand
+        loss, grads = jax.value_and_grad(actor_loss_fn)(actor_params)
+        updates, actor_opt_state = actor_opt.update(grads, actor_opt_state)
+        actor_params = optax.apply_updates(actor_params, updates)
+        target_actor = optax.incremental_update(actor_params, target_actor, config.tau)
+        target_critic = optax.incremental_update(critic_params, target_critic, config.tau)
+        return (actor_params, actor_opt_state, target_actor, target_critic), loss
+
+    def skip(operand):
+        return operand, jnp.zeros((), jnp.float32)
+
+    step = state.step + 1
+    actor_updated = step % config.policy_delay == 0
+    operand = (
+        state.actor_params,
+        state.actor_opt_state,
+        state.target_actor_params,
+        state.target_critic_params,
+    )
+    (actor_params, actor_opt_state, target_actor, target_critic), actor_loss = jax.lax.cond(
+        actor_updated, delayed, skip, operand
+    )
+    new_state = AgentState(
+        actor_params=actor_params,
+        critic_params=critic_params,
+        target_actor_params=target_actor,
+        target_critic_params=target_critic,
+        actor_opt_state=actor_opt_state,
+        critic_opt_state=critic_opt_state,
+        step=step,
+    )
+    metrics = {
+        "critic_loss": critic_loss,
+        "actor_loss": actor_loss.astype(jnp.float32),
+        "q": q_mean,
+        "actor_updated": actor_updated,
+    }
+    return new_state, metrics
+
+
+def _no_update_metrics() -> dict[str, jax.Array]:
+    zero = jnp.zeros((), jnp.float32)
+    return {"critic_loss": zero, "actor_loss": zero, "q": zero, "actor_updated": jnp.bool_(False)}
+
+
+# -- the training loop ----------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainCarry:
+    """The ``lax.scan`` carry of :func:`make_train`'s loop."""
+
+    agent: AgentState
+    buffer: ReplayBuffer
+    obs: jax.Array
+    env_state: PyTree
+    episode_return: jax.Array
+
+
+def _check_sizes(env, env_params, config: TD3Config, action_size, obs_size) -> tuple[int, int]:
+    validate_config(config)
+    if int(action_size) < 1:
+        raise JPanningError(f"action_size must be >= 1, got {action_size}")
+    if obs_size is None:
+        obs_shape = jax.eval_shape(env.reset, jax.random.key(0), env_params)[0].shape
+        if len(obs_shape) != 1:
+            raise JPanningError(f"observations must be 1-D vectors, got shape {obs_shape}")
+        obs_size = obs_shape[0]
+    return int(obs_size), int(action_size)
+
+
+def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
+    """The two pure functions every TD3 training loop is made of.
+
+    Returns:
+        ``(init, step)``: ``init(key, env_params) -> TrainCarry`` (fresh agent, empty buffer,
+        a reset environment) and ``step(carry, t, loop_key, env_params) -> (carry, metrics)``,
+        environment step ``t`` (0-based; its randomness is ``fold_in(loop_key, t)``). Each
+        step acts (uniform random for the first ``warmup_steps``, else ``μ(s)`` plus clipped
+        Gaussian exploration noise), steps the env, stores the transition, resets the env on
+        ``terminated | truncated``, and runs one :func:`update` once the buffer holds
+        ``batch_size`` transitions and warm-up is over. ``env_params`` are arguments, so
+        large ones (a network and its scoring data) are never baked into the program.
+    """
+    half = _half_range(config)
+
+    def init(key, env_params) -> TrainCarry:
+        k_agent, k_reset = jax.random.split(key)
+        obs, env_state = env.reset(k_reset, env_params)
+        return TrainCarry(
+            agent=init_agent(k_agent, config, obs_size, action_size),
+            buffer=buffer_init(config.buffer_size, obs_size, action_size),
+            obs=jnp.asarray(obs, jnp.float32),
+            env_state=env_state,
+            episode_return=jnp.float32(0.0),
+        )
+
+    def step(carry: TrainCarry, t, loop_key, env_params):
+        key = jax.random.fold_in(loop_key, t)
+        k_random, k_noise, k_step, k_reset, k_sample, k_update = jax.random.split(key, 6)
+        agent = carry.agent
+
+        random_action = jax.random.uniform(
+            k_random, (action_size,), minval=config.action_low, maxval=config.action_high
+        )
+        noise = config.exploration_noise * half * jax.random.normal(k_noise, (action_size,))
+        greedy = policy(agent.actor_params, carry.obs, config, action_size)
+        noisy = jnp.clip(greedy + noise, config.action_low, config.action_high)
+        action = jnp.where(t < config.warmup_steps, random_action, noisy)
+
+        next_obs, next_env_state, reward, terminated, truncated, _ = env.step(
+            k_step, carry.env_state, action, env_params
+        )
+        next_obs = jnp.asarray(next_obs, jnp.float32)
+        reward = jnp.asarray(reward, jnp.float32)
+        terminated, truncated = jnp.asarray(terminated, bool), jnp.asarray(truncated, bool)
+        buffer = buffer_add(
+            carry.buffer,
+            Transition(carry.obs, action, reward, next_obs, terminated.astype(jnp.float32)),
+        )
+
+        done = terminated | truncated
+        # A select, not lax.cond: it tolerates weak-type differences between the states
+        # reset and step return, and under vmap both branches would run anyway.
+        reset_obs, reset_state = env.reset(k_reset, env_params)
+        obs = jnp.where(done, jnp.asarray(reset_obs, jnp.float32), next_obs)
+        env_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, next_env_state)
+        episode_return = carry.episode_return + reward
+
+        can_update = (buffer.size >= config.batch_size) & (t >= config.warmup_steps)
+        agent, update_metrics = jax.lax.cond(
+            can_update,
+            lambda a: update(
+                a, buffer_sample(k_sample, buffer, config.batch_size), k_update, config
+            ),
+            lambda a: (a, _no_update_metrics()),
+            agent,
+        )
+        new_carry = TrainCarry(
+            agent=agent,
+            buffer=buffer,
+            obs=obs,
+            env_state=env_state,
+            episode_return=jnp.where(done, 0.0, episode_return),
+        )
+        metrics = {
+            "obs": carry.obs,
+            "action": action,
+            "reward": reward,
+            "terminated": terminated,
+            "truncated": truncated,
+            "done": done,
+            "episode_return": episode_return,
+            "updated": can_update,
+            **update_metrics,
+        }
+        return new_carry, metrics
+
+    return init, step
+
+
+def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size=None):
+    """Build a pure ``train(key) -> (agent_state, metrics)`` running TD3 on ``env``.
+
+    ``config.total_steps`` steps of :func:`make_step` in one ``lax.scan``, so the whole
+    search is one program that ``jax.vmap`` runs over seeds. Use it where the environment is
+    cheap (an MLP task) or on an accelerator; on XLA:CPU an environment with convolutions is
+    much slower inside a loop body (``benchmarks/results/scan_vs_loop_cpu.md``), and
+    :func:`train_loop` drives the same steps from the host instead.
+
+    Args:
+        env: an object with gymnax-style ``reset`` and ``step`` (module docstring).
+        env_params: passed to ``env.reset``/``env.step``.
+        config: TD3 settings (validated here).
+        action_size: A.
+        obs_size: O; taken from ``env.reset``'s output shape when None.
+
+    Returns:
+        ``train``; it returns the final :class:`AgentState` and a dict of ``[total_steps]``
+        arrays: ``obs`` ``[total_steps, O]`` (what the agent acted on), ``action``
+        ``[total_steps, A]``, ``reward``, ``terminated``, ``truncated``, ``done``,
+        ``episode_return`` (the running return including this step, so
+        ``episode_return[done]`` are the completed episodes' returns), ``updated`` and the
+        :func:`update` metrics (0 where no update).
+    """
+    obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
+    init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
+
+    def train(key: jax.Array):
+        k_init, k_loop = jax.random.split(key)
+        carry = init(k_init, env_params)
+        carry, metrics = jax.lax.scan(
+            lambda c, t: step(c, t, k_loop, env_params), carry, jnp.arange(config.total_steps)
+        )
+        return carry.agent, metrics
+
+    return train
+
+
+def train_loop(
+    env,
+    env_params,
+    config: TD3Config,
+    key: jax.Array,
+    *,
+    action_size: int,
+    obs_size=None,
+    steps_per_call: int = 1,
+    env_params_at=None,
+    callback=None,
+):
+    """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
+
+    Each call of one jitted function runs ``steps_per_call`` environment steps (a
+    ``lax.scan`` when more than one); with the same key the result equals ``train(key)``
+    up to floating-point rounding. This is how to train on an environment with
+    convolutions on XLA:CPU (``steps_per_call=1``), and it lets the shell show progress.
+
+    Args:
+        env, env_params, config, action_size, obs_size: as :func:`make_train`.
+        key: PRNG key.
+        steps_per_call: environment steps per jitted call.
+        env_params_at: optional ``env_params_at(t) -> env_params`` giving the params for the
+            call that starts at step ``t`` (e.g. a target distribution that changes during
+            training; the pytree structure and shapes must stay the same); default: always
+            ``env_params``.
+        callback: optional ``callback(t_end, metrics)`` after each call, with the call's
+            metrics as numpy arrays ``[n, ...]`` and ``t_end`` the steps done so far.
+
+    Returns:
+        ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
+    """
+    import numpy as np
+
+    obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
+    if int(steps_per_call) < 1:
+        raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
+    init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
+    params_at = env_params_at or (lambda t: env_params)
+
+    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+    def run_steps(carry, t0, loop_key, n, env_params):
+        if n == 1:
+            carry, metrics = step(carry, t0, loop_key, env_params)
+            return carry, jax.tree.map(lambda x: x[None], metrics)
+        return jax.lax.scan(
+            lambda c, t: step(c, t, loop_key, env_params), carry, t0 + jnp.arange(n)
+        )
+
+    k_init, k_loop = jax.random.split(key)
+    carry = jax.jit(init)(k_init, params_at(0))
+    chunks = []
+    t = 0
+    while t < config.total_steps:
+        n = min(int(steps_per_call), config.total_steps - t)
+        carry, metrics = run_steps(carry, jnp.int32(t), k_loop, n, params_at(t))
+        metrics = jax.tree.map(np.asarray, metrics)
+        chunks.append(metrics)
+        t += n
+        if callback is not None:
+            callback(t, metrics)
+    if not chunks:
+        empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params)[1], carry)
+        return carry.agent, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)
+    return carry.agent, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)

@@ -1,0 +1,392 @@
+"""RL Panning: a TD3 agent learns, round by round, how to weigh the Panning metrics.
+
+The agent acts in :class:`jpanning.env.PanningEnv` (one Panning round per step, action
+``a ∈ [−1, 1]³`` giving the SynFlow/SNIP/GraSP weights ``p = (a + 1) / 2``). Training draws
+each episode's target sparsity from the authors' distributions: ``U(0.8, 1)`` for the first
+``early_steps`` agent steps (their 10k of 50k), then half ``U(0.9, 1)``, half ``U(0.98, 1)``.
+A trained policy then screens a network at any target in ``T`` environment steps and no
+more training::
+
+    env, env_params = build_env(problem, pool, config)       # dense maps scored once
+    agent, metrics = search(env, env_params, config, key)    # TD3, host-driven jitted steps
+    masks, trace = screen(env, env_params, agent.actor_params, config, 0.95, key)
+    save_policy(path, agent.actor_params, config)            # msgpack, written atomically
+
+The search steps run as one jitted call each from a host loop
+(:func:`jpanning.agents.td3.train_loop`): on XLA:CPU the environment's convolutions are
+~30x slower inside a ``lax.scan`` body (``benchmarks/results/scan_vs_loop_cpu.md``); on an
+accelerator ``steps_per_call`` can batch many steps into one scan.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any, Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpanning import env as env_lib, pruning
+from jpanning.agents import td3
+from jpanning.errors import JPanningError
+
+PyTree = Any
+POLICY_FORMAT = "jpanning-rlpanning-policy"
+POLICY_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class RLPanningConfig:
+    """The search and screening settings.
+
+    Attributes:
+        agent_steps: environment steps of the TD3 search (the authors: 50,000).
+        rounds: T, Panning rounds per episode (100).
+        pool_size: scoring batches in the environment's pool; each step draws one (the
+            authors draw a fresh batch from the training set every step).
+        early_steps: agent steps with the early target distribution; ``None``: a fifth of
+            ``agent_steps`` (the authors' 10k of 50k).
+        alpha: weight of ``|ρt − ρe|`` in the reward.
+        recompute_dense: recompute the dense SNIP/GraSP maps every step (the authors' cost).
+        steps_per_call: agent steps per jitted call (1 on CPU; more on an accelerator).
+        td3: the agent's settings (``total_steps`` is replaced by ``agent_steps``).
+    """
+
+    agent_steps: int = 50_000
+    rounds: int = 100
+    pool_size: int = 10
+    early_steps: Optional[int] = None
+    alpha: float = 100.0
+    recompute_dense: bool = False
+    steps_per_call: int = 1
+    td3: td3.TD3Config = td3.TD3Config()
+
+    def agent_config(self) -> td3.TD3Config:
+        """The TD3 settings with ``total_steps = agent_steps``, and a buffer that fits."""
+        return self.td3.replace(
+            total_steps=int(self.agent_steps),
+            buffer_size=max(min(self.td3.buffer_size, int(self.agent_steps)), self.td3.batch_size),
+        )
+
+    def switch_step(self) -> int:
+        """The agent step from which the late target distribution is used."""
+        if self.early_steps is None:
+            return int(self.agent_steps) // 5
+        return int(self.early_steps)
+
+    def validate(self) -> "RLPanningConfig":
+        for name in ("agent_steps", "rounds", "pool_size", "steps_per_call"):
+            if int(getattr(self, name)) < 1:
+                raise JPanningError(f"rlpanning {name} must be >= 1, got {getattr(self, name)}")
+        if self.early_steps is not None and int(self.early_steps) < 0:
+            raise JPanningError(f"rlpanning early_steps must be >= 0, got {self.early_steps}")
+        td3.validate_config(self.agent_config())
+        return self
+
+
+# Settings users pick by name (``run.py --preset``). ``paper`` follows the authors' code;
+# ``quick`` is a smoke-test budget that finishes in minutes on a 2-core CPU (ResNet-20 on a
+# scoring batch of 100: ~0.6 s per agent step) and learns little: its policy is not a
+# result.
+PRESETS = {
+    "paper": RLPanningConfig(),
+    "quick": RLPanningConfig(
+        agent_steps=200,
+        rounds=20,
+        pool_size=2,
+        td3=td3.TD3Config(hidden_sizes=(64, 64), warmup_steps=60, batch_size=32),
+    ),
+}
+
+
+def score_pool(dataset, samples_per_class: int, pool_size: int, seed: int):
+    """``pool_size`` class-balanced scoring batches, stacked: ``[P, B, ...]`` and ``[P, B]``.
+
+    Batch ``i`` is :func:`jpanning.data.scoring_batch` with seed ``seed + i``, so batch 0 is
+    the one the other methods score on.
+    """
+    from jpanning import data
+
+    batches = [
+        data.scoring_batch(dataset, samples_per_class, seed=seed + i) for i in range(pool_size)
+    ]
+    return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+
+
+def build_env(problem: pruning.PruneProblem, pool, config: RLPanningConfig):
+    """The Panning environment for ``problem``'s network and its params over ``pool``.
+
+    Args:
+        problem: the model, its initial variables, the prunable set, scope and (in
+            ``problem.options``) ``temperature`` and ``chunk_size``.
+        pool: ``(inputs [P, B, ...], labels [P, B])`` scoring batches.
+        config: rounds, alpha and ``recompute_dense``.
+
+    Returns:
+        ``(env, env_params)`` with the early target distribution.
+    """
+    inputs, labels = pool
+    env = env_lib.PanningEnv(
+        pruning.train_apply_fn(problem),
+        pruning.eval_apply_fn(problem),
+        problem.prunable,
+        tuple(np.shape(inputs)[2:]),
+        scope=problem.scope,
+        temperature=float(problem.options.get("temperature") or pruning.GRASP_TEMPERATURE),
+        chunk_size=problem.options.get("chunk_size"),
+    )
+    env_params = env.make_params(
+        problem.params,
+        inputs,
+        labels,
+        targets=env_lib.TARGETS_EARLY,
+        alpha=config.alpha,
+        rounds=config.rounds,
+        recompute_dense=config.recompute_dense,
+    )
+    return env, env_params
+
+
+def search(
+    env: env_lib.PanningEnv,
+    env_params: env_lib.EnvParams,
+    config: RLPanningConfig,
+    key: jax.Array,
+    *,
+    callback: Optional[Callable] = None,
+):
+    """Train the TD3 agent on the environment (early, then late target distribution).
+
+    Returns:
+        ``(agent_state, metrics)`` of :func:`jpanning.agents.td3.train_loop`; ``callback``
+        is passed on to it.
+    """
+    config.validate()
+    late = env_params.with_targets(env_lib.TARGETS_LATE)
+    switch = config.switch_step()
+    return td3.train_loop(
+        env,
+        env_params,
+        config.agent_config(),
+        key,
+        action_size=env_lib.ACTION_SIZE,
+        obs_size=env_lib.OBS_SIZE,
+        steps_per_call=config.steps_per_call,
+        env_params_at=lambda t: env_params if t < switch else late,
+        callback=callback,
+    )
+
+
+def episode_returns(metrics) -> tuple[np.ndarray, np.ndarray]:
+    """``(end_steps, returns)`` of the completed episodes in training metrics (1-based)."""
+    done = np.asarray(metrics["done"], bool)
+    return np.flatnonzero(done) + 1, np.asarray(metrics["episode_return"])[done]
+
+
+def screen(
+    env: env_lib.PanningEnv,
+    env_params: env_lib.EnvParams,
+    actor_params: PyTree,
+    config: RLPanningConfig,
+    target: float,
+    key: jax.Array,
+):
+    """Screen at ``target`` with a trained policy: T deterministic environment steps.
+
+    Args:
+        env, env_params: the environment (its rounds must be the policy's).
+        actor_params: the trained actor.
+        config: the policy's settings (network sizes).
+        target: the sparsity to reach, in (0, 1).
+        key: PRNG key (which pool batch each round scores on).
+
+    Returns:
+        ``(masks, trace)``: the final masks, at exactly ``target`` (the last round's top-k
+        keeps the target count), and a dict of numpy arrays per round: ``weights [T, 3]``,
+        ``sparsity``, ``effective``, ``reward``, ``revived``.
+
+    Raises:
+        JPanningError: the policy disconnected the network before the last round.
+    """
+    agent_config = config.agent_config()
+    k_reset, k_steps = jax.random.split(key)
+    obs, state = jax.jit(env.reset)(k_reset, env_params, jnp.float32(target))
+
+    @jax.jit
+    def one_round(obs, state, k, env_params):
+        action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
+        obs, state, reward, terminated, _, info = env.step(k, state, action, env_params)
+        return obs, state, terminated, info | {"reward": reward, "effective": state.effective}
+
+    trace = []
+    for t in range(env_params.rounds):
+        obs, state, terminated, info = one_round(
+            obs, state, jax.random.fold_in(k_steps, t), env_params
+        )
+        trace.append(jax.tree.map(np.asarray, info))
+        if bool(terminated):
+            raise JPanningError(
+                f"the RL Panning policy cut every input-output path at round {t + 1} of "
+                f"{env_params.rounds} (sparsity {float(info['sparsity']):.4f}); train the "
+                "policy longer or lower the ratio"
+            )
+    stacked = {k: np.stack([r[k] for r in trace]) for k in trace[0]}
+    keep = ("weights", "sparsity", "effective", "reward", "revived")
+    return state.masks, {k: stacked[k] for k in keep}
+
+
+# -- the policy file -------------------------------------------------------------------------
+
+
+def save_policy(path: str, actor_params: PyTree, config: RLPanningConfig, meta=None) -> None:
+    """Write the actor and what is needed to use it (msgpack, atomically)."""
+    from flax import serialization
+
+    from jpanning import report
+
+    td3_fields = {
+        f.name: (list(v) if isinstance(v := getattr(config.td3, f.name), tuple) else v)
+        for f in dataclasses.fields(config.td3)
+    }
+    payload = {
+        "format": POLICY_FORMAT,
+        "version": POLICY_VERSION,
+        "actor_params": jax.tree.map(np.asarray, actor_params),
+        "rounds": int(config.rounds),
+        "alpha": float(config.alpha),
+        "td3": td3_fields,
+        "obs_size": env_lib.OBS_SIZE,
+        "action_size": env_lib.ACTION_SIZE,
+        "meta": meta or {},
+    }
+    report.atomic_write_bytes(path, serialization.msgpack_serialize(payload))
+
+
+def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
+    """Read a policy file written by :func:`save_policy`.
+
+    Returns:
+        ``(actor_params, config, meta)``; ``config`` carries the policy's rounds and network
+        sizes.
+
+    Raises:
+        JPanningError: a missing, unreadable or foreign file.
+    """
+    from flax import serialization
+
+    if not os.path.isfile(path):
+        raise JPanningError(f"--policy {path!r} does not exist")
+    try:
+        with open(path, "rb") as f:
+            payload = serialization.msgpack_restore(f.read())
+    except Exception as e:  # msgpack raises several types on corrupt input
+        raise JPanningError(f"--policy {path!r} is not a jpanning policy file ({e})")
+    if not isinstance(payload, dict) or payload.get("format") != POLICY_FORMAT:
+        raise JPanningError(f"--policy {path!r} is not a jpanning policy file")
+    if payload.get("version") != POLICY_VERSION:
+        raise JPanningError(
+            f"--policy {path!r} has format version {payload.get('version')}, "
+            f"this jpanning reads {POLICY_VERSION}"
+        )
+    if payload["obs_size"] != env_lib.OBS_SIZE or payload["action_size"] != env_lib.ACTION_SIZE:
+        raise JPanningError(
+            f"--policy {path!r} maps {payload['obs_size']} observations to "
+            f"{payload['action_size']} actions; the Panning environment has "
+            f"{env_lib.OBS_SIZE} and {env_lib.ACTION_SIZE}"
+        )
+    fields = dict(payload["td3"])
+    fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
+    config = RLPanningConfig(
+        rounds=int(payload["rounds"]), alpha=float(payload["alpha"]), td3=td3.TD3Config(**fields)
+    )
+    actor_params = jax.tree.map(jnp.asarray, payload["actor_params"])
+    return actor_params, config, payload.get("meta", {})
+
+
+# -- as a pruning method ---------------------------------------------------------------------
+
+
+@pruning.register_method("rlpanning")
+def rlpanning(problem: pruning.PruneProblem):
+    """RL Panning as a ``run.py --method``: train a policy (or load ``options['policy']``,
+    a path) and screen at ``problem.sparsity``.
+
+    Options: ``preset`` (``'paper'``/``'quick'``), ``agent_steps``, ``rounds``, ``pool``
+    (``(inputs [P, B, ...], labels [P, B])``; default: the scoring batch alone), ``policy``.
+    ``run.py`` uses :func:`run` for the learning curve and the policy file.
+    """
+    return run(problem).masks
+
+
+@dataclasses.dataclass
+class RLPanningResult:
+    """What :func:`run` produced: the masks and everything the report needs."""
+
+    masks: PyTree
+    trace: dict
+    config: RLPanningConfig
+    actor_params: PyTree
+    metrics: Optional[dict]  # None when the policy was loaded
+    search_seconds: float
+    screen_seconds: float
+
+
+def config_from_options(options: dict) -> RLPanningConfig:
+    """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` overrides."""
+    name = options.get("preset") or "paper"
+    if name not in PRESETS:
+        raise JPanningError(f"unknown rlpanning preset {name!r}; choose from {', '.join(PRESETS)}")
+    config = PRESETS[name]
+    if options.get("agent_steps"):
+        config = dataclasses.replace(
+            config, agent_steps=int(options["agent_steps"]), early_steps=None
+        )
+    if options.get("rounds"):
+        config = dataclasses.replace(config, rounds=int(options["rounds"]))
+    return config.validate()
+
+
+def run(problem: pruning.PruneProblem, *, callback: Optional[Callable] = None) -> RLPanningResult:
+    """Search (or load) a policy and screen ``problem`` at its sparsity.
+
+    Args:
+        problem: as for any method; ``problem.options`` as for :func:`rlpanning`.
+        callback: passed to :func:`search` (progress).
+    """
+    import time
+
+    options = problem.options
+    k_search, k_screen = jax.random.split(problem.key)
+    if options.get("policy"):
+        actor_params, config, _ = load_policy(options["policy"])
+        if options.get("rounds") and int(options["rounds"]) != config.rounds:
+            raise JPanningError(
+                f"the policy was trained with {config.rounds} rounds; --rounds "
+                f"{options['rounds']} differs (leave it out to use the policy's)"
+            )
+    else:
+        config = config_from_options(options)
+    pool = options.get("pool")
+    if pool is None:
+        pool = tuple(np.asarray(x)[None] for x in problem.batch)
+    env, env_params = build_env(problem, pool, config)
+    metrics, search_seconds = None, 0.0
+    if not options.get("policy"):
+        start = time.perf_counter()
+        agent, metrics = search(env, env_params, config, k_search, callback=callback)
+        search_seconds = time.perf_counter() - start
+        actor_params = agent.actor_params
+    start = time.perf_counter()
+    masks, trace = screen(env, env_params, actor_params, config, problem.sparsity, k_screen)
+    masks = jax.block_until_ready(masks)
+    return RLPanningResult(
+        masks=masks,
+        trace=trace,
+        config=config,
+        actor_params=actor_params,
+        metrics=metrics,
+        search_seconds=search_seconds,
+        screen_seconds=time.perf_counter() - start,
+    )

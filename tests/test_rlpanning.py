@@ -1,0 +1,190 @@
+"""RL Panning: screening with a policy equals Panning with the policy's weights, the policy
+file round-trips, the target distribution switches, and run.py trains, saves and reuses."""
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jpanning import data, masks as M, models, panning, pruning, rlpanning
+from jpanning.agents import td3
+from jpanning.errors import JPanningError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = rlpanning.RLPanningConfig(
+    agent_steps=24,
+    rounds=3,
+    pool_size=2,
+    td3=td3.TD3Config(hidden_sizes=(16,), warmup_steps=8, batch_size=8),
+)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    dataset = data.load_dataset("synthetic", seed=0)
+    model = models.create_model("tinycnn", dataset.num_classes)
+    variables = models.init_variables(model, jax.random.key(0), dataset.input_shape)
+    return pruning.PruneProblem(
+        model=model,
+        variables=variables,
+        batch=data.scoring_batch(dataset, 4, seed=0),
+        sparsity=0.9,
+        prunable=M.prunable_tree(variables["params"]),
+        key=jax.random.key(1),
+    ), dataset
+
+
+def _constant_actor(action):
+    """Actor params whose deterministic action is ``action`` whatever the observation."""
+    params = td3.init_agent(jax.random.key(0), CONFIG.td3, 7, 3).actor_params
+    params = jax.tree.map(jnp.zeros_like, params)
+    bias = jnp.arctanh(jnp.asarray(action, jnp.float32))
+    return {
+        "params": params["params"]
+        | {"out": {"kernel": params["params"]["out"]["kernel"], "bias": bias}}
+    }
+
+
+def test_screening_with_a_constant_policy_is_panning_with_those_weights(problem):
+    # a = (0.2, -0.6, 0.4) gives p = (a + 1) / 2 = (0.6, 0.2, 0.7) in every round.
+    prob, _ = problem
+    pool = tuple(np.asarray(x)[None] for x in prob.batch)  # one batch: every round uses it
+    env, env_params = rlpanning.build_env(prob, pool, CONFIG)
+    actor = _constant_actor([0.2, -0.6, 0.4])
+    masks, trace = rlpanning.screen(env, env_params, actor, CONFIG, 0.9, jax.random.key(2))
+    np.testing.assert_allclose(trace["weights"], np.tile([0.6, 0.2, 0.7], (3, 1)), rtol=1e-6)
+    expected, hand = panning.panning(
+        pruning.train_apply_fn(prob),
+        pruning.eval_apply_fn(prob),
+        prob.params,
+        prob.batch,
+        0.9,
+        prunable=prob.prunable,
+        config=panning.PanningConfig(rounds=3),
+        weights_fn=lambda t, s: jnp.asarray([0.6, 0.2, 0.7]),
+    )
+    np.testing.assert_allclose(trace["sparsity"], np.asarray(hand["sparsity"]), rtol=1e-6)
+    np.testing.assert_array_equal(trace["revived"], np.asarray(hand["revived"]))
+    for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(expected)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kept = M.sparsity_report(masks, prob.prunable)
+    assert kept["kept"] == kept["total"] - round(0.9 * kept["total"])
+
+
+def test_the_policy_file_round_trips_and_bad_files_are_refused(tmp_path, problem):
+    actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 7, 3).actor_params
+    path = str(tmp_path / "policy.msgpack")
+    rlpanning.save_policy(path, actor, CONFIG, meta={"model": "tinycnn"})
+    loaded, config, meta = rlpanning.load_policy(path)
+    for a, b in zip(jax.tree.leaves(actor), jax.tree.leaves(loaded)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert config.rounds == 3 and config.td3 == CONFIG.td3 and meta == {"model": "tinycnn"}
+    obs = jnp.linspace(0, 1, 7)
+    np.testing.assert_array_equal(
+        td3.policy(actor, obs, CONFIG.td3, 3), td3.policy(loaded, obs, config.td3, 3)
+    )
+    (tmp_path / "junk").write_bytes(b"\x93not msgpack")
+    with pytest.raises(JPanningError, match="is not a jpanning policy file"):
+        rlpanning.load_policy(str(tmp_path / "junk"))
+    with pytest.raises(JPanningError, match="does not exist"):
+        rlpanning.load_policy(str(tmp_path / "missing"))
+
+
+def test_search_switches_to_the_late_targets_and_screens(problem):
+    prob, dataset = problem
+    pool = rlpanning.score_pool(dataset, 2, 2, seed=0)
+    assert pool[0].shape == (2, 20, *dataset.input_shape)
+    np.testing.assert_array_equal(pool[0][0], data.scoring_batch(dataset, 2, seed=0)[0])
+    env, env_params = rlpanning.build_env(prob, pool, CONFIG)
+    seen = []
+    agent, metrics = rlpanning.search(
+        env, env_params, CONFIG, jax.random.key(0), callback=lambda t, m: seen.append(t)
+    )
+    assert seen == list(range(1, 25))
+    targets = metrics["obs"][:, 5]
+    switch = CONFIG.switch_step()  # 24 // 5 = 4
+    assert switch == 4
+    assert np.all((targets >= 0.8) & (targets < 1.0))
+    # Episodes last T = 3 steps; those reset after the switch draw from U(0.9,1) or U(0.98,1).
+    late_episodes = targets[np.arange(24) >= 6][::3]
+    assert np.all(late_episodes >= 0.9)
+    steps, returns = rlpanning.episode_returns(metrics)
+    np.testing.assert_array_equal(steps, np.arange(3, 25, 3))
+    assert np.all(returns < 0)
+    assert int(agent.step) == 24 - 8
+
+
+def test_unknown_preset_and_bad_budget_are_refused():
+    with pytest.raises(JPanningError, match="unknown rlpanning preset 'huge'"):
+        rlpanning.config_from_options({"preset": "huge"})
+    with pytest.raises(JPanningError, match="agent_steps must be >= 1"):
+        dataclasses.replace(CONFIG, agent_steps=0).validate()
+    quick = rlpanning.config_from_options({"preset": "quick", "agent_steps": 50, "rounds": 7})
+    assert (quick.agent_steps, quick.rounds, quick.switch_step()) == (50, 7, 10)
+
+
+def _run(*args):
+    env = dict(os.environ, JPANNING_DATA_DIR="/nonexistent")
+    return subprocess.run(
+        [sys.executable, os.path.join(ROOT, "run.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
+    common = (
+        *("--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "50"),
+        *("--train-limit", "300", "--test-limit", "100", "--no-progress"),
+    )
+    first = tmp_path / "search"
+    proc = _run(*common, "--preset", "quick", "--agent-steps", "40", "--rounds", "4",
+                "--ratio", "0.8", "--out", str(first))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads((first / "results.json").read_text())
+    assert r["config"]["method"] == "rlpanning"  # the default method
+    assert r["rl"]["agent_steps"] == 40 and r["rl"]["rounds"] == 4
+    # Episodes end at round T = 4, or earlier where a target near 1 disconnects the network.
+    ends = np.asarray(r["rl"]["episode_end_steps"])
+    assert len(r["rl"]["episode_returns"]) == len(ends) >= 10
+    assert np.all((np.diff(ends, prepend=0) >= 1) & (np.diff(ends, prepend=0) <= 4))
+    assert r["sparsity"]["kept"] == r["sparsity"]["total"] - round(0.8 * r["sparsity"]["total"])
+    assert (first / "rl_curve.png").read_bytes()[:4] == b"\x89PNG"
+    assert r["files"]["policy"] == "policy.msgpack"
+
+    second = tmp_path / "reuse"
+    proc = _run(*common, "--policy", str(first / "policy.msgpack"), "--ratio", "0.9",
+                "--out", str(second))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "no search" in proc.stdout
+    r2 = json.loads((second / "results.json").read_text())
+    assert r2["rl"]["agent_steps"] == 0 and r2["rl"]["search_seconds"] == 0.0
+    assert r2["rl"]["policy_loaded_from"] == str(first / "policy.msgpack")
+    assert len(r2["rl"]["screen"]["sparsity"]) == 4  # the policy's T, not a default
+    assert r2["sparsity"]["kept"] == r2["sparsity"]["total"] - round(0.9 * r2["sparsity"]["total"])
+    assert not (second / "policy.msgpack").exists()
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--method", "snip", "--policy", "p.msgpack"], "--policy is for --method rlpanning"),
+        (["--policy", "/no/such/policy"], "--policy '/no/such/policy' does not exist"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
+        (["--agent-steps", "0"], "0 must be positive"),
+    ],
+)
+def test_bad_rlpanning_input_is_one_line(args, message):
+    proc = _run("--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1", *args)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
