@@ -241,7 +241,7 @@ def panning(
         return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
 
     # Rounds are separate jitted calls in a host loop (masks stay on the device): XLA:CPU runs
-    # convolutions inside a lax.scan body ~30x slower (see jpanning.pruning).
+    # convolutions inside a lax.scan body ~27x slower (see jpanning.pruning).
     dense = dense_fn(params, batch)
     masks, trace = masks_lib.ones_like(params), []
     for t, s in enumerate(schedule):

@@ -127,9 +127,9 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
 
     Each round is one jitted call (compiled once: the round's sparsity is traced, the top-k
     count is computed inside the graph) and the rounds run in a host loop with the masks kept
-    on the device. A ``lax.scan`` over the rounds is ~30x slower per round on XLA:CPU, whose
+    on the device. A ``lax.scan`` over the rounds is ~27x slower per round on XLA:CPU, whose
     convolutions inside loop bodies lose their fast path (ResNet-20 SNIP rounds, batch 100:
-    14.1 s in a scan, 0.48 s as separate calls; ``python -m benchmarks.scan_vs_loop``).
+    14.6 s in a scan, 0.55 s as separate calls; ``python -m benchmarks.scan_vs_loop``).
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 

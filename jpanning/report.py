@@ -153,7 +153,7 @@ def plot_learning_curve(steps, returns, path: str, title: str, window: int = 10)
     steps, returns = np.asarray(steps), np.asarray(returns, np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(steps, returns, ".", color="#3b75af", alpha=0.5, label="episode return")
-    if len(returns) >= window:
+    if len(returns) > window:  # at least two points of the average
         smooth = np.convolve(returns, np.ones(window) / window, mode="valid")
         ax.plot(steps[window - 1 :], smooth, color="#d62728", label=f"mean of {window}")
     if not len(returns):

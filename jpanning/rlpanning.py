@@ -14,7 +14,7 @@ more training::
 
 The search steps run as one jitted call each from a host loop
 (:func:`jpanning.agents.td3.train_loop`): on XLA:CPU the environment's convolutions are
-~30x slower inside a ``lax.scan`` body (``benchmarks/results/scan_vs_loop_cpu.md``); on an
+~27x slower inside a ``lax.scan`` body (``benchmarks/results/scan_vs_loop_cpu.md``); on an
 accelerator ``steps_per_call`` can batch many steps into one scan.
 """
 

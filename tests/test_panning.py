@@ -1,6 +1,5 @@
 """Panning (hand schedule, revival, fusion) and its environment (jit, vmap, reward)."""
 
-
 import jax
 import jax.numpy as jnp
 import numpy as np
