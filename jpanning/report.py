@@ -110,13 +110,28 @@ def environment() -> dict:
     }
 
 
-def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
-    """Bar chart of the kept fraction of each prunable layer, written atomically as PNG."""
+def pyplot():
+    """matplotlib's pyplot on the file-only Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def save_png(fig, path: str) -> None:
+    """Write ``fig`` as a PNG, atomically, and close it."""
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
+    """Bar chart of the kept fraction of each prunable layer, written atomically as PNG."""
+    plt = pyplot()
     names = list(sparsity["layers"])
     density = [sparsity["layers"][n]["density"] for n in names]
     fig, ax = plt.subplots(figsize=(max(6, 0.32 * len(names) + 2), 4.2))
@@ -136,20 +151,12 @@ def plot_layer_density(sparsity: dict, path: str, title: str) -> None:
     ax.set_ylim(0, 1.02)
     ax.set_title(title, fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def plot_learning_curve(steps, returns, path: str, title: str, window: int = 10) -> None:
     """Episode return against the agent step it ended at, with a moving average; PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     steps, returns = np.asarray(steps), np.asarray(returns, np.float64)
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
     ax.plot(steps, returns, ".", color="#3b75af", alpha=0.5, label="episode return")
@@ -162,11 +169,7 @@ def plot_learning_curve(steps, returns, path: str, title: str, window: int = 10)
     ax.set_ylabel("return")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_png(fig, path)
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

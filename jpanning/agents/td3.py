@@ -31,6 +31,7 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import rlax
 
@@ -631,8 +632,6 @@ def train_loop(
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
     """
-    import numpy as np
-
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
     if int(steps_per_call) < 1:
         raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
