@@ -10,26 +10,15 @@ import numpy as np
 import optax
 import pytest
 
-from jpanning import data, masks as M, models, pruning, scores
+from jpanning import masks as M, pruning, scores
 from jpanning.errors import JPanningError
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "iter_snip", "force", "panning"]
 
 
 @pytest.fixture(scope="module")
-def problem():
-    dataset = data.load_dataset("synthetic", seed=0)
-    model = models.create_model("tinycnn", dataset.num_classes)
-    variables = models.init_variables(model, jax.random.key(0), dataset.input_shape)
-    return pruning.PruneProblem(
-        model=model,
-        variables=variables,
-        batch=data.scoring_batch(dataset, 4, seed=0),
-        sparsity=0.8,
-        prunable=M.prunable_tree(variables["params"]),
-        key=jax.random.key(1),
-        options={"rounds": 4},
-    )
+def problem(make_tiny_problem):
+    return make_tiny_problem(0.8, {"rounds": 4})[0]
 
 
 def _kept_per_layer(masks, prunable):

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import data, masks as M, models, panning, pruning, rlpanning
+from jpanning import data, masks as M, panning, pruning, rlpanning
 from jpanning.agents import td3
 from jpanning.errors import JPanningError
 
@@ -26,18 +26,8 @@ CONFIG = rlpanning.RLPanningConfig(
 
 
 @pytest.fixture(scope="module")
-def problem():
-    dataset = data.load_dataset("synthetic", seed=0)
-    model = models.create_model("tinycnn", dataset.num_classes)
-    variables = models.init_variables(model, jax.random.key(0), dataset.input_shape)
-    return pruning.PruneProblem(
-        model=model,
-        variables=variables,
-        batch=data.scoring_batch(dataset, 4, seed=0),
-        sparsity=0.9,
-        prunable=M.prunable_tree(variables["params"]),
-        key=jax.random.key(1),
-    ), dataset
+def problem(make_tiny_problem):
+    return make_tiny_problem(0.9)
 
 
 def _constant_actor(action):
