@@ -7,14 +7,16 @@ This is the imperative shell: it parses and checks arguments, loads data, calls 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import os
 import sys
 import time
 
-from jpanning.errors import JPanningError
+from jpanning.errors import JPanningError, RunFailed
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "synthetic")
+TRAINED_METHODS = ("purl", "uniform")  # they prune a trained network, so run.py trains it first
 
 
 class _Parser(argparse.ArgumentParser):
@@ -141,8 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--preset",
         default="paper",
         choices=("paper", "quick"),
-        help="rlpanning: search budget; paper: the authors' (50k agent steps, T=100, 256-256 "
-        "MLPs); quick: 200 steps, T=20, 64-64 MLPs, minutes on a CPU (a smoke test)",
+        help="rlpanning and purl: search budget; paper: the authors' (rlpanning: 50k agent "
+        "steps, T=100, 256-256 MLPs; purl: 55 episodes, 1,000 retraining images per layer); "
+        "quick: minutes on a CPU (rlpanning: 200 steps, T=20, 64-64 MLPs; purl: 8 episodes, "
+        "128 images): a smoke test",
     )
     p.add_argument(
         "--agent-steps",
@@ -161,6 +165,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="rlpanning: screen with this saved policy (a run's policy.msgpack), no search",
+    )
+    p.add_argument(
+        "--purl-episodes",
+        type=_positive(int),
+        default=None,
+        help="purl: DQN training episodes (default: the preset's; paper 55, quick 8)",
+    )
+    p.add_argument(
+        "--purl-alpha-step",
+        type=_positive(float),
+        default=None,
+        help="purl: spacing of the α grid {0, step, ..., 2.2} (0.2; the paper also uses 0.1)",
+    )
+    p.add_argument(
+        "--purl-state",
+        default=None,
+        choices=("compact", "per_layer"),
+        help="purl: the agent's state, (layer, accuracy, sparsity) or 2n per-layer values "
+        "(compact)",
+    )
+    p.add_argument(
+        "--purl-collapse",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="purl: end an episode when accuracy falls below FRACTION x the target (off)",
+    )
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="PATH",
+        help="purl, uniform: prune this trained network (a dense run's model.npz) instead of "
+        "training one first",
+    )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=_positive(int),
+        default=None,
+        help="purl, uniform: epochs of the dense training before pruning (default: --epochs)",
     )
     p.add_argument("--epochs", type=_positive(int), default=160)
     p.add_argument("--batch-size", type=_positive(int), default=128)
@@ -208,12 +251,16 @@ def _check_out_dir(out: str) -> None:
         raise JPanningError(f"--out {out!r} is not writable: {e.strerror or e}")
 
 
-def run(args: argparse.Namespace) -> dict:
-    """The whole pipeline for parsed arguments; returns the results dict it also writes."""
+def run(args: argparse.Namespace, dataset=None) -> dict:
+    """The whole pipeline for parsed arguments; returns the results dict it also writes.
+
+    ``dataset`` is the already loaded data of ``args`` (the benchmark harness loads it once
+    for many runs); None loads it here.
+    """
     import jax
     import numpy as np
 
-    from jpanning import data, masks as masks_lib, models, pruning, report, scores, train
+    from jpanning import data, flops, masks as masks_lib, models, pruning, report, scores, train
 
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise JPanningError(f"--data-dir {args.data_dir!r} does not exist")
@@ -228,6 +275,13 @@ def run(args: argparse.Namespace) -> dict:
         raise JPanningError(f"--policy is for --method rlpanning, not {args.method!r}")
     if args.policy is not None and not os.path.isfile(args.policy):
         raise JPanningError(f"--policy {args.policy!r} does not exist")
+    if args.pretrained is not None and args.method not in TRAINED_METHODS:
+        raise JPanningError(
+            f"--pretrained is for the methods that prune a trained network "
+            f"({', '.join(TRAINED_METHODS)}), not {args.method!r}"
+        )
+    if args.pretrained is not None and not os.path.isfile(args.pretrained):
+        raise JPanningError(f"--pretrained {args.pretrained!r} does not exist")
     _check_out_dir(args.out)
     sparsity = 0.0 if args.method == "dense" else args.ratio
 
@@ -235,13 +289,14 @@ def run(args: argparse.Namespace) -> dict:
         import tensorflow_datasets as tfds
 
         tfds.disable_progress_bar()  # the one-time dataset preparation has bars of its own
-    dataset = data.load_dataset(
-        args.dataset,
-        args.data_dir,
-        train_limit=args.train_limit,
-        test_limit=args.test_limit,
-        seed=args.seed,
-    )
+    if dataset is None:
+        dataset = data.load_dataset(
+            args.dataset,
+            args.data_dir,
+            train_limit=args.train_limit,
+            test_limit=args.test_limit,
+            seed=args.seed,
+        )
     print(
         f"data: {dataset.name}, {dataset.num_train} train / {dataset.num_test} test, "
         f"{dataset.input_shape}, {dataset.num_classes} classes; {dataset.source}"
@@ -252,6 +307,18 @@ def run(args: argparse.Namespace) -> dict:
     variables = models.init_variables(model, init_key, dataset.input_shape)
     prunable = masks_lib.prunable_tree(variables["params"])
     batch = data.scoring_batch(dataset, args.samples_per_class, seed=args.seed)
+    config = train.TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+    pretrained = None
+    if args.method in TRAINED_METHODS:
+        variables, pretrained = _pretrained(args, model, variables, dataset, config, train_key)
+        # the pretraining used train_key (as a dense run with this seed does)
+        train_key = jax.random.fold_in(train_key, 1)
 
     problem = pruning.PruneProblem(
         model=model,
@@ -270,19 +337,26 @@ def run(args: argparse.Namespace) -> dict:
             "preset": args.preset,
             "agent_steps": args.agent_steps,
             "policy": args.policy,
+            "episodes": args.purl_episodes,
+            "alpha_step": args.purl_alpha_step,
+            "state": args.purl_state,
+            "collapse_accuracy": args.purl_collapse,
         },
     )
     start = time.perf_counter()
-    rl = None
+    rl = purl_result = None
     if args.method == "rlpanning":
         rl = _rl_search(args, problem, dataset)
         masks = rl.masks
+    elif args.method == "purl":
+        purl_result = _purl_search(args, problem, dataset)
+        masks = purl_result.masks
     else:
         masks = pruning.prune(args.method, problem)
     prune_seconds = time.perf_counter() - start
     empty = masks_lib.empty_layers(masks, prunable)
     if empty:
-        raise JPanningError(
+        raise RunFailed(
             f"method {args.method!r} at ratio {args.ratio} pruned every weight of "
             f"layer(s) {', '.join(empty)}: the network is cut; lower --ratio or "
             "use --scope layer"
@@ -293,21 +367,16 @@ def run(args: argparse.Namespace) -> dict:
         scores.effective_sparsity(eval_apply, masks, dataset.input_shape, prunable=prunable)
     )
     collapsed = scores.collapsed_layers(eval_apply, masks, dataset.input_shape, prunable=prunable)
+    forward = flops.forward_flops(model, variables, masks, prunable, dataset.input_shape)
     print(
         f"pruned with {args.method} in {prune_seconds:.2f}s: kept {sparsity_report['kept']:,} "
         f"of {sparsity_report['total']:,} prunable weights "
-        f"(sparsity {sparsity_report['sparsity']:.4f}, effective {effective:.4f})"
+        f"(sparsity {sparsity_report['sparsity']:.4f}, effective {effective:.4f}); "
+        f"forward FLOPs {forward['fraction']:.4f} of dense"
     )
     if collapsed:
         print(f"warning: no input-output path through layer(s) {', '.join(collapsed)}")
 
-    config = train.TrainConfig(
-        epochs=args.epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        weight_decay=args.weight_decay,
-    )
     start = time.perf_counter()
     state, history = train.train(
         model,
@@ -343,6 +412,7 @@ def run(args: argparse.Namespace) -> dict:
         "sparsity": sparsity_report,
         "effective_sparsity": effective,
         "collapsed_layers": collapsed,
+        "flops": forward,
         "nonzero_after_training": {
             "kept": trained_masks["kept"],
             "sparsity": trained_masks["sparsity"],
@@ -369,6 +439,13 @@ def run(args: argparse.Namespace) -> dict:
     if rl is not None:
         results["rl"] = _rl_report(args, rl)
         results["files"] |= {k: v for k, v in results["rl"]["files"].items() if v}
+    if pretrained is not None:
+        results["pretrained"] = pretrained
+        if pretrained.get("file"):
+            results["files"]["pretrained"] = pretrained["file"]
+    if purl_result is not None:
+        results["purl"] = _purl_report(args, purl_result, sparsity_report)
+        results["files"] |= results["purl"]["files"]
     report.write_json(os.path.join(args.out, "results.json"), results)
     print(
         report.summary_table(
@@ -385,6 +462,11 @@ def run(args: argparse.Namespace) -> dict:
                     f"{sparsity_report['total']:,})",
                 ),
                 ("effective sparsity", f"{effective:.6f}"),
+                (
+                    "forward FLOPs",
+                    f"{forward['remaining'] / 1e6:,.2f} M of {forward['dense'] / 1e6:,.2f} M "
+                    f"per image ({forward['fraction']:.4f})",
+                ),
                 ("test accuracy", f"{final['test_accuracy']:.4f}"),
                 ("prune time", f"{prune_seconds:.2f} s"),
                 ("train time", f"{train_seconds:.1f} s ({args.epochs} epochs)"),
@@ -395,11 +477,160 @@ def run(args: argparse.Namespace) -> dict:
     return results
 
 
+def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key):
+    """The trained network a method like PuRL prunes: loaded from ``--pretrained`` or trained
+    densely here with the run's recipe (``--pretrain-epochs``) and saved as pretrained.npz.
+
+    Returns:
+        ``(variables, info)``, ``info`` for results.json.
+    """
+    import jax
+
+    from jpanning import report, train
+
+    if args.pretrained is not None:
+        return _load_pretrained(args.pretrained, variables), {"from": args.pretrained}
+    epochs = args.pretrain_epochs or args.epochs
+    print(f"{args.method} prunes a trained network: dense training for {epochs} epoch(s) first")
+    start = time.perf_counter()
+    state, history = train.train(
+        model,
+        variables,
+        dataset,
+        dataclasses.replace(config, epochs=epochs),
+        key,
+        progress=not args.no_progress,
+    )
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    report.save_npz(os.path.join(args.out, "pretrained.npz"), **variables)
+    return jax.tree.map(jax.numpy.asarray, variables), {
+        "from": None,
+        "epochs": epochs,
+        "test_accuracy": history[-1]["test_accuracy"],
+        "seconds": time.perf_counter() - start,
+        "file": "pretrained.npz",
+    }
+
+
+def _load_pretrained(path: str, variables: dict) -> dict:
+    """``{'params', 'batch_stats'}`` from a run's model.npz, checked against the model."""
+    import jax
+    import numpy as np
+
+    from jpanning import masks as masks_lib, report
+
+    try:
+        loaded = report.load_npz(path)
+    except Exception as e:  # numpy raises several types on a corrupt file
+        raise JPanningError(f"--pretrained {path!r} is not a model.npz file ({e})")
+    for name in ("params", "batch_stats"):
+        want = {
+            masks_lib.path_str(p): np.shape(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(variables[name])[0]
+        }
+        got = {
+            masks_lib.path_str(p): np.shape(x)
+            for p, x in jax.tree_util.tree_flatten_with_path(loaded.get(name, {}))[0]
+        }
+        if want != got:
+            diff = sorted(set(want.items()) ^ set(got.items()))
+            raise JPanningError(
+                f"--pretrained {path!r} holds a different network than this --model: "
+                f"its {name} differ at {diff[0][0]}"
+            )
+    return {name: jax.tree.map(jax.numpy.asarray, loaded.get(name, {})) for name in variables}
+
+
+@contextlib.contextmanager
+def _agent_bar(desc: str, total: int, disable: bool):
+    """A progress bar over an agent's environment steps, with the episodes finished and the
+    last return; yields the ``callback(t, metrics)`` the agents' host loops call."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=desc, unit="step", disable=disable)
+    returns = []
+
+    def progress(t, metrics):
+        bar.update(len(metrics["reward"]))
+        returns.extend(metrics["episode_return"][metrics["done"]])
+        if returns:
+            bar.set_postfix(episodes=len(returns), ret=f"{returns[-1]:.2f}")
+
+    try:
+        yield progress
+    finally:
+        bar.close()
+
+
+def _purl_search(args: argparse.Namespace, problem, dataset):
+    """PuRL: draw its retraining/eval examples, train the DQN agent (progress bar), prune."""
+    import dataclasses as dc
+
+    import jax
+
+    from jpanning import purl
+
+    config = purl.config_from_options(problem.options)
+    problem = dc.replace(
+        problem,
+        options=problem.options | {"purl_data": purl.split_examples(dataset, config, args.seed)},
+    )
+    print(
+        f"purl: DQN over the layers, {config.episodes} episodes, α in "
+        f"{{0, {config.alpha_step:g}, ..., {config.alpha_max:g}}}, retraining on "
+        f"{config.retrain_images} examples per layer ({args.preset} preset)"
+    )
+    layers = sum(bool(f) for f in jax.tree.leaves(problem.prunable))
+    with _agent_bar("PuRL search", config.episodes * layers, args.no_progress) as progress:
+        return purl.run(problem, callback=progress)
+
+
+def _purl_report(args: argparse.Namespace, result, sparsity_report: dict) -> dict:
+    """The α per layer (PNG), the DQN learning curve (PNG), the ``purl`` entry of results."""
+    from jpanning import report
+    from jpanning.agents import loop
+
+    metrics = result.metrics
+    steps, returns = (x.tolist() for x in loop.episode_returns(metrics))
+    report.plot_layer_alphas(
+        result.layers,
+        result.alphas,
+        [sparsity_report["layers"][name]["density"] for name in result.layers],
+        os.path.join(args.out, "purl_alphas.png"),
+        f"PuRL: {args.model} / {args.dataset}, target sparsity {args.ratio}",
+    )
+    report.plot_learning_curve(
+        steps,
+        returns,
+        os.path.join(args.out, "purl_curve.png"),
+        f"PuRL DQN: {args.model} / {args.dataset}",
+    )
+    print(
+        "purl: α per layer "
+        + " ".join(f"{a:.2f}" for a in result.alphas)
+        + f"; greedy episodes ended at accuracy {result.final_accuracy.mean():.4f}, "
+        f"sparsity {result.final_sparsity.mean():.4f} (before fine-tuning)"
+    )
+    return {
+        "layers": result.layers,
+        "alphas": result.alphas.tolist(),
+        "episode_alphas": result.episode_alphas.tolist(),
+        "final_accuracy": result.final_accuracy.tolist(),
+        "final_sparsity": result.final_sparsity.tolist(),
+        "dense_accuracy": result.dense_accuracy,
+        "target_accuracy": result.target_accuracy,
+        "episode_end_steps": steps,
+        "episode_returns": returns,
+        "epsilon": metrics["epsilon"].tolist(),
+        "search_seconds": result.search_seconds,
+        "config": dataclasses.asdict(result.config),
+        "files": {"purl_alphas": "purl_alphas.png", "purl_curve": "purl_curve.png"},
+    }
+
+
 def _rl_search(args: argparse.Namespace, problem, dataset):
     """RL Panning: build the pool, search (progress bar) or load the policy, and screen."""
     import dataclasses as dc
-
-    from tqdm.auto import tqdm
 
     from jpanning import rlpanning
 
@@ -417,19 +648,8 @@ def _rl_search(args: argparse.Namespace, problem, dataset):
         f"rlpanning: TD3 search, {config.agent_steps} agent steps, T={config.rounds} rounds, "
         f"pool of {pool_size} scoring batches ({args.preset} preset)"
     )
-    bar = tqdm(total=config.agent_steps, desc="RL search", unit="step", disable=args.no_progress)
-    state = {"returns": []}
-
-    def progress(t, metrics):
-        bar.update(len(metrics["reward"]))
-        state["returns"] += list(metrics["episode_return"][metrics["done"]])
-        if state["returns"]:
-            bar.set_postfix(episodes=len(state["returns"]), ret=f"{state['returns'][-1]:.1f}")
-
-    try:
+    with _agent_bar("RL search", config.agent_steps, args.no_progress) as progress:
         return rlpanning.run(problem, callback=progress)
-    finally:
-        bar.close()
 
 
 def _rl_report(args: argparse.Namespace, rl) -> dict:

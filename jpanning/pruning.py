@@ -257,3 +257,6 @@ def panning(problem: PruneProblem):
 
 # RL Panning registers itself as a method; imported last, as it builds on this module.
 from jpanning import rlpanning as _rlpanning  # noqa: E402, F401
+
+# PuRL and its uniform baseline (methods on a trained network) register themselves too.
+from jpanning import purl as _purl  # noqa: E402, F401

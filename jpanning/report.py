@@ -178,3 +178,21 @@ def summary_table(rows: list[tuple[str, str]]) -> str:
     line = "+" + "-" * (width + 2) + "+" + "-" * (max(len(v) for _, v in rows) + 2) + "+"
     body = [f"| {k.ljust(width)} | {v.ljust(len(line) - width - 7)} |" for k, v in rows]
     return "\n".join([line, *body, line])
+
+
+def plot_layer_alphas(layers, alphas, densities, path: str, title: str) -> None:
+    """PuRL's threshold α per layer (bars) and the density the final mask keeps (line); PNG."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(max(6, 0.4 * len(layers)), 4.5))
+    x = np.arange(len(layers))
+    ax.bar(x, alphas, color="tab:blue", label="α (prune |w| < α·std)")
+    ax.set_ylabel("α")
+    ax.set_xticks(x, [name.removesuffix("/kernel") for name in layers], rotation=75, fontsize=7)
+    twin = ax.twinx()
+    twin.plot(x, densities, color="tab:orange", marker="o", ms=3, label="density kept")
+    twin.set_ylim(0, 1.05)
+    twin.set_ylabel("density (kept fraction)")
+    ax.set_title(title)
+    fig.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    save_png(fig, path)

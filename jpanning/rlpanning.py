@@ -29,8 +29,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jpanning import env as env_lib, pruning
-from jpanning.agents import td3
-from jpanning.errors import JPanningError
+from jpanning.agents import loop, td3
+from jpanning.errors import JPanningError, RunFailed
 
 PyTree = Any
 POLICY_FORMAT = "jpanning-rlpanning-policy"
@@ -179,10 +179,7 @@ def search(
     )
 
 
-def episode_returns(metrics) -> tuple[np.ndarray, np.ndarray]:
-    """``(end_steps, returns)`` of the completed episodes in training metrics (1-based)."""
-    done = np.asarray(metrics["done"], bool)
-    return np.flatnonzero(done) + 1, np.asarray(metrics["episode_return"])[done]
+episode_returns = loop.episode_returns  # (end steps, returns) of the finished episodes
 
 
 def screen(
@@ -227,7 +224,7 @@ def screen(
         )
         trace.append(jax.tree.map(np.asarray, info))
         if bool(terminated):
-            raise JPanningError(
+            raise RunFailed(
                 f"the RL Panning policy cut every input-output path at round {t + 1} of "
                 f"{env_params.rounds} (sparsity {float(info['sparsity']):.4f}); train the "
                 "policy longer or lower the ratio"

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jpanning import masks as masks_lib
 from jpanning.data import Dataset, augment_batch, epoch_batches
-from jpanning.errors import JPanningError
+from jpanning.errors import JPanningError, RunFailed
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +83,9 @@ def cross_entropy(logits, labels):
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(
-    model: nn.Module, tx: optax.GradientTransformation, *, augment: bool
-) -> Callable:
-    """A jitted ``train_step(state, key, images, labels) -> (state, metrics)``.
+def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, *, augment: bool) -> Callable:
+    """The pure ``train_step(state, key, images, labels) -> (state, metrics)`` (not jitted,
+    for use inside other jitted code such as PuRL's retraining).
 
     ``metrics`` holds the batch's mean loss and its number of correct predictions.
     """
@@ -115,11 +114,19 @@ def make_train_step(
         )
         return new_state, {"loss": loss, "correct": correct}
 
-    return jax.jit(train_step, donate_argnums=0)
+    return train_step
 
 
-def make_eval_step(model: nn.Module) -> Callable:
-    """A jitted ``eval_step(params, batch_stats, images, labels, weights) -> (loss_sum, correct)``.
+def make_train_step(
+    model: nn.Module, tx: optax.GradientTransformation, *, augment: bool
+) -> Callable:
+    """:func:`train_step_fn` jitted, the state donated."""
+    return jax.jit(train_step_fn(model, tx, augment=augment), donate_argnums=0)
+
+
+def eval_step_fn(model: nn.Module) -> Callable:
+    """The pure ``eval_step(params, batch_stats, images, labels, weights) -> (loss_sum,
+    correct)``: summed loss and correct predictions with BatchNorm's running statistics.
 
     ``weights`` is 1 for real examples and 0 for the padding of the last batch, so every batch has
     the same shape and the step compiles once.
@@ -131,7 +138,12 @@ def make_eval_step(model: nn.Module) -> Callable:
         correct = (jnp.argmax(logits, -1) == labels) * weights
         return jnp.sum(losses * weights), jnp.sum(correct)
 
-    return jax.jit(eval_step)
+    return eval_step
+
+
+def make_eval_step(model: nn.Module) -> Callable:
+    """:func:`eval_step_fn` jitted."""
+    return jax.jit(eval_step_fn(model))
 
 
 def evaluate(
@@ -159,7 +171,7 @@ def evaluate(
 
 def _check_finite(loss: float, step: int, lr: float) -> None:
     if not math.isfinite(loss):
-        raise JPanningError(
+        raise RunFailed(
             f"training diverged: loss is {loss} at step {step}; lower --lr "
             f"(now {lr}) or check the data"
         )

@@ -23,7 +23,6 @@ truncations (only ``terminated`` stops bootstrapping).
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,10 +30,16 @@ import flax.linen as nn
 import flax.struct
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import rlax
 
+from jpanning.agents import loop, replay
+from jpanning.agents.replay import (  # noqa: F401 (buffer_add: part of td3's API)
+    ReplayBuffer,
+    Transition,
+    buffer_add,
+    buffer_sample,
+)
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -199,86 +204,19 @@ def policy(actor_params: PyTree, obs: jax.Array, config: TD3Config, action_size:
     return scale_action(_actor(config, action_size).apply(actor_params, obs), config)
 
 
-# -- replay buffer --------------------------------------------------------------------------
-
-
-@flax.struct.dataclass
-class Transition:
-    """One transition, or a batch of them (leading axis B).
-
-    ``terminated`` is 1.0 where the episode ended in a terminal state (no bootstrapping);
-    a truncated transition is stored with ``terminated = 0``.
-    """
-
-    obs: jax.Array  # [O]
-    action: jax.Array  # [A]
-    reward: jax.Array  # []
-    next_obs: jax.Array  # [O]
-    terminated: jax.Array  # [], float32 0/1
-
-
-@flax.struct.dataclass
-class ReplayBuffer:
-    """A ring buffer of preallocated arrays: ``data`` leaves are ``[capacity, ...]``.
-
-    ``position`` is the slot the next transition goes to, ``size`` how many slots are filled.
-    """
-
-    data: Transition
-    position: jax.Array
-    size: jax.Array
-
-    @property
-    def capacity(self) -> int:
-        return self.data.reward.shape[0]
+# -- replay buffer (jpanning.agents.replay, with TD3's float actions) ------------------------
 
 
 def buffer_init(capacity: int, obs_size: int, action_size: int) -> ReplayBuffer:
-    """An empty buffer of ``capacity`` zeroed float32 transitions."""
-    if int(capacity) < 1:
-        raise JPanningError(f"buffer capacity must be >= 1, got {capacity}")
-    data = Transition(
-        obs=jnp.zeros((capacity, obs_size), jnp.float32),
-        action=jnp.zeros((capacity, action_size), jnp.float32),
-        reward=jnp.zeros((capacity,), jnp.float32),
-        next_obs=jnp.zeros((capacity, obs_size), jnp.float32),
-        terminated=jnp.zeros((capacity,), jnp.float32),
+    """An empty buffer of ``capacity`` zeroed float32 transitions with ``action [A]``."""
+    example = Transition(
+        obs=jnp.zeros((obs_size,), jnp.float32),
+        action=jnp.zeros((action_size,), jnp.float32),
+        reward=jnp.zeros((), jnp.float32),
+        next_obs=jnp.zeros((obs_size,), jnp.float32),
+        terminated=jnp.zeros((), jnp.float32),
     )
-    return ReplayBuffer(data=data, position=jnp.int32(0), size=jnp.int32(0))
-
-
-def buffer_add(buffer: ReplayBuffer, transition: Transition) -> ReplayBuffer:
-    """Write one transition at ``position`` (overwriting the oldest once full).
-
-    Args:
-        buffer: the ring buffer.
-        transition: unbatched leaves (``obs [O]``, ``reward []``, ...).
-
-    Returns:
-        The buffer with ``position`` advanced mod capacity and ``size`` capped at capacity.
-    """
-    data = jax.tree.map(
-        lambda store, x: store.at[buffer.position].set(jnp.asarray(x, store.dtype)),
-        buffer.data,
-        transition,
-    )
-    capacity = buffer.capacity
-    return ReplayBuffer(
-        data=data,
-        position=(buffer.position + 1) % capacity,
-        size=jnp.minimum(buffer.size + 1, capacity),
-    )
-
-
-def buffer_sample(key: jax.Array, buffer: ReplayBuffer, batch_size: int) -> Transition:
-    """Draw ``batch_size`` transitions uniformly, with replacement, from the filled slots.
-
-    Returns:
-        A :class:`Transition` with leaves ``[batch_size, ...]`` (meaningless if the buffer
-        is empty).
-    """
-    index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
-    return jax.tree.map(lambda store: store[index], buffer.data)
+    return replay.buffer_init(capacity, example)
 
 
 # -- agent state and update -----------------------------------------------------------------
@@ -448,15 +386,7 @@ def _no_update_metrics() -> dict[str, jax.Array]:
 # -- the training loop ----------------------------------------------------------------------
 
 
-@flax.struct.dataclass
-class TrainCarry:
-    """The ``lax.scan`` carry of :func:`make_train`'s loop."""
-
-    agent: AgentState
-    buffer: ReplayBuffer
-    obs: jax.Array
-    env_state: PyTree
-    episode_return: jax.Array
+TrainCarry = loop.TrainCarry  # the loop's carry (agent, buffer, obs, env_state, return)
 
 
 def _check_sizes(env, env_params, config: TD3Config, action_size, obs_size) -> tuple[int, int]:
@@ -510,53 +440,18 @@ def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
         noisy = jnp.clip(greedy + noise, config.action_low, config.action_high)
         action = jnp.where(t < config.warmup_steps, random_action, noisy)
 
-        next_obs, next_env_state, reward, terminated, truncated, _ = env.step(
-            k_step, carry.env_state, action, env_params
-        )
-        next_obs = jnp.asarray(next_obs, jnp.float32)
-        reward = jnp.asarray(reward, jnp.float32)
-        terminated, truncated = jnp.asarray(terminated, bool), jnp.asarray(truncated, bool)
-        buffer = buffer_add(
-            carry.buffer,
-            Transition(carry.obs, action, reward, next_obs, terminated.astype(jnp.float32)),
-        )
-
-        done = terminated | truncated
-        # A select, not lax.cond: it tolerates weak-type differences between the states
-        # reset and step return, and under vmap both branches would run anyway.
-        reset_obs, reset_state = env.reset(k_reset, env_params)
-        obs = jnp.where(done, jnp.asarray(reset_obs, jnp.float32), next_obs)
-        env_state = jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, next_env_state)
-        episode_return = carry.episode_return + reward
-
-        can_update = (buffer.size >= config.batch_size) & (t >= config.warmup_steps)
+        carry, metrics = loop.interact(env, env_params, carry, action, k_step, k_reset)
+        del metrics["info"]  # not part of TD3's metrics
+        can_update = (carry.buffer.size >= config.batch_size) & (t >= config.warmup_steps)
         agent, update_metrics = jax.lax.cond(
             can_update,
             lambda a: update(
-                a, buffer_sample(k_sample, buffer, config.batch_size), k_update, config
+                a, buffer_sample(k_sample, carry.buffer, config.batch_size), k_update, config
             ),
             lambda a: (a, _no_update_metrics()),
             agent,
         )
-        new_carry = TrainCarry(
-            agent=agent,
-            buffer=buffer,
-            obs=obs,
-            env_state=env_state,
-            episode_return=jnp.where(done, 0.0, episode_return),
-        )
-        metrics = {
-            "obs": carry.obs,
-            "action": action,
-            "reward": reward,
-            "terminated": terminated,
-            "truncated": truncated,
-            "done": done,
-            "episode_return": episode_return,
-            "updated": can_update,
-            **update_metrics,
-        }
-        return new_carry, metrics
+        return carry.replace(agent=agent), {**metrics, "updated": can_update, **update_metrics}
 
     return init, step
 
@@ -587,13 +482,10 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
     init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
+    scan_train = loop.scanned(init, step, env_params, config.total_steps)
 
     def train(key: jax.Array):
-        k_init, k_loop = jax.random.split(key)
-        carry = init(k_init, env_params)
-        carry, metrics = jax.lax.scan(
-            lambda c, t: step(c, t, k_loop, env_params), carry, jnp.arange(config.total_steps)
-        )
+        carry, metrics = scan_train(key)
         return carry.agent, metrics
 
     return train
@@ -633,33 +525,14 @@ def train_loop(
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
-    if int(steps_per_call) < 1:
-        raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
     init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
-    params_at = env_params_at or (lambda t: env_params)
-
-    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
-    def run_steps(carry, t0, loop_key, n, env_params):
-        if n == 1:
-            carry, metrics = step(carry, t0, loop_key, env_params)
-            return carry, jax.tree.map(lambda x: x[None], metrics)
-        return jax.lax.scan(
-            lambda c, t: step(c, t, loop_key, env_params), carry, t0 + jnp.arange(n)
-        )
-
-    k_init, k_loop = jax.random.split(key)
-    carry = jax.jit(init)(k_init, params_at(0))
-    chunks = []
-    t = 0
-    while t < config.total_steps:
-        n = min(int(steps_per_call), config.total_steps - t)
-        carry, metrics = run_steps(carry, jnp.int32(t), k_loop, n, params_at(t))
-        metrics = jax.tree.map(np.asarray, metrics)
-        chunks.append(metrics)
-        t += n
-        if callback is not None:
-            callback(t, metrics)
-    if not chunks:
-        empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params)[1], carry)
-        return carry.agent, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)
-    return carry.agent, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+    carry, metrics = loop.host_loop(
+        init,
+        step,
+        key,
+        config.total_steps,
+        env_params_at or (lambda t: env_params),
+        steps_per_call=steps_per_call,
+        callback=callback,
+    )
+    return carry.agent, metrics

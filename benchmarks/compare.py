@@ -1,0 +1,849 @@
+"""Benchmark harness: every method at every sparsity, against dense training, over seeds.
+
+    python -m benchmarks.compare --preset cpu-hour
+    python -m benchmarks.compare --model resnet20 --dataset fashion_mnist \\
+        --ratios 0.9 0.95 0.98 0.99 --methods dense random snip panning rlpanning \\
+        --seeds 3 --epochs 1 --name my-grid
+    python -m benchmarks.compare --preset cpu-hour --report-only   # tables and plots only
+
+Each cell (method, ratio, seed) is one ``run.py`` run, in this process, with the grid's
+training recipe; dense training runs once per seed. A cell's folder under
+``benchmarks/results/<name>/cells/`` is named by a hash of everything that defines it, and a
+cell whose ``results.json`` (or ``failed.json``, for a method that cuts the network) is there
+is not run again: an interrupted grid continues where it stopped, and deleting a cell's
+folder recomputes that cell only. RL Panning searches once per seed (at the first ratio) and
+screens the other ratios with that cell's saved policy, as the method intends. PuRL and its
+baseline ``uniform`` prune the network the seed's dense cell trained (and fine-tune it for the
+grid's epochs); ``uniform`` prunes to the sparsity the PuRL cell reached.
+
+Writes to ``benchmarks/results/<name>/``: ``runs.csv`` (one row per cell), ``table.md``
+(mean ± std per method and ratio, dense as the reference row, the best method per ratio in
+bold, Panning and RL Panning against the best baseline, costs), ``accuracy.png``,
+``density.png`` and ``screen_time.png``. ``--readme README.md`` copies the table between the
+markers ``<!-- benchmark:NAME:start -->`` and ``<!-- benchmark:NAME:end -->``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import dataclasses
+import datetime
+import hashlib
+import io
+import json
+import os
+import shlex
+import sys
+import time
+
+import numpy as np
+
+from benchmarks.presets import PRESETS, Grid
+from jpanning import report
+from jpanning.cli import TRAINED_METHODS
+from jpanning.errors import JPanningError, RunFailed
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+OURS = ("panning", "rlpanning")  # the methods the verdict compares with the best baseline
+CSV_FIELDS = (
+    "model",
+    "dataset",
+    "epochs",
+    "method",
+    "ratio",
+    "seed",
+    "status",
+    "test_accuracy",
+    "test_loss",
+    "sparsity",
+    "effective_sparsity",
+    "kept",
+    "total",
+    "flops_fraction",
+    "flops_remaining",
+    "flops_dense",
+    "screen_seconds",
+    "search_seconds",
+    "train_seconds",
+    "error",
+    "cell",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One run of the grid. ``ratio`` is None for dense training."""
+
+    method: str
+    ratio: float | None
+    seed: int
+    argv: tuple[str, ...]  # run.py arguments, without --out and --policy
+    policy_from: Cell | None = None  # the RL Panning cell whose policy this one screens with
+    ratio_from: Cell | None = None  # the PuRL cell whose achieved sparsity this one prunes to
+    pretrained_from: Cell | None = None  # the dense cell whose network this one prunes
+
+    @property
+    def key(self) -> str:
+        # pretrained_from is left out: a cell without that file trains the same network itself
+        parts = list(self.argv) + [c.key for c in (self.policy_from, self.ratio_from) if c]
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
+    @property
+    def dirname(self) -> str:
+        ratio = "dense" if self.ratio is None else f"{self.ratio:g}"
+        return f"{self.method}-{ratio}-seed{self.seed}-{self.key}"
+
+
+def cells_of(grid: Grid) -> list[Cell]:
+    """The grid's cells, seed by seed (a stopped run has whole seeds done first).
+
+    Dependencies: RL Panning at later ratios screens with the policy of its first ratio;
+    PuRL and uniform prune the network of the seed's dense cell (they train it themselves when
+    its model.npz is missing, with the same result); uniform, when PuRL is in the grid, prunes
+    to the sparsity the PuRL cell reached, so the two are compared at the same sparsity.
+    """
+    common = ["--model", grid.model, "--dataset", grid.dataset, "--epochs", str(grid.epochs)]
+    if grid.train_limit:
+        common += ["--train-limit", str(grid.train_limit)]
+    if grid.test_limit:
+        common += ["--test-limit", str(grid.test_limit)]
+    common += list(grid.run_args)
+    # dense first, uniform after the PuRL cell it matches
+    methods = [m for m in grid.methods if m != "uniform"] + [
+        m for m in grid.methods if m == "uniform"
+    ]
+    cells = []
+    for seed in range(grid.seeds):
+        seeded = common + ["--seed", str(seed)]
+        dense = None
+        if "dense" in methods:
+            dense = Cell("dense", None, seed, tuple(seeded + ["--method", "dense"]))
+            cells.append(dense)
+        search = None
+        for ratio in grid.ratios:
+            purl = None
+            for method in methods:
+                if method == "dense":
+                    continue
+                argv = seeded + ["--method", method]
+                deps = {}
+                if method in TRAINED_METHODS:
+                    deps["pretrained_from"] = dense
+                if method == "uniform" and purl is not None:
+                    deps["ratio_from"] = purl  # its --ratio is PuRL's achieved sparsity
+                else:
+                    argv += ["--ratio", repr(ratio)]
+                if method == "rlpanning" and search is not None:
+                    deps["policy_from"] = search
+                cells.append(Cell(method, ratio, seed, tuple(argv), **deps))
+                if method == "rlpanning" and search is None:
+                    search = cells[-1]
+                if method == "purl":
+                    purl = cells[-1]
+    return cells
+
+
+def cell_status(cell: Cell, cells_dir: str) -> str | None:
+    """'ok' or 'failed' when the cell has finished, else None."""
+    out = os.path.join(cells_dir, cell.dirname)
+    if os.path.isfile(os.path.join(out, "results.json")):
+        return "ok"
+    if os.path.isfile(os.path.join(out, "failed.json")):
+        return "failed"
+    return None
+
+
+class _DataCache:
+    """Load each (dataset, limits, seed) once for all the cells that train on it."""
+
+    def __init__(self):
+        self._loaded = {}
+
+    def get(self, args: argparse.Namespace):
+        from jpanning import data
+
+        key = (args.dataset, args.data_dir, args.train_limit, args.test_limit, args.seed)
+        if key not in self._loaded:
+            self._loaded = {}  # one at a time: the grid goes seed by seed
+            self._loaded[key] = data.load_dataset(
+                args.dataset,
+                args.data_dir,
+                train_limit=args.train_limit,
+                test_limit=args.test_limit,
+                seed=args.seed,
+            )
+        return self._loaded[key]
+
+
+def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str | None) -> str:
+    """Run one cell with ``run.py``'s pipeline; its log goes to the cell's ``log.txt``.
+
+    A method or recipe that fails on the problem (:class:`RunFailed`: a layer pruned to
+    nothing, a disconnected network, a NaN loss) is a result of the grid, kept in
+    ``failed.json``; any other error (missing data, a bad argument) stops the harness.
+    """
+    from jpanning import cli
+
+    out = os.path.join(cells_dir, cell.dirname)
+    argv = list(cell.argv) + ["--out", out, "--no-progress"]
+    if data_dir:
+        argv += ["--data-dir", data_dir]
+    if cell.policy_from is not None:
+        policy = os.path.join(cells_dir, cell.policy_from.dirname, "policy.msgpack")
+        if not os.path.isfile(policy):
+            raise JPanningError(f"cell {cell.dirname} needs the policy {policy}, which is missing")
+        argv += ["--policy", policy]
+    if cell.pretrained_from is not None:
+        pretrained = os.path.join(cells_dir, cell.pretrained_from.dirname, "model.npz")
+        if os.path.isfile(pretrained):
+            argv += ["--pretrained", pretrained]
+    os.makedirs(out, exist_ok=True)
+    if cell.ratio_from is not None:
+        if cell_status(cell.ratio_from, cells_dir) != "ok":
+            report.write_json(
+                os.path.join(out, "failed.json"),
+                {"error": f"the PuRL cell it matches ({cell.ratio_from.dirname}) failed: cut"},
+            )
+            return "failed"
+        with open(os.path.join(cells_dir, cell.ratio_from.dirname, "results.json")) as f:
+            argv += ["--ratio", repr(json.load(f)["sparsity"]["sparsity"])]
+    args = cli.build_parser().parse_args(argv)
+    dataset = data_cache.get(args)
+    log = io.StringIO()
+    status = "ok"
+    try:
+        with contextlib.redirect_stdout(log):
+            print("run.py " + shlex.join(argv))
+            cli.run(args, dataset=dataset)
+    except RunFailed as e:
+        status = "failed"
+        report.write_json(
+            os.path.join(out, "failed.json"),
+            {"error": str(e), "argv": argv, **report.environment()},
+        )
+    finally:
+        report.atomic_write_bytes(os.path.join(out, "log.txt"), log.getvalue().encode())
+    return status
+
+
+def load_row(cell: Cell, cells_dir: str) -> dict:
+    """One CSV row from a finished cell's files."""
+    out = os.path.join(cells_dir, cell.dirname)
+    row = dict.fromkeys(CSV_FIELDS, "")
+    row |= {
+        "method": cell.method,
+        "ratio": "" if cell.ratio is None else cell.ratio,
+        "seed": cell.seed,
+        "cell": cell.dirname,
+    }
+    if cell_status(cell, cells_dir) == "failed":
+        with open(os.path.join(out, "failed.json")) as f:
+            row |= {"status": "failed", "error": json.load(f)["error"]}
+        return row
+    with open(os.path.join(out, "results.json")) as f:
+        r = json.load(f)
+    agent = r.get("rl") or r.get("purl") or {}  # RL Panning's or PuRL's agent training
+    search = agent.get("search_seconds") or 0.0
+    row |= {
+        "status": "ok",
+        "test_accuracy": r["test_accuracy"],
+        "test_loss": r["test_loss"],
+        "sparsity": r["sparsity"]["sparsity"],
+        "effective_sparsity": r["effective_sparsity"],
+        "kept": r["sparsity"]["kept"],
+        "total": r["sparsity"]["total"],
+        "flops_fraction": r["flops"]["fraction"],
+        "flops_remaining": r["flops"]["remaining"],
+        "flops_dense": r["flops"]["dense"],
+        "screen_seconds": r["prune_seconds"] - search,
+        "search_seconds": search,
+        "train_seconds": r["train_seconds"],
+    }
+    return row
+
+
+def _cell_meta(cells: list[Cell], cells_dir: str) -> list[dict]:
+    """Environment records (date, machine, versions) of the finished cells."""
+    metas = []
+    for cell in cells:
+        out = os.path.join(cells_dir, cell.dirname)
+        for name in ("results.json", "failed.json"):
+            path = os.path.join(out, name)
+            if os.path.isfile(path):
+                with open(path) as f:
+                    r = json.load(f)
+                metas.append({k: r.get(k) for k in ("versions", "device", "machine", "date")})
+    return metas
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregation and the table
+
+
+@dataclasses.dataclass
+class Stat:
+    """Mean and sample std (ddof=1) of one method at one ratio over its seeds."""
+
+    values: list[float]
+    failed: int
+    errors: list[str]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return float(np.mean(self.values)) if self.values else float("nan")
+
+    @property
+    def std(self) -> float:
+        return float(np.std(self.values, ddof=1)) if self.n > 1 else 0.0
+
+    @property
+    def outcome(self) -> str:
+        """How the failed seeds ended: 'cut' (a layer or every path pruned), 'diverged', or
+        'failed'."""
+        if self.errors and all("cut" in e for e in self.errors):
+            return "cut"
+        if self.errors and all("diverged" in e for e in self.errors):
+            return "diverged"
+        return "failed"
+
+
+def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str, object], Stat]:
+    """``{(method, ratio): Stat}``; dense rows have ratio ``''``."""
+    stats: dict[tuple[str, object], Stat] = {}
+    for row in rows:
+        stat = stats.setdefault((row["method"], row["ratio"]), Stat([], 0, []))
+        if row["status"] == "ok":
+            stat.values.append(float(row[field]))
+        else:
+            stat.failed += 1
+            stat.errors.append(row["error"])
+    return stats
+
+
+def _fmt(stat: Stat | None, digits: int = 4, expected: int | None = None) -> str:
+    if stat is None:
+        return "not run"
+    if stat.n == 0:
+        return f"{stat.outcome} ({stat.failed}/{stat.failed})" if stat.failed else "not run"
+    text = f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
+    notes = []
+    if stat.failed:
+        notes.append(f"{stat.failed} {stat.outcome}")
+    if expected is not None and stat.n + stat.failed < expected:
+        notes.append(f"{stat.n + stat.failed}/{expected} seeds")
+    return text + (f" ({', '.join(notes)})" if notes else "")
+
+
+def best_methods(stats, grid: Grid, exclude=("dense",)) -> dict[float, str | None]:
+    """The method with the highest mean accuracy at each ratio (None if nothing ran)."""
+    best = {}
+    for ratio in grid.ratios:
+        candidates = [
+            (stats[(m, ratio)].mean, m)
+            for m in grid.methods
+            if m not in exclude and (m, ratio) in stats and stats[(m, ratio)].n
+        ]
+        best[ratio] = max(candidates)[1] if candidates else None
+    return best
+
+
+def verdicts(stats, grid: Grid) -> list[tuple[float, str, str, str]]:
+    """At each ratio: (ratio, method, what it is compared with, verdict).
+
+    Panning and RL Panning are compared with the best baseline that also prunes at
+    initialization (a higher mean accuracy "beats" it); PuRL with uniform per-layer pruning at
+    the same sparsity, its own baseline. The verdict says whether the gap is within one std.
+    """
+    baseline_best = best_methods(stats, grid, exclude=("dense",) + OURS + TRAINED_METHODS)
+    out = []
+    for ratio in grid.ratios:
+        pairs = [(m, baseline_best[ratio]) for m in OURS if m in grid.methods]
+        if "purl" in grid.methods and "uniform" in grid.methods:
+            pairs.append(("purl", "uniform"))
+        for method, base in pairs:
+            ours, ref = stats.get((method, ratio)), stats.get((base, ratio))
+            if ours is None or ours.n == 0 or ref is None or ref.n == 0:
+                out.append((ratio, method, base or "-", "no result"))
+                continue
+            gap = ours.mean - ref.mean
+            within = " (within one std)" if abs(gap) <= max(ours.std, ref.std) else ""
+            word = "beats" if gap > 0 else "does not beat"
+            out.append(
+                (ratio, method, f"{base} {ref.mean:.4f}", f"{word} {base}: {gap:+.4f}{within}")
+            )
+    return out
+
+
+def _versions_line(metas: list[dict]) -> list[str]:
+    """Machine, device and versions of the cells; several lines if cells differ."""
+    seen = {}
+    for m in metas:
+        if not m.get("versions"):
+            continue
+        v = m["versions"]
+        machine = m.get("machine") or {}
+        device = m.get("device") or {}
+        line = (
+            f"{machine.get('cpu', '?')} ({machine.get('cores', '?')} cores), "
+            f"{device.get('platform', '?')} x{device.get('count', '?')} "
+            f"({device.get('kind', '?')}); "
+            + ", ".join(
+                f"{k} {v[k]}" for k in ("python", "jax", "jaxlib", "flax", "optax") if k in v
+            )
+        )
+        seen[line] = seen.get(line, 0) + 1
+    return [f"{line} ({n} cells)" if len(seen) > 1 else line for line, n in seen.items()]
+
+
+def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], command: str) -> str:
+    """The Markdown report of a grid; every figure comes from ``rows``."""
+    acc = aggregate(rows)
+    ratios = grid.ratios
+    methods = [m for m in grid.methods if m != "dense"]
+    best = best_methods(acc, grid)
+    dates = sorted(m["date"] for m in metas if m.get("date"))
+    lines = [
+        f"## Benchmark `{name}`: {grid.model} on {grid.dataset}",
+        "",
+        f"- command: `{command}`",
+        f"- cells: {len(dates)} of {len(cells_of(grid))} finished"
+        + (f", run {dates[0][:10]} to {dates[-1][:10]}" if dates else ""),
+        "- machine: " + "; ".join(_versions_line(metas) or ["-"]),
+        f"- recipe: {grid.epochs} epoch(s)"
+        + (f", {grid.train_limit} training images" if grid.train_limit else ", all training images")
+        + (f", {grid.test_limit} test images" if grid.test_limit else "")
+        + f", {grid.seeds} seeds, `run.py` defaults"
+        + (f" and `{' '.join(grid.run_args)}`" if grid.run_args else ""),
+        "",
+        "Test accuracy, mean ± std over seeds (std with ddof=1); **bold**: the best pruning "
+        "method at that sparsity; *cut (k/n)*: in k of n seeds the method pruned a layer or "
+        "every input-output path away (the run refuses to train it); *diverged*: the loss "
+        "turned NaN. The reasons are listed under the tables.",
+        "",
+        "| method | " + " | ".join(f"sparsity {r:g}" for r in ratios) + " |",
+        "|---|" + "---|" * len(ratios),
+    ]
+    if "dense" in grid.methods:
+        dense = _fmt(acc.get(("dense", "")), expected=grid.seeds)
+        lines.append("| dense (reference) | " + " | ".join(dense for _ in ratios) + " |")
+    for m in methods:
+        cells = []
+        for r in ratios:
+            text = _fmt(acc.get((m, r)), expected=grid.seeds)
+            cells.append(f"**{text}**" if best[r] == m else text)
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    ours = verdicts(acc, grid)
+    if ours:
+        lines += [
+            "",
+            "Panning and RL Panning against the best baseline (the best mean of the other "
+            "methods that prune at initialization); PuRL against uniform per-layer magnitude "
+            "pruning of the same trained network at the sparsity PuRL reached:",
+            "",
+            "| sparsity | method | compared with | verdict |",
+            "|---|---|---|---|",
+        ]
+        lines += [f"| {r:g} | {m} | {b} | {v} |" for r, m, b, v in ours]
+    fields = {
+        f: aggregate(rows, f)
+        for f in (
+            "sparsity",
+            "effective_sparsity",
+            "flops_fraction",
+            "screen_seconds",
+            "search_seconds",
+            "train_seconds",
+        )
+    }
+    lines += [
+        "",
+        "Sparsity and cost, means over seeds: achieved and effective sparsity (weights that "
+        "still lie on an input-output path), forward FLOPs left by the mask (fraction of the "
+        "dense network's conv/dense multiply-adds), seconds to screen, seconds of agent "
+        "training (RL Panning: once per seed; PuRL: every cell), seconds to train.",
+        "",
+        "| method | sparsity | achieved | effective | FLOPs left | screen s | search s | train s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    keys = ([("dense", "")] if "dense" in grid.methods else []) + [
+        (m, r) for m in methods for r in ratios
+    ]
+    for key in keys:
+        got = fields["sparsity"].get(key)
+        if got is None or got.n == 0:
+            continue
+        f = {name: fields[name][key].mean for name in fields}
+        search = f["search_seconds"]
+        lines.append(
+            f"| {key[0]} | {key[1] if key[1] != '' else 0:g} | {f['sparsity']:.6f} | "
+            f"{f['effective_sparsity']:.4f} | {f['flops_fraction']:.4f} | "
+            f"{f['screen_seconds']:.2f} | {f'{search:.1f}' if search else '-'} | "
+            f"{f['train_seconds']:.1f} |"
+        )
+    failures = [(m, r, e) for (m, r), s in acc.items() for e in sorted(set(s.errors)) if s.failed]
+    if failures:
+        lines += ["", "Cells that failed, and why:", ""]
+        lines += [f"- {m} at {r}: {e}" for m, r, e in failures]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Plots
+
+
+def plot_accuracy(grid: Grid, rows: list[dict], path: str, title: str) -> None:
+    """Test accuracy against sparsity, mean ± std per method; dense as a band."""
+    plt = report.pyplot()
+    acc = aggregate(rows)
+    fig, ax = plt.subplots(figsize=(8, 5))
+    xs = np.arange(len(grid.ratios))
+    methods = [m for m in grid.methods if m != "dense"]
+    width = 0.5 / max(len(methods), 1)
+    if ("dense", "") in acc and acc[("dense", "")].n:
+        d = acc[("dense", "")]
+        ax.axhline(d.mean, color="black", ls="--", lw=1, label="dense")
+        ax.axhspan(d.mean - d.std, d.mean + d.std, color="black", alpha=0.1)
+    for i, m in enumerate(methods):
+        pts = [(x, acc[(m, r)]) for x, r in zip(xs, grid.ratios) if (m, r) in acc and acc[(m, r)].n]
+        if not pts:
+            continue
+        offset = (i - (len(methods) - 1) / 2) * width
+        ax.errorbar(
+            [x + offset for x, _ in pts],
+            [s.mean for _, s in pts],
+            yerr=[s.std for _, s in pts],
+            marker="o",
+            ms=4,
+            capsize=3,
+            lw=1.2 if m not in OURS else 2.2,
+            label=m,
+        )
+    ax.set_xticks(xs, [f"{r:g}" for r in grid.ratios])
+    ax.set_xlabel("sparsity (fraction of prunable weights removed)")
+    ax.set_ylabel("test accuracy")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    report.save_png(fig, path)
+
+
+def plot_density(grid: Grid, cells: list[Cell], cells_dir: str, ratio: float, path: str) -> None:
+    """Per-layer density of each method's mask at one ratio (its first seed that finished)."""
+    plt = report.pyplot()
+    fig, ax = plt.subplots(figsize=(max(8, 0.35 * 30), 5))
+    names = None
+    for cell in cells:
+        if cell.ratio != ratio or cell_status(cell, cells_dir) != "ok":
+            continue
+        if any(line.get_label() == cell.method for line in ax.get_lines()):
+            continue  # one seed per method
+        with open(os.path.join(cells_dir, cell.dirname, "results.json")) as f:
+            layers = json.load(f)["sparsity"]["layers"]
+        names = list(layers)
+        ax.plot(
+            range(len(names)),
+            [max(v["density"], 1e-5) for v in layers.values()],
+            marker="o",
+            ms=3,
+            lw=2.2 if cell.method in OURS else 1.2,
+            label=cell.method,
+        )
+    if names:
+        ax.set_xticks(range(len(names)), [n.removesuffix("/kernel") for n in names], rotation=75)
+        ax.tick_params(axis="x", labelsize=7)
+    ax.set_yscale("log")
+    ax.set_ylabel("density (kept fraction; log)")
+    ax.set_title(
+        f"{grid.model} / {grid.dataset}: per-layer density at sparsity {ratio:g} (first seed)"
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    report.save_png(fig, path)
+
+
+def plot_screen_time(grid: Grid, rows: list[dict], path: str) -> None:
+    """Seconds to screen per method: median over ratios and seeds, whiskers min to max.
+
+    The median, because a method's first cell also pays its compilation. The agents' training
+    (RL Panning's search, once per seed; PuRL's, every cell) are bars of their own.
+    """
+    plt = report.pyplot()
+    ok = [r for r in rows if r["status"] == "ok"]
+    bars = [
+        (m, [r["screen_seconds"] for r in ok if r["method"] == m])
+        for m in grid.methods
+        if m != "dense"
+    ]
+    bars += [
+        (
+            f"{m}\nsearch",
+            [r["search_seconds"] for r in ok if r["method"] == m and r["search_seconds"]],
+        )
+        for m in ("rlpanning", "purl")
+    ]
+    bars = [(m, np.asarray(v, float)) for m, v in bars if v]
+    med = np.array([np.median(v) for _, v in bars])
+    low = med - np.array([v.min() for _, v in bars])
+    high = np.array([v.max() for _, v in bars]) - med
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.bar(
+        range(len(bars)),
+        np.maximum(med, 1e-3),
+        yerr=[low, high],
+        capsize=3,
+        color=["tab:orange" if "search" in m else "tab:blue" for m, _ in bars],
+    )
+    ax.set_xticks(range(len(bars)), [m for m, _ in bars], rotation=30, fontsize=8)
+    ax.set_yscale("log")
+    ax.set_ylabel("seconds (log): median, min to max")
+    ax.set_title(f"{grid.model} / {grid.dataset}: time to screen, and agent training (orange)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    report.save_png(fig, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# The shell
+
+
+def write_report(name: str, grid: Grid, cells: list[Cell], out: str, command: str) -> str:
+    """runs.csv, table.md and the PNGs (accuracy, density, screening time, PuRL's α where it
+    ran) from the finished cells; returns the table."""
+    cells_dir = os.path.join(out, "cells")
+    done = [c for c in cells if cell_status(c, cells_dir)]
+    recipe = {"model": grid.model, "dataset": grid.dataset, "epochs": grid.epochs}
+    rows = [load_row(c, cells_dir) | recipe for c in done]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    report.atomic_write_bytes(os.path.join(out, "runs.csv"), buf.getvalue().encode())
+    table = render_table(name, grid, rows, _cell_meta(done, cells_dir), command)
+    pngs = ["accuracy.png", "density.png", "screen_time.png"]
+    purl_cells = [c for c in done if c.method == "purl" and cell_status(c, cells_dir) == "ok"]
+    if purl_cells:
+        pngs.append("purl_alphas.png")
+    table += "".join(f"\n![{png[:-4]}]({png})\n" for png in pngs)
+    report.atomic_write_bytes(os.path.join(out, "table.md"), table.encode())
+    title = f"{grid.model} / {grid.dataset}, {grid.epochs} epoch(s), {grid.seeds} seeds"
+    plot_accuracy(grid, rows, os.path.join(out, "accuracy.png"), title)
+    ratio = grid.density_ratio or grid.ratios[len(grid.ratios) // 2]
+    plot_density(grid, done, cells_dir, ratio, os.path.join(out, "density.png"))
+    plot_screen_time(grid, rows, os.path.join(out, "screen_time.png"))
+    if purl_cells:
+        plot_purl_alphas(grid, purl_cells, cells_dir, os.path.join(out, "purl_alphas.png"))
+    return table
+
+
+def plot_purl_alphas(grid: Grid, cells: list[Cell], cells_dir: str, path: str) -> None:
+    """PuRL's α per layer, mean ± std over seeds, one line per ratio."""
+    plt = report.pyplot()
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    layers = None
+    for ratio in grid.ratios:
+        alphas = []
+        for cell in cells:
+            if cell.ratio == ratio:
+                with open(os.path.join(cells_dir, cell.dirname, "results.json")) as f:
+                    r = json.load(f)["purl"]
+                layers, alphas = r["layers"], alphas + [r["alphas"]]
+        if alphas:
+            a = np.asarray(alphas)
+            ax.errorbar(
+                np.arange(a.shape[1]),
+                a.mean(0),
+                yerr=a.std(0),
+                marker="o",
+                ms=3,
+                capsize=2,
+                label=f"target {ratio:g} ({len(a)} seeds)",
+            )
+    if layers:
+        ax.set_xticks(
+            range(len(layers)), [n.removesuffix("/kernel") for n in layers], rotation=75, fontsize=7
+        )
+    ax.set_ylabel("α (prune |w| < α·std of the layer)")
+    ax.set_title(f"PuRL: α per layer, {grid.model} / {grid.dataset}")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    report.save_png(fig, path)
+
+
+def update_readme(path: str, name: str, table: str, out: str) -> None:
+    """Replace the README text between this grid's markers with the table (links fixed)."""
+    start, end = f"<!-- benchmark:{name}:start -->", f"<!-- benchmark:{name}:end -->"
+    with open(path) as f:
+        text = f.read()
+    if start not in text or end not in text:
+        raise JPanningError(f"--readme {path!r} has no markers {start} ... {end}")
+    rel = os.path.relpath(out, os.path.dirname(os.path.abspath(path)))
+    for png in ("accuracy.png", "density.png", "screen_time.png", "purl_alphas.png"):
+        table = table.replace(f"({png})", f"({rel}/{png})")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    report.atomic_write_bytes(path, f"{head}{start}\n{table}{end}{tail}".encode())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jpanning.cli import _Parser, _positive, _ratio
+
+    p = _Parser(
+        prog="python -m benchmarks.compare",
+        description="Every method at every sparsity against dense training, over seeds.",
+    )
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help="a grid of presets.py")
+    p.add_argument("--name", default=None, help="results folder name (default: the preset's)")
+    p.add_argument("--model", default=None)
+    p.add_argument("--dataset", default=None)
+    p.add_argument("--ratios", type=_ratio, nargs="+", default=None)
+    p.add_argument("--methods", nargs="+", default=None)
+    p.add_argument("--seeds", type=_positive(int), default=None)
+    p.add_argument("--epochs", type=_positive(int), default=None)
+    p.add_argument("--train-limit", type=_positive(int), default=None)
+    p.add_argument("--test-limit", type=_positive(int), default=None)
+    p.add_argument(
+        "--run-args",
+        default=None,
+        help="further run.py arguments for every cell, one quoted string "
+        '(e.g. "--preset quick --rounds 20")',
+    )
+    p.add_argument("--density-ratio", type=_ratio, default=None)
+    p.add_argument("--data-dir", default=None, help="tfds data directory")
+    p.add_argument("--out-root", default=RESULTS, help="where <name>/ goes")
+    p.add_argument("--report-only", action="store_true", help="tables and plots, run nothing")
+    p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
+    p.add_argument("--readme", default=None, help="copy the table into this file's markers")
+    p.add_argument("--list", action="store_true", help="list the presets and the cells")
+    return p
+
+
+def grid_from_args(args: argparse.Namespace) -> tuple[str, Grid]:
+    """The preset with the given flags laid over it; a clear error for what is missing."""
+    from jpanning.models import MODELS
+    from jpanning.pruning import METHODS
+
+    base = PRESETS[args.preset] if args.preset else None
+    fields = {
+        "model": args.model,
+        "dataset": args.dataset,
+        "ratios": tuple(args.ratios) if args.ratios else None,
+        "methods": tuple(args.methods) if args.methods else None,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "train_limit": args.train_limit,
+        "test_limit": args.test_limit,
+        "run_args": tuple(shlex.split(args.run_args)) if args.run_args is not None else None,
+        "density_ratio": args.density_ratio,
+    }
+    given = {k: v for k, v in fields.items() if v is not None}
+    if base is None:
+        missing = [f"--{k}" for k in ("model", "dataset", "ratios") if k not in given]
+        if missing:
+            raise JPanningError(f"give --preset or {', '.join(missing)}")
+        if args.name is None:
+            raise JPanningError("a grid without --preset needs --name (its results folder)")
+        grid = Grid(**given)
+    else:
+        grid = dataclasses.replace(base, **given)
+    if grid.model not in MODELS:
+        raise JPanningError(f"unknown model {grid.model!r}; choose from {', '.join(MODELS)}")
+    unknown = [m for m in grid.methods if m not in METHODS]
+    if unknown:
+        raise JPanningError(
+            f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(METHODS)}"
+        )
+    for flag in ("--out", "--policy", "--seed", "--method", "--ratio", "--model", "--dataset"):
+        if flag in grid.run_args:
+            raise JPanningError(f"--run-args may not set {flag}: the harness sets it per cell")
+    return args.name or args.preset, grid
+
+
+def _enable_compilation_cache() -> None:
+    """Cells share shapes, so XLA's persistent cache turns most compiles into loads.
+
+    ``$JPANNING_COMPILATION_CACHE`` names the folder (default ``~/.cache/jpanning/xla``);
+    ``off`` leaves JAX's settings alone.
+    """
+    import jax
+
+    path = os.environ.get("JPANNING_COMPILATION_CACHE", "~/.cache/jpanning/xla")
+    if path == "off":
+        return
+    path = os.path.expanduser(path)
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.list:
+        for name, grid in PRESETS.items():
+            print(f"{name:16s} {len(cells_of(grid)):4d} cells  {grid.about}")
+        if not args.preset and not args.model:
+            return 0
+    try:
+        name, grid = grid_from_args(args)
+        out = os.path.join(args.out_root, name)
+        cells_dir = os.path.join(out, "cells")
+        cells = cells_of(grid)
+        command = "python -m benchmarks.compare " + shlex.join(
+            sys.argv[1:] if argv is None else argv
+        )
+        todo = [
+            c
+            for c in cells
+            if cell_status(c, cells_dir) is None
+            or (args.retry_failed and cell_status(c, cells_dir) == "failed")
+        ]
+        print(f"{name}: {len(cells)} cells, {len(cells) - len(todo)} already done -> {out}")
+        if args.list:
+            for c in cells:
+                print(f"  {c.dirname:48s} {cell_status(c, cells_dir) or 'to run'}")
+            return 0
+        if not args.report_only and todo:
+            os.makedirs(cells_dir, exist_ok=True)
+            _enable_compilation_cache()
+            data_cache, start = _DataCache(), time.perf_counter()
+            for i, cell in enumerate(todo):
+                t0 = time.perf_counter()
+                status = run_cell(cell, cells_dir, data_cache, args.data_dir)
+                row = load_row(cell, cells_dir)
+                elapsed = time.perf_counter() - start
+                eta = datetime.timedelta(seconds=round(elapsed / (i + 1) * (len(todo) - i - 1)))
+                what = (
+                    f"acc {row['test_accuracy']:.4f}"
+                    if status == "ok"
+                    else f"failed: {row['error']}"
+                )
+                print(
+                    f"[{i + 1}/{len(todo)}] {cell.dirname}: {what} "
+                    f"({time.perf_counter() - t0:.1f} s; eta {eta})",
+                    flush=True,
+                )
+        table = write_report(name, grid, cells, out, command)
+        if args.readme:
+            update_readme(args.readme, name, table, out)
+        print(table)
+    except JPanningError as e:
+        print(f"benchmarks.compare: error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(
+            "benchmarks.compare: interrupted; finished cells are kept, run the same command "
+            "to continue",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,162 @@
+"""The two ways to drive an agent's ``(init, step)`` pair: one ``lax.scan``, or a host loop.
+
+Every agent here (TD3, DQN) is written as ``init(key, env_params) -> carry`` and
+``step(carry, t, loop_key, env_params) -> (carry, metrics)``, environment step ``t`` taking its
+randomness from ``fold_in(loop_key, t)``. :func:`scanned` runs all steps as one program (vmap it
+over seeds); :func:`host_loop` runs the same steps as jitted calls from Python, for environments
+whose convolutions XLA:CPU runs slowly inside a loop body and for progress reporting. With the
+same key both give the same result up to floating-point rounding.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpanning.agents import replay
+from jpanning.errors import JPanningError
+
+
+@flax.struct.dataclass
+class TrainCarry:
+    """The carry of an agent's training loop: the agent, its replay buffer, the observation
+    it acts on next, the environment's state and the running return of the episode."""
+
+    agent: Any
+    buffer: replay.ReplayBuffer
+    obs: jax.Array
+    env_state: Any
+    episode_return: jax.Array
+
+
+def interact(env, env_params, carry: TrainCarry, action, k_step, k_reset):
+    """Step the environment with ``action``, store the transition, reset on episode end.
+
+    Only ``terminated`` stops bootstrapping: a truncated transition is stored with
+    ``terminated = 0``. The environment must not reset itself.
+
+    Returns:
+        ``(carry, metrics)``: the carry with the new buffer, observation, environment state
+        and running return (the agent unchanged); metrics ``obs`` (what was acted on),
+        ``action``, ``reward``, ``terminated``, ``truncated``, ``done`` and
+        ``episode_return`` (the return including this step), plus the environment's ``info``.
+    """
+    next_obs, next_env_state, reward, terminated, truncated, info = env.step(
+        k_step, carry.env_state, action, env_params
+    )
+    next_obs = jnp.asarray(next_obs, jnp.float32)
+    reward = jnp.asarray(reward, jnp.float32)
+    terminated, truncated = jnp.asarray(terminated, bool), jnp.asarray(truncated, bool)
+    buffer = replay.buffer_add(
+        carry.buffer,
+        replay.Transition(carry.obs, action, reward, next_obs, terminated.astype(jnp.float32)),
+    )
+    done = terminated | truncated
+    # A select, not lax.cond: it tolerates weak-type differences between the states reset
+    # and step return, and under vmap both branches would run anyway.
+    reset_obs, reset_state = env.reset(k_reset, env_params)
+    episode_return = carry.episode_return + reward
+    new_carry = TrainCarry(
+        agent=carry.agent,
+        buffer=buffer,
+        obs=jnp.where(done, jnp.asarray(reset_obs, jnp.float32), next_obs),
+        env_state=jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, next_env_state),
+        episode_return=jnp.where(done, 0.0, episode_return),
+    )
+    metrics = {
+        "obs": carry.obs,
+        "action": action,
+        "reward": reward,
+        "terminated": terminated,
+        "truncated": truncated,
+        "done": done,
+        "episode_return": episode_return,
+        "info": info,
+    }
+    return new_carry, metrics
+
+
+def episode_returns(metrics) -> tuple[np.ndarray, np.ndarray]:
+    """``(end_steps, returns)`` of the completed episodes in training metrics (1-based)."""
+    done = np.asarray(metrics["done"], bool)
+    return np.flatnonzero(done) + 1, np.asarray(metrics["episode_return"])[done]
+
+
+Init = Callable[[jax.Array, Any], Any]
+Step = Callable[[Any, jax.Array, jax.Array, Any], tuple[Any, dict]]
+
+
+def scanned(init: Init, step: Step, env_params, total_steps: int):
+    """A pure ``train(key) -> (carry, metrics)``: ``total_steps`` steps in one ``lax.scan``.
+
+    Metrics come back stacked, ``[total_steps, ...]``.
+    """
+
+    def train(key: jax.Array):
+        k_init, k_loop = jax.random.split(key)
+        carry = init(k_init, env_params)
+        return jax.lax.scan(
+            lambda c, t: step(c, t, k_loop, env_params), carry, jnp.arange(total_steps)
+        )
+
+    return train
+
+
+def host_loop(
+    init: Init,
+    step: Step,
+    key: jax.Array,
+    total_steps: int,
+    env_params_at: Callable[[int], Any],
+    *,
+    steps_per_call: int = 1,
+    callback: Callable[[int, dict], None] | None = None,
+):
+    """Run :func:`scanned`'s steps as one jitted call per ``steps_per_call`` steps.
+
+    Args:
+        init, step: the agent's pair (module docstring).
+        key: PRNG key, split as :func:`scanned` splits it.
+        total_steps: environment steps.
+        env_params_at: ``env_params_at(t)`` gives the params for the call starting at step
+            ``t`` (same pytree structure and shapes every call).
+        steps_per_call: environment steps per jitted call (a ``lax.scan`` when > 1).
+        callback: optional ``callback(t_end, metrics)`` after each call, metrics as numpy
+            arrays ``[n, ...]``, ``t_end`` the steps done so far.
+
+    Returns:
+        ``(carry, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
+    """
+    if int(steps_per_call) < 1:
+        raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
+
+    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
+    def run_steps(carry, t0, loop_key, n, env_params):
+        if n == 1:
+            carry, metrics = step(carry, t0, loop_key, env_params)
+            return carry, jax.tree.map(lambda x: x[None], metrics)
+        return jax.lax.scan(
+            lambda c, t: step(c, t, loop_key, env_params), carry, t0 + jnp.arange(n)
+        )
+
+    k_init, k_loop = jax.random.split(key)
+    carry = jax.jit(init)(k_init, env_params_at(0))
+    chunks = []
+    t = 0
+    while t < total_steps:
+        n = min(int(steps_per_call), total_steps - t)
+        carry, metrics = run_steps(carry, jnp.int32(t), k_loop, n, env_params_at(t))
+        metrics = jax.tree.map(np.asarray, metrics)
+        chunks.append(metrics)
+        t += n
+        if callback is not None:
+            callback(t, metrics)
+    if not chunks:
+        empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params_at(0))[1], carry)
+        return carry, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)
+    return carry, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)

@@ -1,0 +1,256 @@
+"""The benchmark harness: a tiny grid end to end, reuse of finished cells, the table's maths."""
+
+import csv
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks import compare
+from benchmarks.presets import PRESETS, Grid
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def cell_text(table: str, method: str, column: int) -> str:
+    """The text in ``method``'s row of the accuracy table, ``column`` counted from 0."""
+    for line in table.splitlines():
+        parts = [p.strip() for p in line.strip("|").split("|")]
+        if parts[0] == method and "±" in line:
+            return parts[1 + column]
+    raise AssertionError(f"no row {method!r}")
+
+
+@pytest.fixture(scope="module")
+def tiny_grid(tmp_path_factory):
+    """The 'tiny' preset (LeNet-5, synthetic data, 14 cells) run once for this module."""
+    os.environ["JPANNING_COMPILATION_CACHE"] = "off"
+    root = tmp_path_factory.mktemp("bench")
+    assert compare.main(["--preset", "tiny", "--out-root", str(root)]) == 0
+    return root / "tiny"
+
+
+def test_tiny_grid_writes_consistent_csv_table_and_plots(tiny_grid):
+    grid = PRESETS["tiny"]
+    rows = read_csv(tiny_grid / "runs.csv")
+    # dense once per seed, every other method once per ratio and seed
+    assert len(rows) == grid.seeds * (1 + 3 * len(grid.ratios)) == 14
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        if r["method"] == "dense":
+            assert r["ratio"] == "" and float(r["sparsity"]) == 0.0
+            assert float(r["flops_fraction"]) == 1.0
+        else:
+            # exact sparsity: LeNet-5 on 16x16x3 synthetic images has 21,150 prunable weights
+            assert int(r["total"]) == 21_150
+            assert int(r["kept"]) == 21_150 - round(float(r["ratio"]) * 21_150)
+            assert 0 < float(r["flops_fraction"]) < 1
+
+    table = (tiny_grid / "table.md").read_text()
+    for method in ("random", "snip", "rlpanning"):
+        for col, ratio in enumerate(grid.ratios):
+            acc = [
+                float(r["test_accuracy"])
+                for r in rows
+                if r["method"] == method and r["ratio"] == str(ratio)
+            ]
+            expected = f"{np.mean(acc):.4f} ± {np.std(acc, ddof=1):.4f}"
+            assert cell_text(table, method, col).strip("*") == expected
+    dense = [float(r["test_accuracy"]) for r in rows if r["method"] == "dense"]
+    assert (
+        cell_text(table, "dense (reference)", 0)
+        == f"{np.mean(dense):.4f} ± {np.std(dense, ddof=1):.4f}"
+    )
+    # exactly one bold cell per ratio, on the method with the best mean
+    for col, ratio in enumerate(grid.ratios):
+        means = {
+            m: np.mean(
+                [
+                    float(r["test_accuracy"])
+                    for r in rows
+                    if r["method"] == m and r["ratio"] == str(ratio)
+                ]
+            )
+            for m in ("random", "snip", "rlpanning")
+        }
+        bold = [m for m in means if cell_text(table, m, col).startswith("**")]
+        assert bold == [max(means, key=means.get)]
+    assert "| 0.5 | rlpanning |" in table and "| 0.8 | rlpanning |" in table
+    for png in ("accuracy.png", "density.png", "screen_time.png"):
+        assert (tiny_grid / png).read_bytes()[:8] == PNG
+
+
+def test_rlpanning_searches_once_per_seed_and_screens_other_ratios_with_its_policy(tiny_grid):
+    cells = compare.cells_of(PRESETS["tiny"])
+    rl = [c for c in cells if c.method == "rlpanning"]
+    for seed in (0, 1):
+        search, screen = [c for c in rl if c.seed == seed]
+        assert search.policy_from is None and screen.policy_from == search
+        with open(tiny_grid / "cells" / screen.dirname / "results.json") as f:
+            r = json.load(f)
+        assert r["rl"]["policy_loaded_from"] == str(
+            tiny_grid / "cells" / search.dirname / "policy.msgpack"
+        )
+        assert r["rl"]["agent_steps"] == 0
+
+
+def test_deleting_one_cell_recomputes_only_that_cell(tiny_grid, monkeypatch):
+    rows = {r["cell"]: r for r in read_csv(tiny_grid / "runs.csv")}
+    victim = next(c for c in rows if c.startswith("snip-0.8-seed1"))
+    shutil.rmtree(tiny_grid / "cells" / victim)
+    ran = []
+    real = compare.run_cell
+    monkeypatch.setattr(
+        compare, "run_cell", lambda cell, *a: ran.append(cell.dirname) or real(cell, *a)
+    )
+    assert compare.main(["--preset", "tiny", "--out-root", str(tiny_grid.parent)]) == 0
+    assert ran == [victim]
+    again = {r["cell"]: r for r in read_csv(tiny_grid / "runs.csv")}
+    # same seed, same machine: the recomputed cell gives the same mask and accuracy
+    for field in ("kept", "test_accuracy", "flops_remaining"):
+        assert again[victim][field] == rows[victim][field]
+
+
+def test_method_failures_are_results_and_other_errors_stop_the_harness(tmp_path, monkeypatch):
+    from jpanning import cli
+    from jpanning.errors import JPanningError, RunFailed
+
+    cell = compare.cells_of(PRESETS["tiny"])[1]
+
+    class Data:
+        def get(self, args):
+            return None
+
+    def cut(args, dataset=None):
+        print("screening")
+        raise RunFailed("method 'random' pruned every weight of layer(s) X: the network is cut")
+
+    monkeypatch.setattr(cli, "run", cut)
+    assert compare.run_cell(cell, str(tmp_path), Data(), None) == "failed"
+    assert compare.cell_status(cell, str(tmp_path)) == "failed"
+    row = compare.load_row(cell, str(tmp_path))
+    assert row["status"] == "failed" and row["error"].endswith("the network is cut")
+    assert (tmp_path / cell.dirname / "log.txt").read_text().endswith("screening\n")
+
+    class Missing:
+        def get(self, args):
+            raise JPanningError("fashion_mnist cannot be loaded: no data")
+
+    other = compare.cells_of(PRESETS["tiny"])[2]
+    with pytest.raises(JPanningError, match="cannot be loaded"):
+        compare.run_cell(other, str(tmp_path), Missing(), None)
+    assert compare.cell_status(other, str(tmp_path)) is None
+
+
+def test_cell_keys_follow_the_config():
+    grid = PRESETS["tiny"]
+    keys = {c.key for c in compare.cells_of(grid)}
+    assert len(keys) == 14
+    longer = compare.cells_of(Grid(**{**grid.__dict__, "epochs": 2}))
+    assert not keys & {c.key for c in longer}
+    more_seeds = compare.cells_of(Grid(**{**grid.__dict__, "seeds": 3}))
+    assert keys < {c.key for c in more_seeds}
+
+
+CUT = (
+    "method 'snip' at ratio 0.99 pruned every weight of layer(s) Dense_2/kernel: the network is cut"
+)
+
+
+def _row(method, ratio, seed, acc, status="ok", error=""):
+    row = dict.fromkeys(compare.CSV_FIELDS, "")
+    row |= {"method": method, "ratio": ratio, "seed": seed, "status": status, "error": error}
+    if status == "ok":
+        row |= {
+            "test_accuracy": acc,
+            "sparsity": 0.0 if method == "dense" else ratio,
+            "effective_sparsity": 0.0 if method == "dense" else ratio,
+            "flops_fraction": 1.0,
+            "screen_seconds": 1.0,
+            "search_seconds": 0.0,
+            "train_seconds": 2.0,
+        }
+    return row
+
+
+def test_table_marks_best_says_where_panning_loses_and_reports_cut_cells():
+    grid = Grid(
+        model="lenet5",
+        dataset="synthetic",
+        ratios=(0.9, 0.99),
+        methods=("dense", "snip", "panning"),
+        seeds=2,
+    )
+    rows = [
+        _row("dense", "", 0, 0.90),
+        _row("dense", "", 1, 0.92),
+        _row("snip", 0.9, 0, 0.85),
+        _row("snip", 0.9, 1, 0.86),
+        _row("panning", 0.9, 0, 0.80),
+        _row("panning", 0.9, 1, 0.82),
+        _row("snip", 0.99, 0, None, "failed", CUT),
+        _row("snip", 0.99, 1, None, "failed", CUT),
+        _row("panning", 0.99, 0, 0.50),
+        _row("panning", 0.99, 1, 0.70),
+    ]
+    table = compare.render_table("t", grid, rows, [], "python -m benchmarks.compare ...")
+    assert cell_text(table, "dense (reference)", 1) == "0.9100 ± 0.0141"
+    assert cell_text(table, "snip", 0) == "**0.8550 ± 0.0071**"
+    assert cell_text(table, "panning", 0) == "0.8100 ± 0.0141"
+    assert "| snip | 0.8550 ± 0.0071 |" not in table  # bold, not plain
+    assert "cut (2/2)" in table
+    assert cell_text(table, "panning", 1) == "**0.6000 ± 0.1414**"
+    assert "| 0.9 | panning | snip 0.8550 | does not beat snip: -0.0450 |" in table
+    assert "| 0.99 | panning | - | no result |" in table
+    assert f"- snip at 0.99: {CUT}" in table
+
+
+def test_bad_grids_get_one_line_errors(tmp_path, capsys):
+    cases = [
+        (
+            ["--model", "resnet99", "--dataset", "synthetic", "--ratios", "0.5", "--name", "x"],
+            "unknown model 'resnet99'",
+        ),
+        (["--preset", "tiny", "--methods", "snip", "prune_all"], "unknown method(s) prune_all"),
+        (["--model", "lenet5", "--dataset", "synthetic"], "--ratios"),
+        (["--preset", "tiny", "--run-args", "--seed 3"], "--run-args may not set --seed"),
+    ]
+    for argv, message in cases:
+        assert compare.main(argv + ["--out-root", str(tmp_path)]) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "tiny", "--ratios", "1.5"])
+    assert "outside (0, 1)" in capsys.readouterr().err
+
+
+def test_purl_prunes_the_dense_cells_network_and_uniform_matches_its_sparsity(tmp_path):
+    os.environ["JPANNING_COMPILATION_CACHE"] = "off"
+    argv = ["--model", "tinycnn", "--dataset", "synthetic", "--ratios", "0.5", "--seeds", "1"]
+    argv += ["--methods", "uniform", "purl", "dense", "--epochs", "1", "--name", "p"]
+    argv += ["--run-args", "--preset quick --purl-episodes 1", "--out-root", str(tmp_path)]
+    assert compare.main(argv) == 0
+    grid = compare.grid_from_args(compare.build_parser().parse_args(argv))[1]
+    order = compare.cells_of(grid)
+    assert [c.method for c in order] == ["dense", "purl", "uniform"]  # uniform after purl
+    cells = {c.method: c for c in order}
+    results = {}
+    for method, cell in cells.items():
+        with open(tmp_path / "p" / "cells" / cell.dirname / "results.json") as f:
+            results[method] = json.load(f)
+    dense_npz = str(tmp_path / "p" / "cells" / cells["dense"].dirname / "model.npz")
+    assert results["purl"]["pretrained"]["from"] == dense_npz
+    assert results["uniform"]["pretrained"]["from"] == dense_npz
+    achieved = results["purl"]["sparsity"]["sparsity"]
+    assert results["uniform"]["config"]["ratio"] == achieved
+    assert abs(results["uniform"]["sparsity"]["sparsity"] - achieved) < 1e-3
+    table = (tmp_path / "p" / "table.md").read_text()
+    assert "| 0.5 | purl | uniform " in table
+    assert (tmp_path / "p" / "purl_alphas.png").read_bytes()[:8] == PNG
