@@ -47,6 +47,7 @@ from jpanning.errors import JPanningError, RunFailed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 OURS = ("panning", "rlpanning")  # the methods the verdict compares with the best baseline
+COSTS = "<!-- costs -->"  # where table.md's cost section starts (the README stops there)
 CSV_FIELDS = (
     "model",
     "dataset",
@@ -331,8 +332,8 @@ def _fmt(stat: Stat | None, digits: int = 4, expected: int | None = None) -> str
         return "not run"
     if stat.n == 0:
         return f"{stat.outcome} ({stat.failed}/{stat.failed})" if stat.failed else "not run"
-    text = f"{stat.mean:.{digits}f} ± {stat.std:.{digits}f}"
-    notes = []
+    text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.n > 1 else "")
+    notes = [] if stat.n > 1 or expected in (None, 1) else ["1 seed"]
     if stat.failed:
         notes.append(f"{stat.failed} {stat.outcome}")
     if expected is not None and stat.n + stat.failed < expected:
@@ -341,13 +342,17 @@ def _fmt(stat: Stat | None, digits: int = 4, expected: int | None = None) -> str
 
 
 def best_methods(stats, grid: Grid, exclude=("dense",)) -> dict[float, str | None]:
-    """The method with the highest mean accuracy at each ratio (None if nothing ran)."""
+    """The method with the highest mean accuracy at each ratio (None if nothing ran); a
+    method that failed (cut the network) in any seed is not a candidate."""
     best = {}
     for ratio in grid.ratios:
         candidates = [
             (stats[(m, ratio)].mean, m)
             for m in grid.methods
-            if m not in exclude and (m, ratio) in stats and stats[(m, ratio)].n
+            if m not in exclude
+            and (m, ratio) in stats
+            and stats[(m, ratio)].n
+            and not stats[(m, ratio)].failed
         ]
         best[ratio] = max(candidates)[1] if candidates else None
     return best
@@ -409,11 +414,11 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
     best = best_methods(acc, grid)
     dates = sorted(m["date"] for m in metas if m.get("date"))
     lines = [
-        f"## Benchmark `{name}`: {grid.model} on {grid.dataset}",
+        f"#### Benchmark `{name}`: {grid.model} on {grid.dataset}",
         "",
         f"- command: `{command}`",
         f"- cells: {len(dates)} of {len(cells_of(grid))} finished"
-        + (f", run {dates[0][:10]} to {dates[-1][:10]}" if dates else ""),
+        + (f", written {dates[0][:16]} to {dates[-1][:16]} UTC" if dates else ""),
         "- machine: " + "; ".join(_versions_line(metas) or ["-"]),
         f"- recipe: {grid.epochs} epoch(s)"
         + (f", {grid.train_limit} training images" if grid.train_limit else ", all training images")
@@ -438,13 +443,40 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
             text = _fmt(acc.get((m, r)), expected=grid.seeds)
             cells.append(f"**{text}**" if best[r] == m else text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    ours = verdicts(acc, grid)
-    if ours:
+    if any(m in grid.methods for m in TRAINED_METHODS):
+        achieved = aggregate([r for r in rows if r["method"] == "purl"], "sparsity")
+        reached = ", ".join(
+            f"{achieved[('purl', r)].mean:.4f} at {r:g}"
+            for r in ratios
+            if ("purl", r) in achieved and achieved[("purl", r)].n
+        )
         lines += [
             "",
-            "Panning and RL Panning against the best baseline (the best mean of the other "
-            "methods that prune at initialization); PuRL against uniform per-layer magnitude "
-            "pruning of the same trained network at the sparsity PuRL reached:",
+            f"PuRL and uniform prune the dense row's network (trained {grid.epochs} epoch(s)) "
+            f"and fine-tune it {grid.epochs} more, so they train twice as long as the dense row. "
+            + (
+                f"PuRL's sparsity is a target; its thresholds reached, on average, {reached} "
+                "(uniform is pruned to each cell's PuRL sparsity)."
+                if reached
+                else ""
+            ),
+        ]
+    ours = verdicts(acc, grid)
+    if ours:
+        said = []
+        if any(m in grid.methods for m in OURS):
+            said.append(
+                "Panning and RL Panning against the best baseline (the best mean of the other "
+                "methods that prune at initialization)"
+            )
+        if "purl" in grid.methods and "uniform" in grid.methods:
+            said.append(
+                "PuRL against uniform per-layer magnitude pruning of the same trained network "
+                "at the sparsity PuRL reached"
+            )
+        lines += [
+            "",
+            "; ".join(said) + ":",
             "",
             "| sparsity | method | compared with | verdict |",
             "|---|---|---|---|",
@@ -463,6 +495,7 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
     }
     lines += [
         "",
+        COSTS,
         "Sparsity and cost, means over seeds: achieved and effective sparsity (weights that "
         "still lie on an input-output path), forward FLOPs left by the mask (fraction of the "
         "dense network's conv/dense multiply-adds), seconds to screen, seconds of agent "
@@ -529,7 +562,7 @@ def plot_accuracy(grid: Grid, rows: list[dict], path: str, title: str) -> None:
     ax.set_ylabel("test accuracy")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    ax.legend(fontsize=8, ncol=2, loc="lower left")
     report.save_png(fig, path)
 
 
@@ -687,6 +720,14 @@ def update_readme(path: str, name: str, table: str, out: str) -> None:
     rel = os.path.relpath(out, os.path.dirname(os.path.abspath(path)))
     for png in ("accuracy.png", "density.png", "screen_time.png", "purl_alphas.png"):
         table = table.replace(f"({png})", f"({rel}/{png})")
+    if COSTS in table:  # the README keeps accuracy and verdicts; costs stay in table.md
+        accuracy, rest_of_table = table.split(COSTS, 1)
+        images = rest_of_table[rest_of_table.index("\n![") :]
+        table = (
+            f"{accuracy}Sparsity, effective sparsity, FLOPs left, screening and training seconds "
+            f"of every cell: [{rel}/table.md]({rel}/table.md), [{rel}/runs.csv]({rel}/runs.csv).\n"
+            f"{images}"
+        )
     head, rest = text.split(start, 1)
     _, tail = rest.split(end, 1)
     report.atomic_write_bytes(path, f"{head}{start}\n{table}{end}{tail}".encode())
@@ -766,6 +807,20 @@ def grid_from_args(args: argparse.Namespace) -> tuple[str, Grid]:
     return args.name or args.preset, grid
 
 
+def _grid_argv(argv: list[str]) -> list[str]:
+    """The arguments that define the grid: without ``--report-only``, ``--readme PATH`` and
+    ``--retry-failed``, which change what is written, not the results."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--readme":
+            skip = True
+        elif arg not in ("--report-only", "--retry-failed") and not arg.startswith("--readme="):
+            out.append(arg)
+    return out
+
+
 def _enable_compilation_cache() -> None:
     """Cells share shapes, so XLA's persistent cache turns most compiles into loads.
 
@@ -795,7 +850,7 @@ def main(argv: list[str] | None = None) -> int:
         cells_dir = os.path.join(out, "cells")
         cells = cells_of(grid)
         command = "python -m benchmarks.compare " + shlex.join(
-            sys.argv[1:] if argv is None else argv
+            _grid_argv(sys.argv[1:] if argv is None else argv)
         )
         todo = [
             c

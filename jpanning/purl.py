@@ -237,7 +237,9 @@ class PuRLEnv:
             )
             return state, None
 
-        state, _ = jax.lax.scan(body, state, index)
+        # unrolled: XLA:CPU runs convolution gradients ~8x slower inside a loop body
+        # (benchmarks/results/scan_vs_loop_cpu.md); the retraining is a few steps
+        state, _ = jax.lax.scan(body, state, index, unroll=True)
         return state.params, state.batch_stats
 
     def layer_densities(self, masks) -> jax.Array:
@@ -367,32 +369,29 @@ def agent_config(env: PuRLEnv) -> dqn.DQNConfig:
 
 
 def greedy_episodes(env: PuRLEnv, env_params: EnvParams, q_params, key, episodes: int):
-    """Run ``episodes`` greedy episodes; returns ``[episodes, n]`` α and the final accuracy
-    and sparsity of each (episodes that collapse early keep α = 0 for unvisited layers)."""
+    """Run ``episodes`` greedy episodes (one jitted call per layer, from the host, as the
+    training does); returns ``[episodes, n]`` α and each episode's final accuracy and sparsity
+    (an episode stopped early keeps α = 0 for the layers it did not visit)."""
     config = env.config.dqn
 
     @jax.jit
-    def episode(key):
-        k_reset, k_steps = jax.random.split(key)
-        obs, state = env.reset(k_reset, env_params)
+    def act_and_step(key, obs, state):
+        action = dqn.greedy_action(q_params, obs, config)
+        obs, state, _, terminated, _, _ = env.step(key, state, action, env_params)
+        return obs, state, terminated
 
-        def body(carry, t):
-            obs, state, done = carry
-            action = dqn.greedy_action(q_params, obs, config)
-            obs2, state2, _, terminated, _, _ = env.step(
-                jax.random.fold_in(k_steps, t), state, action, env_params
-            )
-            keep = lambda a, b: jax.tree.map(lambda x, y: jnp.where(done, x, y), a, b)  # noqa: E731
-            return (keep(obs, obs2), keep(state, state2), done | terminated), None
-
-        (obs, state, _), _ = jax.lax.scan(
-            body, (obs, state, jnp.bool_(False)), jnp.arange(env.num_layers)
-        )
-        return state.layer_alpha, state.accuracy, state.sparsity
-
-    runs = [episode(k) for k in jax.random.split(key, episodes)]
-    alphas, accuracy, sparsity = (np.stack([np.asarray(r[i]) for r in runs]) for i in range(3))
-    return alphas, accuracy, sparsity
+    alphas, accuracy, sparsity = [], [], []
+    for episode_key in jax.random.split(key, episodes):
+        k_reset, k_steps = jax.random.split(episode_key)
+        obs, state = jax.jit(env.reset)(k_reset, env_params)
+        for t in range(env.num_layers):
+            obs, state, terminated = act_and_step(jax.random.fold_in(k_steps, t), obs, state)
+            if bool(terminated):
+                break
+        alphas.append(np.asarray(state.layer_alpha))
+        accuracy.append(float(state.accuracy))
+        sparsity.append(float(state.sparsity))
+    return np.stack(alphas), np.asarray(accuracy), np.asarray(sparsity)
 
 
 @dataclasses.dataclass

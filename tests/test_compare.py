@@ -29,7 +29,7 @@ def cell_text(table: str, method: str, column: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_grid(tmp_path_factory):
+def tiny_grid(tmp_path_factory):  # used by slow tests only
     """The 'tiny' preset (LeNet-5, synthetic data, 14 cells) run once for this module."""
     os.environ["JPANNING_COMPILATION_CACHE"] = "off"
     root = tmp_path_factory.mktemp("bench")
@@ -37,6 +37,7 @@ def tiny_grid(tmp_path_factory):
     return root / "tiny"
 
 
+@pytest.mark.slow  # the 14-cell grid takes about a minute
 def test_tiny_grid_writes_consistent_csv_table_and_plots(tiny_grid):
     grid = PRESETS["tiny"]
     rows = read_csv(tiny_grid / "runs.csv")
@@ -87,6 +88,7 @@ def test_tiny_grid_writes_consistent_csv_table_and_plots(tiny_grid):
         assert (tiny_grid / png).read_bytes()[:8] == PNG
 
 
+@pytest.mark.slow  # the 14-cell grid takes about a minute
 def test_rlpanning_searches_once_per_seed_and_screens_other_ratios_with_its_policy(tiny_grid):
     cells = compare.cells_of(PRESETS["tiny"])
     rl = [c for c in cells if c.method == "rlpanning"]
@@ -101,6 +103,7 @@ def test_rlpanning_searches_once_per_seed_and_screens_other_ratios_with_its_poli
         assert r["rl"]["agent_steps"] == 0
 
 
+@pytest.mark.slow  # the 14-cell grid takes about a minute
 def test_deleting_one_cell_recomputes_only_that_cell(tiny_grid, monkeypatch):
     rows = {r["cell"]: r for r in read_csv(tiny_grid / "runs.csv")}
     victim = next(c for c in rows if c.startswith("snip-0.8-seed1"))
@@ -185,7 +188,7 @@ def test_table_marks_best_says_where_panning_loses_and_reports_cut_cells():
         model="lenet5",
         dataset="synthetic",
         ratios=(0.9, 0.99),
-        methods=("dense", "snip", "panning"),
+        methods=("dense", "random", "snip", "panning"),
         seeds=2,
     )
     rows = [
@@ -199,6 +202,10 @@ def test_table_marks_best_says_where_panning_loses_and_reports_cut_cells():
         _row("snip", 0.99, 1, None, "failed", CUT),
         _row("panning", 0.99, 0, 0.50),
         _row("panning", 0.99, 1, 0.70),
+        _row("random", 0.9, 0, 0.10),
+        _row("random", 0.9, 1, 0.12),
+        _row("random", 0.99, 0, 0.90),  # higher than panning, but the other seed was cut
+        _row("random", 0.99, 1, None, "failed", CUT),
     ]
     table = compare.render_table("t", grid, rows, [], "python -m benchmarks.compare ...")
     assert cell_text(table, "dense (reference)", 1) == "0.9100 ± 0.0141"
@@ -207,6 +214,7 @@ def test_table_marks_best_says_where_panning_loses_and_reports_cut_cells():
     assert "| snip | 0.8550 ± 0.0071 |" not in table  # bold, not plain
     assert "cut (2/2)" in table
     assert cell_text(table, "panning", 1) == "**0.6000 ± 0.1414**"
+    assert cell_text(table, "random", 1) == "0.9000 (1 seed, 1 cut)"
     assert "| 0.9 | panning | snip 0.8550 | does not beat snip: -0.0450 |" in table
     assert "| 0.99 | panning | - | no result |" in table
     assert f"- snip at 0.99: {CUT}" in table

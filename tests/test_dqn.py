@@ -113,7 +113,7 @@ def test_target_network_is_copied_every_target_update_every_steps():
         assert all(same) == ((t + 1) % 5 == 0 or t == 0), t
 
 
-def test_dqn_learns_a_contextual_bandit_and_vmaps_over_seeds():
+def test_dqn_learns_a_contextual_bandit():
     config = dqn.DQNConfig(
         hidden_sizes=(32,),
         lr=3e-3,
@@ -122,22 +122,27 @@ def test_dqn_learns_a_contextual_bandit_and_vmaps_over_seeds():
         learning_starts=50,
         total_steps=1500,
     )
-    env = Bandit()
-    train = jax.jit(dqn.make_train(env, None, config, num_actions=4))
-    agent, metrics = train(jax.random.key(0))
+    agent, metrics = jax.jit(dqn.make_train(Bandit(), None, config, num_actions=4))(
+        jax.random.key(0)
+    )
     greedy = dqn.greedy_action(agent.params, jnp.eye(4), config)
     np.testing.assert_array_equal(greedy, np.arange(4))
     returns = np.asarray(metrics["episode_return"])[np.asarray(metrics["done"])]
     assert returns[:20].mean() < 2.0 < 4.0 < returns[-20:].mean()  # random: 1.25 of 5
 
+
+def test_vmap_over_seeds_gives_the_separate_runs():
+    config = dqn.DQNConfig(hidden_sizes=(8,), batch_size=8, learning_starts=8, total_steps=60)
+    train = dqn.make_train(Bandit(), None, config, num_actions=4)
     keys = jax.random.split(jax.random.key(3), 2)
-    batched, _ = jax.jit(jax.vmap(dqn.make_train(env, None, config, num_actions=4)))(keys)
-    single, _ = train(keys[1])
+    batched, metrics = jax.jit(jax.vmap(train))(keys)
+    single, single_metrics = jax.jit(train)(keys[1])
     jax.tree.map(
         lambda a, b: np.testing.assert_allclose(a[1], b, rtol=1e-4, atol=1e-5),
         batched.params,
         single.params,
     )
+    np.testing.assert_array_equal(metrics["action"][1], single_metrics["action"])
 
 
 def test_bad_configs_are_refused():

@@ -77,12 +77,12 @@ def test_kernel_outside_any_module_is_refused():
 
 
 def test_layer_order_follows_the_forward_pass_not_the_sorted_params():
-    model = models.create_model("resnet56", 10)  # 27 blocks: BasicBlock_10 sorts before _2
+    model = models.create_model("resnet32", 10)  # 15 blocks: BasicBlock_10 sorts before _2
     variables = models.init_variables(model, jax.random.key(0), (32, 32, 3))
     order = flops.prunable_layer_order(
         model, variables, masks.prunable_tree(variables["params"]), (32, 32, 3)
     )
     assert order[0] == "Conv_0/kernel" and order[-1] == "Dense_0/kernel"
     blocks = [int(p.split("/")[0].split("_")[1]) for p in order[1:-1]]
-    assert blocks == sorted(blocks) == [b for b in range(27) for _ in (0, 1)]
-    assert len(order) == 1 + 54 + 1  # stem, two convs per block, classifier (option-A shortcuts)
+    assert blocks == sorted(blocks) == [b for b in range(15) for _ in (0, 1)]
+    assert len(order) == 1 + 30 + 1  # stem, two convs per block, classifier (option-A shortcuts)
