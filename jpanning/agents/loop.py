@@ -5,7 +5,8 @@ Every agent here (TD3, DQN) is written as ``init(key, env_params) -> carry`` and
 randomness from ``fold_in(loop_key, t)``. :func:`scanned` runs all steps as one program (vmap it
 over seeds); :func:`host_loop` runs the same steps as jitted calls from Python, for environments
 whose convolutions XLA:CPU runs slowly inside a loop body and for progress reporting. With the
-same key both give the same result up to floating-point rounding.
+same key both give the same result up to floating-point rounding. :func:`interact` is the part
+of a step every agent shares: step the environment, store the transition, reset on episode end.
 """
 
 from __future__ import annotations
