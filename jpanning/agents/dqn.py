@@ -26,14 +26,10 @@ import jax.numpy as jnp
 import optax
 import rlax
 
-from jpanning.agents import loop, replay
+from jpanning.agents import loop, replay, static_field
 from jpanning.errors import JPanningError
 
 PyTree = Any
-
-
-def _static(default):
-    return flax.struct.field(pytree_node=False, default=default)
 
 
 @flax.struct.dataclass
@@ -58,19 +54,19 @@ class DQNConfig:
         total_steps: environment steps of training (one update per step once learning).
     """
 
-    hidden_sizes: tuple[int, ...] = _static((64, 64))
-    lr: float = _static(1e-3)
-    gamma: float = _static(0.982)
-    buffer_size: int = _static(400)
-    batch_size: int = _static(32)
-    learning_starts: int = _static(32)
-    target_update_every: int = _static(15)
-    exploration_fraction: float = _static(0.7)
-    epsilon_start: float = _static(1.0)
-    epsilon_end: float = _static(0.05)
-    double_q: bool = _static(True)
-    huber_delta: float = _static(1.0)
-    total_steps: int = _static(1_000)
+    hidden_sizes: tuple[int, ...] = static_field((64, 64))
+    lr: float = static_field(1e-3)
+    gamma: float = static_field(0.982)
+    buffer_size: int = static_field(400)
+    batch_size: int = static_field(32)
+    learning_starts: int = static_field(32)
+    target_update_every: int = static_field(15)
+    exploration_fraction: float = static_field(0.7)
+    epsilon_start: float = static_field(1.0)
+    epsilon_end: float = static_field(0.05)
+    double_q: bool = static_field(True)
+    huber_delta: float = static_field(1.0)
+    total_steps: int = static_field(1_000)
 
 
 def validate_config(config: DQNConfig) -> DQNConfig:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import optax
 import rlax
 
-from jpanning.agents import loop, replay
+from jpanning.agents import loop, replay, static_field
 from jpanning.agents.replay import (  # noqa: F401 (buffer_add: part of td3's API)
     ReplayBuffer,
     Transition,
@@ -43,10 +43,6 @@ from jpanning.agents.replay import (  # noqa: F401 (buffer_add: part of td3's AP
 from jpanning.errors import JPanningError
 
 PyTree = Any
-
-
-def _static(default):
-    return flax.struct.field(pytree_node=False, default=default)
 
 
 @flax.struct.dataclass
@@ -70,21 +66,21 @@ class TD3Config:
         action_low, action_high: action bounds, the same for every dimension.
     """
 
-    hidden_sizes: tuple[int, ...] = _static((256, 256))
-    actor_lr: float = _static(2e-4)
-    critic_lr: float = _static(2e-4)
-    warmup_steps: int = _static(2000)
-    batch_size: int = _static(256)
-    gamma: float = _static(0.99)
-    tau: float = _static(0.01)
-    policy_noise: float = _static(0.2)
-    noise_clip: float = _static(0.5)
-    policy_delay: int = _static(2)
-    exploration_noise: float = _static(0.1)
-    buffer_size: int = _static(100_000)
-    total_steps: int = _static(50_000)
-    action_low: float = _static(-1.0)
-    action_high: float = _static(1.0)
+    hidden_sizes: tuple[int, ...] = static_field((256, 256))
+    actor_lr: float = static_field(2e-4)
+    critic_lr: float = static_field(2e-4)
+    warmup_steps: int = static_field(2000)
+    batch_size: int = static_field(256)
+    gamma: float = static_field(0.99)
+    tau: float = static_field(0.01)
+    policy_noise: float = static_field(0.2)
+    noise_clip: float = static_field(0.5)
+    policy_delay: int = static_field(2)
+    exploration_noise: float = static_field(0.1)
+    buffer_size: int = static_field(100_000)
+    total_steps: int = static_field(50_000)
+    action_low: float = static_field(-1.0)
+    action_high: float = static_field(1.0)
 
 
 def validate_config(config: TD3Config) -> TD3Config:
