@@ -280,13 +280,7 @@ def make_train(env, env_params, config: DQNConfig, *, num_actions: int, obs_size
     """
     obs_size = _obs_size(env, env_params, obs_size)
     init, step = make_step(env, config, num_actions=num_actions, obs_size=obs_size)
-    scan_train = loop.scanned(init, step, env_params, config.total_steps)
-
-    def train(key: jax.Array):
-        carry, metrics = scan_train(key)
-        return carry.agent, metrics
-
-    return train
+    return loop.scanned(init, step, env_params, config.total_steps)
 
 
 def train_loop(
@@ -300,10 +294,9 @@ def train_loop(
     """
     obs_size = _obs_size(env, env_params, obs_size)
     init, step = make_step(env, config, num_actions=num_actions, obs_size=obs_size)
-    carry, metrics = loop.host_loop(
+    return loop.host_loop(
         init, step, key, config.total_steps, lambda t: env_params, callback=callback
     )
-    return carry.agent, metrics
 
 
 def greedy_action(params: PyTree, obs: jax.Array, config: DQNConfig) -> jax.Array:

@@ -93,17 +93,19 @@ Step = Callable[[Any, jax.Array, jax.Array, Any], tuple[Any, dict]]
 
 
 def scanned(init: Init, step: Step, env_params, total_steps: int):
-    """A pure ``train(key) -> (carry, metrics)``: ``total_steps`` steps in one ``lax.scan``.
+    """A pure ``train(key) -> (agent, metrics)``: ``total_steps`` steps in one ``lax.scan``.
 
-    Metrics come back stacked, ``[total_steps, ...]``.
+    ``agent`` is the final carry's (:class:`TrainCarry`); metrics come back stacked,
+    ``[total_steps, ...]``.
     """
 
     def train(key: jax.Array):
         k_init, k_loop = jax.random.split(key)
         carry = init(k_init, env_params)
-        return jax.lax.scan(
+        carry, metrics = jax.lax.scan(
             lambda c, t: step(c, t, k_loop, env_params), carry, jnp.arange(total_steps)
         )
+        return carry.agent, metrics
 
     return train
 
@@ -131,7 +133,7 @@ def host_loop(
             arrays ``[n, ...]``, ``t_end`` the steps done so far.
 
     Returns:
-        ``(carry, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
+        ``(agent, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
     """
     if int(steps_per_call) < 1:
         raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
@@ -159,5 +161,5 @@ def host_loop(
             callback(t, metrics)
     if not chunks:
         empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params_at(0))[1], carry)
-        return carry, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)
-    return carry, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+        return carry.agent, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)
+    return carry.agent, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)

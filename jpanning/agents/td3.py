@@ -478,13 +478,7 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
     init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
-    scan_train = loop.scanned(init, step, env_params, config.total_steps)
-
-    def train(key: jax.Array):
-        carry, metrics = scan_train(key)
-        return carry.agent, metrics
-
-    return train
+    return loop.scanned(init, step, env_params, config.total_steps)
 
 
 def train_loop(
@@ -522,7 +516,7 @@ def train_loop(
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
     init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
-    carry, metrics = loop.host_loop(
+    return loop.host_loop(
         init,
         step,
         key,
@@ -531,4 +525,3 @@ def train_loop(
         steps_per_call=steps_per_call,
         callback=callback,
     )
-    return carry.agent, metrics
