@@ -242,16 +242,11 @@ class PuRLEnv:
         state, _ = jax.lax.scan(body, state, index, unroll=True)
         return state.params, state.batch_stats
 
-    def layer_densities(self, masks) -> jax.Array:
-        """``[n]`` kept fraction per layer, in visiting order."""
-        flat = traverse_util.flatten_dict(masks)
-        return jnp.stack([jnp.mean(flat[tuple(p.split("/"))]) for p in self.order])
-
-    def total_sparsity(self, masks) -> jax.Array:
+    def layer_counts(self, masks) -> tuple[jax.Array, np.ndarray]:
+        """``([n] kept weights, [n] layer sizes)`` in visiting order."""
         flat = traverse_util.flatten_dict(masks)
         leaves = [flat[tuple(p.split("/"))] for p in self.order]
-        kept = sum(jnp.sum(m) for m in leaves)
-        return 1.0 - kept / sum(m.size for m in leaves)
+        return jnp.stack([jnp.sum(m) for m in leaves]), np.array([m.size for m in leaves])
 
     def observation(self, state: EnvState) -> jax.Array:
         if self.config.state == "compact":
@@ -291,7 +286,8 @@ class PuRLEnv:
         accuracy = self.accuracy(
             params, batch_stats, env_params.eval_images, env_params.eval_labels
         ).astype(jnp.float32)
-        sparsity = self.total_sparsity(masks).astype(jnp.float32)
+        kept, sizes = self.layer_counts(masks)
+        sparsity = (1.0 - jnp.sum(kept) / sizes.sum()).astype(jnp.float32)
         reward = reward_fn(
             accuracy,
             sparsity,
@@ -311,7 +307,7 @@ class PuRLEnv:
             accuracy=accuracy,
             sparsity=sparsity,
             layer_accuracy=state.layer_accuracy.at[layer].set(accuracy),
-            layer_sparsity=1.0 - self.layer_densities(masks),
+            layer_sparsity=(1.0 - kept / sizes).astype(jnp.float32),
             layer_alpha=state.layer_alpha.at[layer].set(alpha),
         )
         info = {"alpha": alpha, "accuracy": accuracy, "sparsity": sparsity, "layer": layer}
@@ -491,8 +487,7 @@ def purl(problem: pruning.PruneProblem):
 def uniform(problem: pruning.PruneProblem):
     """PuRL's baseline: the same sparsity in every layer, by magnitude of the trained weights
     (``run.py`` trains or loads the network first)."""
-    scores = jax.tree.map(jnp.abs, problem.params)
-    return masks_lib.layerwise_topk(scores, problem.sparsity, problem.prunable)
+    return pruning.magnitude(dataclasses.replace(problem, scope="layer"))
 
 
 def split_examples(dataset, config: PuRLConfig, seed: int) -> tuple[tuple, tuple]:
