@@ -214,10 +214,14 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
     dataset = data_cache.get(args)
     log = io.StringIO()
     status = "ok"
+    run_args = args
+    if cli.interrupted_run(out):  # a cell stopped mid-way (a signal, a crash) goes on
+        argv = ["--resume", out, "--no-progress"]
+        run_args = cli.build_parser().parse_args(argv)
     try:
         with contextlib.redirect_stdout(log):
             print("run.py " + shlex.join(argv))
-            cli.run(args, dataset=dataset)
+            cli.run(run_args, dataset=dataset)
     except RunFailed as e:
         status = "failed"
         report.write_json(
@@ -225,7 +229,11 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
             {"error": str(e), "argv": argv, **report.environment()},
         )
     finally:
-        report.atomic_write_bytes(os.path.join(out, "log.txt"), log.getvalue().encode())
+        before = b""
+        if run_args is not args and os.path.isfile(os.path.join(out, "log.txt")):
+            with open(os.path.join(out, "log.txt"), "rb") as f:
+                before = f.read()  # the stopped part's log stays in front
+        report.atomic_write_bytes(os.path.join(out, "log.txt"), before + log.getvalue().encode())
     return status
 
 

@@ -43,6 +43,39 @@ def make_runner(model, variables, config, masks, images, labels, augment):
     return run
 
 
+def random_masked_setup(model_name: str, input_shape, sparsity: float, batch_size: int):
+    """The benchmarks' workload: ``(model, variables, masks, images, labels)``, a 10-class
+    model with a random global mask at ``sparsity`` and one random batch (numpy arrays)."""
+    model = models.create_model(model_name, 10)
+    variables = models.init_variables(model, jax.random.key(0), input_shape)
+    prunable = masks_lib.prunable_tree(variables["params"])
+    random_scores = scores.random(None, variables["params"], None, key=jax.random.key(1))
+    masks = masks_lib.global_topk(random_scores, sparsity, prunable)
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(batch_size, *input_shape)).astype(np.float32)
+    labels = rng.integers(0, 10, batch_size).astype(np.int32)
+    return model, variables, masks, images, labels
+
+
+def alternating_windows(runners: dict, steps: int, repeats: int, batch_size: int):
+    """Warm each ``run(n)`` up, then time ``repeats`` windows of ``steps`` steps per runner,
+    alternating between runners so that machine noise hits all alike.
+
+    Returns:
+        ``(images_per_second, medians)``: per runner, the windows' rates and their median.
+    """
+    for run in runners.values():  # compile and warm up
+        run(2)
+    times = {k: [] for k in runners}
+    for _ in range(repeats):
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run(steps)
+            times[name].append(time.perf_counter() - start)
+    ips = {k: [steps * batch_size / t for t in v] for k, v in times.items()}
+    return ips, {k: statistics.median(v) for k, v in ips.items()}
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
@@ -55,29 +88,16 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
 
-    model = models.create_model(args.model, 10)
-    variables = models.init_variables(model, jax.random.key(0), args.input_shape)
-    prunable = masks_lib.prunable_tree(variables["params"])
-    random_scores = scores.random(None, variables["params"], None, key=jax.random.key(1))
-    masks = masks_lib.global_topk(random_scores, args.sparsity, prunable)
-    rng = np.random.default_rng(0)
-    images = jnp.asarray(rng.normal(size=(args.batch_size, *args.input_shape)), jnp.float32)
-    labels = jnp.asarray(rng.integers(0, 10, args.batch_size), jnp.int32)
+    model, variables, masks, images, labels = random_masked_setup(
+        args.model, args.input_shape, args.sparsity, args.batch_size
+    )
+    images, labels = jnp.asarray(images), jnp.asarray(labels)
     config = train.TrainConfig()
     runners = {
         "dense": make_runner(model, variables, config, None, images, labels, args.augment),
         "masked": make_runner(model, variables, config, masks, images, labels, args.augment),
     }
-    for run in runners.values():  # compile and warm up
-        run(2)
-    times = {k: [] for k in runners}
-    for _ in range(args.repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(args.steps)
-            times[name].append(time.perf_counter() - start)
-    ips = {k: [args.steps * args.batch_size / t for t in v] for k, v in times.items()}
-    med = {k: statistics.median(v) for k, v in ips.items()}
+    ips, med = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     overhead = med["dense"] / med["masked"] - 1
     env = report.environment()
     result = {

@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import dataclasses
 import os
+import shutil
 import sys
 import time
 
@@ -235,8 +236,80 @@ def build_parser() -> argparse.ArgumentParser:
         help="tfds data directory (default: $JPANNING_DATA_DIR or ~/tensorflow_datasets)",
     )
     p.add_argument("--out", default=None, help="output directory (default: runs/<run name>)")
+    p.add_argument(
+        "--resume",
+        default=None,
+        metavar="OUT",
+        help="continue the interrupted run in OUT with its own arguments (run.json): "
+        "screening is not redone once masks.npz is there, training goes on from the newest "
+        "checkpoint; the other arguments are ignored",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=_positive(int),
+        default=None,
+        metavar="STEPS",
+        help="also checkpoint training every STEPS steps (always: at each epoch end and on "
+        "SIGINT/SIGTERM)",
+    )
+    p.add_argument(
+        "--devices",
+        type=_positive(int),
+        default=None,
+        help="split batches over the first N devices (default: all; see jpanning.parallel)",
+    )
+    p.add_argument(
+        "--allow-collapsed",
+        action="store_true",
+        help="train a mask that leaves a layer with no input-output path (refused otherwise)",
+    )
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return p
+
+
+SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
+RUN_FILE = "run.json"  # the arguments of the run in OUT, for --resume
+SCREEN_FILES = ("masks.npz", "screen.json")  # the screening's result, reused by --resume
+NOT_SAVED = ("resume", "no_progress", "out")  # arguments a resumed run takes from its own call
+
+
+def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
+    """The arguments saved in ``args.resume``/run.json, with this call's out and progress."""
+    import json
+
+    out = args.resume
+    path = os.path.join(out, RUN_FILE)
+    if not os.path.isdir(out):
+        raise JPanningError(f"--resume {out!r} is not a directory")
+    if os.path.isfile(os.path.join(out, "results.json")):
+        raise JPanningError(f"--resume {out!r}: that run has finished (results.json is there)")
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+        resumed = argparse.Namespace(**saved)
+        defaults = vars(build_parser().parse_args([]))
+        missing = sorted(set(defaults) - set(saved) - set(NOT_SAVED))
+        if missing:
+            raise ValueError(f"it lacks {', '.join(missing)}")
+    except FileNotFoundError:
+        raise JPanningError(f"--resume {out!r} holds no run to resume ({RUN_FILE} is missing)")
+    except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
+        raise JPanningError(f"--resume {out!r}: {RUN_FILE} is not readable ({e})")
+    resumed.out, resumed.resume, resumed.no_progress = out, out, args.no_progress
+    return resumed
+
+
+def interrupted_run(out: str) -> str | None:
+    """What an unfinished run left in ``out`` for ``--resume`` to use (None: nothing)."""
+    if not os.path.isfile(os.path.join(out, RUN_FILE)) or os.path.isfile(
+        os.path.join(out, "results.json")
+    ):
+        return None
+    left = [f for f in (*SCREEN_FILES, "pretrained.npz") if os.path.isfile(os.path.join(out, f))]
+    ckpt = os.path.join(out, "checkpoints")
+    if os.path.isdir(ckpt) and any(os.scandir(ckpt)):
+        left.append("checkpoints/")
+    return ", ".join(left) or None
 
 
 def _check_out_dir(out: str) -> None:
@@ -256,11 +329,29 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
 
     ``dataset`` is the already loaded data of ``args`` (the benchmark harness loads it once
     for many runs); None loads it here.
+
+    What a run computes is kept as it goes: the arguments (run.json), the screening's masks
+    and reports (masks.npz, screen.json, the policy or the pretrained network) and training
+    checkpoints (checkpoints/, orbax), so ``--resume OUT`` continues after a stop or a crash;
+    the checkpoints are removed once results.json is written.
     """
     import jax
     import numpy as np
 
-    from jpanning import data, flops, masks as masks_lib, models, pruning, report, scores, train
+    from jpanning import (
+        data,
+        flops,
+        masks as masks_lib,
+        models,
+        parallel,
+        report,
+        scores,
+        train,
+    )
+
+    if args.resume is not None:
+        args = _resumed_args(args)
+        print(f"resuming the run in {args.out}")
 
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise JPanningError(f"--data-dir {args.data_dir!r} does not exist")
@@ -283,6 +374,12 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     if args.pretrained is not None and not os.path.isfile(args.pretrained):
         raise JPanningError(f"--pretrained {args.pretrained!r} does not exist")
     _check_out_dir(args.out)
+    left = interrupted_run(args.out) if args.resume is None else None
+    if left:
+        raise JPanningError(
+            f"--out {args.out!r} holds an interrupted run ({left}); continue it with "
+            f"--resume {args.out}, or choose another --out (or delete that one) to start over"
+        )
     sparsity = 0.0 if args.method == "dense" else args.ratio
 
     if args.no_progress and args.dataset != "synthetic":
@@ -301,12 +398,19 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
         f"data: {dataset.name}, {dataset.num_train} train / {dataset.num_test} test, "
         f"{dataset.input_shape}, {dataset.num_classes} classes; {dataset.source}"
     )
+    mesh = _mesh(args)
     key = jax.random.key(args.seed)
     init_key, prune_key, train_key = jax.random.split(key, 3)
     model = models.create_model(args.model, dataset.num_classes)
     variables = models.init_variables(model, init_key, dataset.input_shape)
     prunable = masks_lib.prunable_tree(variables["params"])
     batch = data.scoring_batch(dataset, args.samples_per_class, seed=args.seed)
+    if mesh is not None and len(batch[1]) % mesh.size == 0:
+        batch = parallel.put_batch(mesh, batch)  # the scorers' batch split over the devices
+    report.write_json(
+        os.path.join(args.out, RUN_FILE),
+        {k: v for k, v in vars(args).items() if k not in NOT_SAVED},
+    )
     config = train.TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -316,44 +420,21 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     )
     pretrained = None
     if args.method in TRAINED_METHODS:
-        variables, pretrained = _pretrained(args, model, variables, dataset, config, train_key)
+        variables, pretrained = _pretrained(
+            args, model, variables, dataset, config, train_key, mesh
+        )
         # the pretraining used train_key (as a dense run with this seed does)
         train_key = jax.random.fold_in(train_key, 1)
 
-    problem = pruning.PruneProblem(
-        model=model,
-        variables=variables,
-        batch=batch,
-        sparsity=sparsity,
-        prunable=prunable,
-        key=prune_key,
-        scope=args.scope,
-        options={
-            "rounds": args.rounds,
-            "chunk_size": args.chunk_size,
-            "temperature": args.temperature,
-            "thresholds": args.panning_thresholds,
-            "weights": args.panning_weights,
-            "preset": args.preset,
-            "agent_steps": args.agent_steps,
-            "policy": args.policy,
-            "episodes": args.purl_episodes,
-            "alpha_step": args.purl_alpha_step,
-            "state": args.purl_state,
-            "collapse_accuracy": args.purl_collapse,
-        },
-    )
-    start = time.perf_counter()
-    rl = purl_result = None
-    if args.method == "rlpanning":
-        rl = _rl_search(args, problem, dataset)
-        masks = rl.masks
-    elif args.method == "purl":
-        purl_result = _purl_search(args, problem, dataset)
-        masks = purl_result.masks
+    screened = _load_screen(args, variables["params"]) if args.resume else None
+    if screened is None:
+        masks, screen = _screen(
+            args, dataset, model, variables, batch, sparsity, prunable, prune_key
+        )
     else:
-        masks = pruning.prune(args.method, problem)
-    prune_seconds = time.perf_counter() - start
+        masks, screen = screened
+        print(f"screening: the masks in {os.path.join(args.out, 'masks.npz')} (resumed)")
+    prune_seconds = screen["prune_seconds"]
     empty = masks_lib.empty_layers(masks, prunable)
     if empty:
         raise RunFailed(
@@ -375,18 +456,28 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
         f"forward FLOPs {forward['fraction']:.4f} of dense"
     )
     if collapsed:
-        print(f"warning: no input-output path through layer(s) {', '.join(collapsed)}")
+        where = (
+            "no input reaches the output"
+            if effective >= 1.0
+            else "the network stays connected only around them"
+        )
+        message = (
+            f"method {args.method!r} at ratio {args.ratio} left no input-output path through "
+            f"layer(s) {', '.join(collapsed)}: the network is cut there ({where})"
+        )
+        if not args.allow_collapsed:
+            raise RunFailed(f"{message}; lower --ratio, or pass --allow-collapsed to train it")
+        print(f"warning: {message}; training it (--allow-collapsed)")
+    if screened is None:
+        if args.method == "purl":
+            screen["purl"] = _purl_report(args, screen.pop("result"), sparsity_report)
+        _save_screen(args.out, masks, screen)
 
     start = time.perf_counter()
-    state, history = train.train(
-        model,
-        variables,
-        dataset,
-        config,
-        train_key,
-        masks=None if args.method == "dense" else masks,
-        progress=not args.no_progress,
-    )
+    state, history = _train(
+        args, "train", model, variables, dataset, config, train_key,
+        None if args.method == "dense" else masks, mesh,
+    )  # fmt: skip
     train_seconds = time.perf_counter() - start
     final = history[-1]
     trained_masks = masks_lib.sparsity_report(
@@ -436,17 +527,18 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
         f"{args.model} / {dataset.name} / {args.method} "
         f"(sparsity {sparsity_report['sparsity']:.4f})",
     )
-    if rl is not None:
-        results["rl"] = _rl_report(args, rl)
+    if "rl" in screen:
+        results["rl"] = screen["rl"]
         results["files"] |= {k: v for k, v in results["rl"]["files"].items() if v}
     if pretrained is not None:
         results["pretrained"] = pretrained
         if pretrained.get("file"):
             results["files"]["pretrained"] = pretrained["file"]
-    if purl_result is not None:
-        results["purl"] = _purl_report(args, purl_result, sparsity_report)
+    if "purl" in screen:
+        results["purl"] = screen["purl"]
         results["files"] |= results["purl"]["files"]
     report.write_json(os.path.join(args.out, "results.json"), results)
+    shutil.rmtree(os.path.join(args.out, "checkpoints"), ignore_errors=True)  # results are in
     print(
         report.summary_table(
             [
@@ -477,52 +569,181 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     return results
 
 
-def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key):
+def _train(args: argparse.Namespace, stage: str, model, variables, dataset, config, key, masks,
+           mesh):  # fmt: skip
+    """:func:`jpanning.train.train` checkpointed in OUT/checkpoints/<stage>, stopped by signals."""
+    from jpanning import checkpoint, train
+
+    with (
+        checkpoint.StopSignal() as stop,
+        checkpoint.opened(
+            os.path.join(args.out, "checkpoints", stage), args.checkpoint_every or 0
+        ) as ckpt,
+    ):
+        return train.train(
+            model,
+            variables,
+            dataset,
+            config,
+            key,
+            masks=masks,
+            progress=not args.no_progress,
+            mesh=mesh,
+            checkpoints=ckpt,
+            stop=stop,
+        )
+
+
+def _mesh(args: argparse.Namespace):
+    """The device mesh batches are split over; None on a single device (no sharding)."""
+    import jax
+
+    from jpanning import parallel
+
+    n = args.devices or jax.device_count()
+    if n == 1 and args.devices in (None, 1):
+        return None
+    mesh = parallel.make_mesh(n)
+    print(f"devices: {n} x {jax.devices()[0].platform}, batches split over them")
+    return mesh
+
+
+def _screen(args: argparse.Namespace, dataset, model, variables, batch, sparsity, prunable, key):
+    """Run the pruning method: ``(masks, screen)``, ``screen`` what results.json keeps of it
+    (seconds; the RL report, written with the policy now; PuRL's result object)."""
+    from jpanning import pruning
+
+    problem = pruning.PruneProblem(
+        model=model,
+        variables=variables,
+        batch=batch,
+        sparsity=sparsity,
+        prunable=prunable,
+        key=key,
+        scope=args.scope,
+        options={
+            "rounds": args.rounds,
+            "chunk_size": args.chunk_size,
+            "temperature": args.temperature,
+            "thresholds": args.panning_thresholds,
+            "weights": args.panning_weights,
+            "preset": args.preset,
+            "agent_steps": args.agent_steps,
+            "policy": args.policy,
+            "episodes": args.purl_episodes,
+            "alpha_step": args.purl_alpha_step,
+            "state": args.purl_state,
+            "collapse_accuracy": args.purl_collapse,
+        },
+    )
+    start = time.perf_counter()
+    screen = {}
+    if args.method == "rlpanning":
+        rl = _rl_search(args, problem, dataset)
+        masks = rl.masks
+        screen["rl"] = _rl_report(args, rl)  # the policy is saved before training starts
+    elif args.method == "purl":
+        result = _purl_search(args, problem, dataset)
+        masks, screen["result"] = result.masks, result
+    else:
+        masks = pruning.prune(args.method, problem)
+    screen["prune_seconds"] = time.perf_counter() - start
+    return masks, screen
+
+
+def _save_screen(out: str, masks, screen: dict) -> None:
+    """Keep the screening's result (masks.npz, screen.json) for ``--resume``."""
+    from jpanning import report
+
+    report.save_npz(os.path.join(out, "masks.npz"), masks=masks)
+    report.write_json(os.path.join(out, "screen.json"), screen)
+
+
+def _load_screen(args: argparse.Namespace, params):
+    """The saved ``(masks, screen)`` of a resumed run, or None when screening had not ended."""
+    import json
+
+    import jax
+    import numpy as np
+
+    from jpanning import report
+
+    paths = [os.path.join(args.out, f) for f in SCREEN_FILES]
+    if not all(os.path.isfile(p) for p in paths):
+        return None
+    try:
+        masks = report.load_npz(paths[0])["masks"]
+        with open(paths[1]) as f:
+            screen = json.load(f)
+        if jax.tree.structure(masks) != jax.tree.structure(params):
+            raise ValueError("its masks are not shaped like this model's params")
+        masks = jax.tree.map(jax.numpy.asarray, masks)
+        for m, p in zip(jax.tree.leaves(masks), jax.tree.leaves(params)):
+            if np.shape(m) != np.shape(p):
+                raise ValueError(f"a mask of shape {np.shape(m)} for params {np.shape(p)}")
+    except Exception as e:  # numpy, zipfile and json raise several types on damaged files
+        raise JPanningError(
+            f"--resume {args.out!r}: the saved screening (masks.npz, screen.json) is not "
+            f"readable ({type(e).__name__}: {e}); delete both to screen again"
+        )
+    return masks, screen
+
+
+def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key, mesh=None):
     """The trained network a method like PuRL prunes: loaded from ``--pretrained`` or trained
-    densely here with the run's recipe (``--pretrain-epochs``) and saved as pretrained.npz.
+    densely here with the run's recipe (``--pretrain-epochs``, checkpointed like the main
+    training) and saved as pretrained.npz with pretrained.json (reused by ``--resume``).
 
     Returns:
         ``(variables, info)``, ``info`` for results.json.
     """
+    import json
+
     import jax
 
-    from jpanning import report, train
+    from jpanning import report
 
     if args.pretrained is not None:
         return _load_pretrained(args.pretrained, variables), {"from": args.pretrained}
+    saved = os.path.join(args.out, "pretrained.npz"), os.path.join(args.out, "pretrained.json")
+    if args.resume and all(os.path.isfile(p) for p in saved):
+        with open(saved[1]) as f:
+            info = json.load(f)
+        print(f"{args.method}: the trained network in {saved[0]} (resumed)")
+        return _load_pretrained(saved[0], variables, "the saved pretrained.npz"), info
     epochs = args.pretrain_epochs or args.epochs
     print(f"{args.method} prunes a trained network: dense training for {epochs} epoch(s) first")
     start = time.perf_counter()
-    state, history = train.train(
-        model,
-        variables,
-        dataset,
-        dataclasses.replace(config, epochs=epochs),
-        key,
-        progress=not args.no_progress,
-    )
+    state, history = _train(
+        args, "pretrain", model, variables, dataset,
+        dataclasses.replace(config, epochs=epochs), key, None, mesh,
+    )  # fmt: skip
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    report.save_npz(os.path.join(args.out, "pretrained.npz"), **variables)
-    return jax.tree.map(jax.numpy.asarray, variables), {
+    info = {
         "from": None,
         "epochs": epochs,
         "test_accuracy": history[-1]["test_accuracy"],
         "seconds": time.perf_counter() - start,
         "file": "pretrained.npz",
     }
+    report.save_npz(saved[0], **variables)
+    report.write_json(saved[1], info)
+    return jax.tree.map(jax.numpy.asarray, variables), info
 
 
-def _load_pretrained(path: str, variables: dict) -> dict:
-    """``{'params', 'batch_stats'}`` from a run's model.npz, checked against the model."""
+def _load_pretrained(path: str, variables: dict, what: str | None = None) -> dict:
+    """``{'params', 'batch_stats'}`` from a run's model.npz, checked against the model;
+    ``what`` names the file in errors (default: the ``--pretrained`` argument)."""
     import jax
     import numpy as np
 
     from jpanning import masks as masks_lib, report
 
+    what = what or f"--pretrained {path!r}"
     try:
         loaded = report.load_npz(path)
     except Exception as e:  # numpy raises several types on a corrupt file
-        raise JPanningError(f"--pretrained {path!r} is not a model.npz file ({e})")
+        raise JPanningError(f"{what} is not a model.npz file ({e})")
     for name in ("params", "batch_stats"):
         want = {
             masks_lib.path_str(p): np.shape(x)
@@ -535,10 +756,24 @@ def _load_pretrained(path: str, variables: dict) -> dict:
         if want != got:
             diff = sorted(set(want.items()) ^ set(got.items()))
             raise JPanningError(
-                f"--pretrained {path!r} holds a different network than this --model: "
+                f"{what} holds a different network than this --model: "
                 f"its {name} differ at {diff[0][0]}"
             )
     return {name: jax.tree.map(jax.numpy.asarray, loaded.get(name, {})) for name in variables}
+
+
+@contextlib.contextmanager
+def _search_checkpoints(args: argparse.Namespace):
+    """``(checkpoints, stop)`` for an agent's search: OUT/checkpoints/search, every
+    ``--checkpoint-every`` (default SEARCH_CHECKPOINT_EVERY) agent steps and on a signal."""
+    from jpanning import checkpoint
+
+    every = args.checkpoint_every or SEARCH_CHECKPOINT_EVERY
+    with (
+        checkpoint.StopSignal() as stop,
+        checkpoint.opened(os.path.join(args.out, "checkpoints", "search"), every) as ckpt,
+    ):
+        yield ckpt, stop
 
 
 @contextlib.contextmanager
@@ -581,8 +816,11 @@ def _purl_search(args: argparse.Namespace, problem, dataset):
         f"{config.retrain_images} examples per layer ({args.preset} preset)"
     )
     layers = sum(bool(f) for f in jax.tree.leaves(problem.prunable))
-    with _agent_bar("PuRL search", config.episodes * layers, args.no_progress) as progress:
-        return purl.run(problem, callback=progress)
+    with (
+        _agent_bar("PuRL search", config.episodes * layers, args.no_progress) as progress,
+        _search_checkpoints(args) as (ckpt, stop),
+    ):
+        return purl.run(problem, callback=progress, checkpoints=ckpt, stop=stop)
 
 
 def _purl_report(args: argparse.Namespace, result, sparsity_report: dict) -> dict:
@@ -648,8 +886,11 @@ def _rl_search(args: argparse.Namespace, problem, dataset):
         f"rlpanning: TD3 search, {config.agent_steps} agent steps, T={config.rounds} rounds, "
         f"pool of {pool_size} scoring batches ({args.preset} preset)"
     )
-    with _agent_bar("RL search", config.agent_steps, args.no_progress) as progress:
-        return rlpanning.run(problem, callback=progress)
+    with (
+        _agent_bar("RL search", config.agent_steps, args.no_progress) as progress,
+        _search_checkpoints(args) as (ckpt, stop),
+    ):
+        return rlpanning.run(problem, callback=progress, checkpoints=ckpt, stop=stop)
 
 
 def _rl_report(args: argparse.Namespace, rl) -> dict:
@@ -698,12 +939,15 @@ def _rl_report(args: argparse.Namespace, rl) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jpanning import parallel
+
     args = build_parser().parse_args(argv)
     try:
+        parallel.initialize()
         run(args)
     except JPanningError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
-        return 1
+        return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:
         print("run.py: interrupted", file=sys.stderr)
         return 130

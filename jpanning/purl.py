@@ -32,7 +32,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jpanning import flops, masks as masks_lib, pruning, train
+from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, train
 from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
@@ -423,12 +423,20 @@ def config_from_options(options: dict) -> PuRLConfig:
     return dataclasses.replace(PRESETS[name], **given).validate()
 
 
-def run(problem: pruning.PruneProblem, *, callback: Optional[Callable] = None) -> PuRLResult:
+def run(
+    problem: pruning.PruneProblem,
+    *,
+    callback: Optional[Callable] = None,
+    checkpoints=None,
+    stop: Callable = checkpoint_lib.never,
+) -> PuRLResult:
     """Train the DQN agent on ``problem``'s trained network, then prune it with the mean α.
 
     ``problem.variables`` must be the *trained* network; ``problem.options['purl_data']`` is
     ``((retrain images, labels), (eval images, labels))`` from the training split, and
-    ``problem.sparsity`` is T_P. ``callback(t, metrics)`` follows every agent step.
+    ``problem.sparsity`` is T_P. ``callback(t, metrics)`` follows every agent step;
+    ``checkpoints`` and ``stop`` make the DQN training resumable
+    (:func:`jpanning.agents.loop.host_loop`).
     """
     options = problem.options
     config = config_from_options(options)
@@ -451,6 +459,8 @@ def run(problem: pruning.PruneProblem, *, callback: Optional[Callable] = None) -
         num_actions=env.num_actions,
         obs_size=env.obs_size,
         callback=callback,
+        checkpoints=checkpoints,
+        stop=stop,
     )
     alphas, accuracy, sparsity = greedy_episodes(
         env, env_params, agent.params, k_final, config.final_episodes

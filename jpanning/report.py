@@ -31,7 +31,12 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file and ``os.replace``.
 
     A reader never sees a half-written file, and an interrupted write leaves the old one intact.
+    In a multi-process run (``jax.distributed``) only process 0 writes.
     """
+    import jax
+
+    if jax.process_index() != 0:
+        return
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=os.path.basename(path))
     try:

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import env as env_lib, pruning
+from jpanning import checkpoint as checkpoint_lib, env as env_lib, pruning
 from jpanning.agents import loop, td3
 from jpanning.errors import JPanningError, RunFailed
 
@@ -156,12 +156,14 @@ def search(
     key: jax.Array,
     *,
     callback: Optional[Callable] = None,
+    checkpoints=None,
+    stop: Callable = checkpoint_lib.never,
 ):
     """Train the TD3 agent on the environment (early, then late target distribution).
 
     Returns:
-        ``(agent_state, metrics)`` of :func:`jpanning.agents.td3.train_loop`; ``callback``
-        is passed on to it.
+        ``(agent_state, metrics)`` of :func:`jpanning.agents.td3.train_loop`; ``callback``,
+        ``checkpoints`` and ``stop`` are passed on to it.
     """
     config.validate()
     late = env_params.with_targets(env_lib.TARGETS_LATE)
@@ -176,6 +178,8 @@ def search(
         steps_per_call=config.steps_per_call,
         env_params_at=lambda t: env_params if t < switch else late,
         callback=callback,
+        checkpoints=checkpoints,
+        stop=stop,
     )
 
 
@@ -345,12 +349,19 @@ def config_from_options(options: dict) -> RLPanningConfig:
     return config.validate()
 
 
-def run(problem: pruning.PruneProblem, *, callback: Optional[Callable] = None) -> RLPanningResult:
+def run(
+    problem: pruning.PruneProblem,
+    *,
+    callback: Optional[Callable] = None,
+    checkpoints=None,
+    stop: Callable = checkpoint_lib.never,
+) -> RLPanningResult:
     """Search (or load) a policy and screen ``problem`` at its sparsity.
 
     Args:
         problem: as for any method; ``problem.options`` as for :func:`rlpanning`.
-        callback: passed to :func:`search` (progress).
+        callback, checkpoints, stop: passed to :func:`search` (progress; a search that
+            survives interruption).
     """
     import time
 
@@ -372,7 +383,15 @@ def run(problem: pruning.PruneProblem, *, callback: Optional[Callable] = None) -
     metrics, search_seconds = None, 0.0
     if not options.get("policy"):
         start = time.perf_counter()
-        agent, metrics = search(env, env_params, config, k_search, callback=callback)
+        agent, metrics = search(
+            env,
+            env_params,
+            config,
+            k_search,
+            callback=callback,
+            checkpoints=checkpoints,
+            stop=stop,
+        )
         search_seconds = time.perf_counter() - start
         actor_params = agent.actor_params
     start = time.perf_counter()

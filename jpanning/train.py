@@ -21,7 +21,8 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jpanning import masks as masks_lib
+from jpanning import checkpoint as checkpoint_lib, masks as masks_lib, parallel
+from jpanning.checkpoint import Checkpoints
 from jpanning.data import Dataset, augment_batch, epoch_batches
 from jpanning.errors import JPanningError, RunFailed
 
@@ -153,8 +154,11 @@ def evaluate(
     images: np.ndarray,
     labels: np.ndarray,
     batch_size: int,
+    *,
+    mesh=None,
 ) -> dict:
-    """Mean loss and accuracy over a whole split (the last batch padded, not dropped)."""
+    """Mean loss and accuracy over a whole split (the last batch padded, not dropped); with a
+    ``mesh`` each batch is split over its devices (``batch_size`` a multiple of their number)."""
     n = len(images)
     loss_sum, correct = 0.0, 0
     for start in range(0, n, batch_size):
@@ -164,7 +168,7 @@ def evaluate(
         if pad:
             x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
             y = np.concatenate([y, np.zeros(pad, y.dtype)])
-        l, c = eval_step(params, batch_stats, x, y, w)
+        l, c = eval_step(params, batch_stats, *parallel.put_batch(mesh, (x, y, w)))
         loss_sum, correct = loss_sum + float(l), correct + int(c)
     return {"loss": loss_sum / n, "accuracy": correct / n}
 
@@ -177,6 +181,22 @@ def _check_finite(loss: float, step: int, lr: float) -> None:
         )
 
 
+@dataclasses.dataclass
+class _Position:
+    """Where the epoch loop stands (the ``meta`` of a checkpoint): ``batch`` batches of epoch
+    ``epoch`` (0-based) done, ``rng`` the shuffling generator's state when that epoch began,
+    the epoch's running sums so far and the finished epochs' records."""
+
+    epoch: int
+    batch: int
+    rng: dict
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0
+    history: list = dataclasses.field(default_factory=list)
+    key: list = dataclasses.field(default_factory=list)
+
+
 def train(
     model: nn.Module,
     variables: dict,
@@ -187,6 +207,9 @@ def train(
     masks: Any | None = None,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    mesh=None,
+    checkpoints: "Checkpoints | None" = None,
+    stop: Callable[[], str | None] = checkpoint_lib.never,
 ) -> tuple[TrainState, list[dict]]:
     """Train ``model`` on ``dataset`` (masked when ``masks`` is given) and evaluate each epoch.
 
@@ -199,9 +222,19 @@ def train(
         masks: mask pytree shaped like the params, or None for dense training.
         progress: show a progress bar per epoch.
         log: where the per-epoch line goes.
+        mesh: a :func:`jpanning.parallel.make_mesh` mesh: batches are split over its devices,
+            the state replicated (None: the default device).
+        checkpoints: a :class:`jpanning.checkpoint.Checkpoints`; training continues from its
+            newest checkpoint when there is one and writes one at every epoch end, every
+            ``checkpoints.every`` steps and on a stop request. Resumed, a run ends with the
+            same params, batch statistics and history as an uninterrupted one.
+        stop: polled after every step; when it returns a signal name the loop writes a
+            checkpoint and raises :class:`jpanning.checkpoint.Interrupted`.
     Returns:
         The final :class:`TrainState` and one dict per epoch (train loss/accuracy, test
         loss/accuracy).
+    Raises:
+        RunFailed: a NaN or inf loss (the message names the step and the last checkpoint).
     """
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
@@ -209,38 +242,80 @@ def train(
             f"batch size {config.batch_size} is larger than the training set "
             f"({dataset.num_train} examples)"
         )
+    parallel.check_divisible(config.batch_size, mesh, "--batch-size")
+    n_dev = parallel.mesh_size(mesh)
+    eval_batch_size = -(-config.eval_batch_size // n_dev) * n_dev
     tx = make_optimizer(config, steps_per_epoch * config.epochs, masks)
     state = create_train_state(variables, tx, masks)
     train_step = make_train_step(model, tx, augment=dataset.augment)
     eval_step = make_eval_step(model)
     shuffle_key, aug_key = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)))
-    history, done = [], 0  # done: steps taken so far (a host counter; no device sync)
-    for epoch in range(config.epochs):
-        loss_sum, correct, seen, pending = 0.0, 0, 0, []
+    pos = _Position(epoch=0, batch=0, rng=rng.bit_generator.state, key=_key_list(key))
+    saved = {"masks": masks if masks is not None else {}}
+    if checkpoints is not None and checkpoints.latest() is not None:
+        state, pos = _restore(checkpoints, state, saved, pos, log)
+        rng.bit_generator.state = pos.rng
+    state = parallel.replicate(mesh, state)
+
+    def save(position: _Position) -> None:
+        if checkpoints is not None:
+            checkpoints.save(done, {"train": state, **saved}, dataclasses.asdict(position))
+
+    def stopped(signal_name: str) -> checkpoint_lib.Interrupted:
+        where = f"; checkpoint at step {done} in {checkpoints.directory}" if checkpoints else ""
+        return checkpoint_lib.Interrupted(
+            f"stopped by {signal_name} at step {done}{where}", signal_name
+        )
+
+    done = pos.epoch * steps_per_epoch + pos.batch  # steps taken (a host counter, no sync)
+    history = pos.history
+    for epoch in range(pos.epoch, config.epochs):
+        resumed_here = epoch == pos.epoch
+        epoch_rng = rng.bit_generator.state
+        skip = pos.batch if resumed_here else 0
+        sums = (pos.loss_sum, pos.correct, pos.seen) if resumed_here else (0.0, 0, 0)
+        loss_sum, correct, seen = sums
+        pending = []
         batches = epoch_batches(rng, dataset.num_train, config.batch_size)
         bar = tqdm(
-            batches,
             total=steps_per_epoch,
+            initial=skip,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not progress,
             leave=False,
             unit="step",
         )
-        for idx in bar:
-            state, metrics = train_step(
-                state,
-                jax.random.fold_in(aug_key, done),
-                dataset.train_images[idx],
-                dataset.train_labels[idx],
+        for i, idx in enumerate(batches):
+            if i < skip:
+                continue
+            images, labels = parallel.put_batch(
+                mesh, (dataset.train_images[idx], dataset.train_labels[idx])
             )
+            state, metrics = train_step(state, jax.random.fold_in(aug_key, done), images, labels)
             done += 1
+            bar.update()
             pending.append(metrics)
-            if len(pending) == config.check_every:
-                loss_sum, correct, seen = _drain(
-                    pending, loss_sum, correct, seen, config, done, bar
+            inside = i + 1 < steps_per_epoch  # the epoch end has its own checkpoint
+            due = (
+                checkpoints is not None
+                and checkpoints.every > 0
+                and done % checkpoints.every == 0
+                and inside
+            )
+            signal_name = stop() if inside else None
+            if len(pending) == config.check_every or due or signal_name:
+                loss_sum, correct, seen = _drain_checked(
+                    pending, loss_sum, correct, seen, config, done, bar, checkpoints
                 )
-        loss_sum, correct, seen = _drain(pending, loss_sum, correct, seen, config, done, bar)
+            if due or signal_name:
+                save(_Position(epoch, i + 1, epoch_rng, loss_sum, correct, seen, history, pos.key))
+            if signal_name:
+                bar.close()
+                raise stopped(signal_name)
+        loss_sum, correct, seen = _drain_checked(
+            pending, loss_sum, correct, seen, config, done, bar, checkpoints
+        )
         bar.close()
         test = evaluate(
             eval_step,
@@ -248,7 +323,8 @@ def train(
             state.batch_stats,
             dataset.test_images,
             dataset.test_labels,
-            config.eval_batch_size,
+            eval_batch_size,
+            mesh=mesh,
         )
         record = {
             "epoch": epoch + 1,
@@ -257,13 +333,57 @@ def train(
             "test_loss": test["loss"],
             "test_accuracy": test["accuracy"],
         }
-        history.append(record)
+        history = history + [record]
         log(
             f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
             f"acc {test['accuracy']:.4f}"
         )
+        save(_Position(epoch + 1, 0, rng.bit_generator.state, history=history, key=pos.key))
+        signal_name = stop()
+        if signal_name and epoch + 1 < config.epochs:
+            raise stopped(signal_name)
     return state, history
+
+
+def _key_list(key) -> list:
+    return np.asarray(jax.random.key_data(key)).tolist()
+
+
+def _restore(checkpoints, state: TrainState, saved: dict, pos: _Position, log):
+    """The newest checkpoint's state and position, checked against this run's key and masks."""
+    step, restored, meta = checkpoints.restore({"train": state, **saved}, log=log)
+    position = _Position(**meta)
+    if position.key != pos.key:
+        raise JPanningError(
+            f"the checkpoint in {checkpoints.directory} was written by a run with another "
+            "seed or key; it cannot be resumed by this one"
+        )
+    same_masks = jax.tree.all(
+        jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored["masks"], saved["masks"])
+    )
+    if not same_masks:
+        raise JPanningError(
+            f"the checkpoint in {checkpoints.directory} holds other masks than this run's"
+        )
+    log(
+        f"resuming from the checkpoint at step {step} (epoch {position.epoch + 1}, "
+        f"batch {position.batch}) in {checkpoints.directory}"
+    )
+    return restored["train"], position
+
+
+def _drain_checked(pending, loss_sum, correct, seen, config, done, bar, checkpoints):
+    """:func:`_drain`, with the last good checkpoint named when the loss is not finite."""
+    try:
+        return _drain(pending, loss_sum, correct, seen, config, done, bar)
+    except RunFailed as e:
+        if checkpoints is None or checkpoints.latest() is None:
+            raise
+        raise RunFailed(
+            f"{e}; the last good checkpoint (step {checkpoints.latest()}) is kept in "
+            f"{checkpoints.directory}"
+        ) from None
 
 
 def _drain(

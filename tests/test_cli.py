@@ -1,6 +1,7 @@
 """run.py end to end on tiny settings, and one clear line for each bad input."""
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -117,3 +118,108 @@ def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert message in lines[0]
+
+
+TINY = ["--dataset", "synthetic", "--model", "tinycnn", "--method", "snip", "--ratio", "0.8"]
+
+
+def _files(folder) -> dict:
+    return {
+        name: (folder / name).read_bytes()
+        for name in sorted(os.listdir(folder))
+        if (folder / name).is_file()
+    }
+
+
+@pytest.mark.slow  # three runs in subprocesses (~50 s); tests/test_train.py resumes in-process
+def test_sigterm_mid_training_then_resume_equals_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    argv = [*TINY, "--epochs", "3", "--batch-size", "16", "--checkpoint-every", "10"]
+    want = run_cli(*argv, "--out", str(tmp_path / "whole"), "--no-progress")
+    assert want.returncode == 0, want.stderr
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "run.py"), *argv, "--out", str(out)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )  # fmt: skip
+    deadline = time.monotonic() + 300
+    while not (out / "checkpoints" / "train" / "10").is_dir():  # training has begun
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 143, stderr
+    step = int(re.search(r"stopped by SIGTERM at step (\d+); checkpoint at step \1", stderr)[1])
+    assert 10 <= step < 3 * 62
+    assert not (out / "results.json").exists()
+    # A fresh run into that folder would throw the stopped one away: refused.
+    again = run_cli(*argv, "--out", str(out))
+    assert again.returncode == 1 and "holds an interrupted run" in again.stderr
+    resumed = run_cli("--resume", str(out), "--no-progress")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming from the checkpoint at step {step}" in resumed.stdout
+    got, ref = report.load_npz(out / "model.npz"), report.load_npz(tmp_path / "whole" / "model.npz")
+    for tree in ("masks", "params", "batch_stats"):
+        a, b = report.flatten_tree(got[tree]), report.flatten_tree(ref[tree])
+        assert a.keys() == b.keys()
+        for name in a:
+            np.testing.assert_array_equal(a[name], b[name], err_msg=f"{tree}/{name}")
+    results = [json.loads((d / "results.json").read_text()) for d in (out, tmp_path / "whole")]
+    assert results[0]["history"] == results[1]["history"]
+    assert not (out / "checkpoints").exists()  # removed once results.json is written
+
+
+def test_bad_inputs_give_one_line_a_nonzero_exit_and_lose_nothing(tmp_path, capsys, monkeypatch):
+    from jpanning import cli
+    from jpanning.data.builders import JpanningMnist
+
+    def main(*argv):
+        capsys.readouterr()
+        rc = cli.main([*argv, "--no-progress"])
+        err = capsys.readouterr().err.strip().splitlines()
+        return rc, err[-1] if err else ""
+
+    done = tmp_path / "done"  # a finished run whose files must survive what follows
+    assert main(*TINY, "--epochs", "1", "--out", str(done))[0] == 0
+    kept = _files(done)
+    nan = ("--lr", "1e30", "--checkpoint-every", "1", "--epochs", "1")
+
+    rc, err = main(*TINY, *nan, "--out", str(done))
+    assert rc == 1 and re.search(
+        r"training diverged: loss is (nan|inf) at step (\d+); .* the last good checkpoint "
+        r"\(step \d+\) is kept in .*checkpoints/train$", err
+    ), err  # fmt: skip
+    # the failed run wrote its own run.json, masks and checkpoint; the finished results stay
+    assert all(_files(done)[k] == kept[k] for k in ("results.json", "model.npz", "density.png"))
+
+    stopped = tmp_path / "stopped"  # an interrupted run: masks and a checkpoint
+    assert main(*TINY, *nan, "--out", str(stopped))[0] == 1
+    rc, err = main(*TINY, "--epochs", "1", "--out", str(stopped))
+    assert rc == 1 and "holds an interrupted run (masks.npz, screen.json, checkpoints/)" in err
+    for f in (stopped / "checkpoints" / "train").rglob("*"):
+        if f.is_file() and f.name != "_CHECKPOINT_METADATA":
+            f.write_bytes(b"\0garbage")
+    rc, err = main("--resume", str(stopped))
+    assert rc == 1 and "no readable checkpoint in" in err and "delete the directory" in err
+    (stopped / "masks.npz").write_bytes(b"PK\3\4 not a zip")
+    rc, err = main("--resume", str(stopped))
+    assert rc == 1 and "the saved screening (masks.npz, screen.json) is not readable" in err
+    (stopped / "run.json").write_text("{")
+    rc, err = main("--resume", str(stopped))
+    assert rc == 1 and "run.json is not readable" in err
+    rc, err = main("--resume", str(done))
+    assert rc == 1 and "that run has finished" in err
+    rc, err = main("--resume", str(tmp_path / "nothing"))
+    assert rc == 1 and "is not a directory" in err
+
+    # Missing data, named with the reason: MNIST's download host does not answer.
+    monkeypatch.setattr(JpanningMnist, "URLS", {k: f"http://127.0.0.1:9/{k}" for k in "ab"})
+    monkeypatch.setattr(JpanningMnist, "url_infos", {f"http://127.0.0.1:9/{k}": None for k in "ab"})
+    rc, err = main("--dataset", "mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "m"))
+    assert rc == 1 and err.startswith("run.py: error: cannot prepare mnist in")
+    assert "download host 127.0.0.1:9 is unreachable" in err
+    rc, err = main(*TINY, "--devices", "64", "--out", str(tmp_path / "d"))
+    assert rc == 1 and "--devices 64: this run has" in err
+    assert all(_files(done)[k] == kept[k] for k in ("results.json", "model.npz", "density.png"))

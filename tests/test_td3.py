@@ -380,6 +380,39 @@ def test_host_loop_switches_env_params():
     np.testing.assert_allclose(obs[6:], obs[5:-1] + 0.5 * m["action"][5:-1, 0], rtol=1e-5)
 
 
+def test_interrupted_and_resumed_agent_training_equals_an_uninterrupted_one(tmp_path):
+    # The checkpoint holds the whole carry (agent, replay buffer, environment, observation)
+    # and the metrics so far; a resumed loop ends bit for bit where the uninterrupted one does.
+    from jpanning import checkpoint
+
+    env, params = PointEnv(), PointParams()
+    steps_per_call = 7  # checkpoints land on call boundaries: 14 (every 10), 28 (the stop)
+    kw = dict(action_size=1, steps_per_call=steps_per_call)
+    want_state, want_metrics = td3.train_loop(env, params, TINY, jax.random.key(3), **kw)
+    polls = []
+
+    def stop():
+        polls.append(1)
+        return "SIGINT" if len(polls) == 30 // steps_per_call else None
+
+    with checkpoint.opened(str(tmp_path / "agent"), every=10) as ckpt:
+        with pytest.raises(checkpoint.Interrupted, match="stopped by SIGINT at agent step") as e:
+            td3.train_loop(env, params, TINY, jax.random.key(3), **kw, checkpoints=ckpt, stop=stop)
+        assert e.value.exit_code == 130
+        stopped = (30 // steps_per_call) * steps_per_call
+        assert ckpt.latest() == stopped and ckpt.steps()[0] < stopped  # and a periodic one
+        with pytest.raises(JPanningError, match="belongs to another run"):
+            td3.train_loop(env, params, TINY, jax.random.key(4), **kw, checkpoints=ckpt)
+        seen = []
+        got_state, got_metrics = td3.train_loop(
+            env, params, TINY, jax.random.key(3), **kw, checkpoints=ckpt,
+            callback=lambda t, m: seen.append(t),
+        )  # fmt: skip
+    assert seen[0] == stopped and seen[-1] == 64
+    chex.assert_trees_all_equal(got_state, want_state)
+    chex.assert_trees_all_equal(got_metrics, want_metrics)
+
+
 @pytest.mark.slow
 def test_td3_learns_pendulum_swing_up():
     # Pendulum-v1: a uniform random policy returns about -1,200 per 200-step episode; TD3

@@ -108,3 +108,84 @@ def test_cosine_schedule_reaches_zero_and_weight_decay_is_coupled():
         updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
     updates, state = tx.update({"w": jnp.array([1.0])}, state, params)
     np.testing.assert_allclose(updates["w"], [0.0], atol=1e-8)  # past the end: lr 0
+
+
+def _stop_at(step: int):
+    """A stop poll that asks for SIGTERM once ``step`` polls have been made."""
+    calls = []
+
+    def stop():
+        calls.append(1)
+        return "SIGTERM" if len(calls) >= step else None
+
+    return stop
+
+
+@pytest.mark.parametrize("stop_after", [5, 31])  # mid-epoch; at the end of epoch 1
+def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(setup, tmp_path, stop_after):
+    from jpanning import checkpoint
+
+    dataset, model, variables, masks = setup
+    config = train.TrainConfig(epochs=2, batch_size=32, lr=0.05, check_every=7)
+    args = (model, variables, dataset, config, jax.random.key(5))
+    kw = dict(masks=masks, progress=False, log=lambda s: None)
+    want_state, want_history = train.train(*args, **kw)
+
+    with checkpoint.opened(str(tmp_path / "ckpt"), every=3) as ckpt:
+        with pytest.raises(checkpoint.Interrupted, match="stopped by SIGTERM at step") as info:
+            train.train(*args, **kw, checkpoints=ckpt, stop=_stop_at(stop_after))
+        assert info.value.exit_code == 143
+        # 1000 // 32 = 31 steps per epoch; the stop is polled after steps 1-30 and after the
+        # epoch's evaluation, so poll 31 stops at the end of epoch 1, after step 31
+        assert ckpt.latest() == stop_after
+    with checkpoint.opened(str(tmp_path / "ckpt"), every=3) as ckpt:
+        got_state, got_history = train.train(*args, **kw, checkpoints=ckpt)
+    assert got_history == want_history
+    jax.tree.map(np.testing.assert_array_equal, got_state.params, want_state.params)
+    jax.tree.map(np.testing.assert_array_equal, got_state.batch_stats, want_state.batch_stats)
+    jax.tree.map(np.testing.assert_array_equal, got_state.opt_state, want_state.opt_state)
+    assert int(got_state.step) == int(want_state.step) == 62
+
+
+def test_a_checkpoint_of_another_seed_or_other_masks_is_refused(setup, tmp_path):
+    from jpanning import checkpoint
+
+    dataset, model, variables, masks = setup
+    config = train.TrainConfig(epochs=1, batch_size=32, lr=0.05)
+    with checkpoint.opened(str(tmp_path / "c")) as ckpt:
+
+        def run(seed, masks):
+            return train.train(model, variables, dataset, config, jax.random.key(seed),
+                               masks=masks, checkpoints=ckpt, progress=False, log=lambda s: None)  # fmt: skip
+
+        run(0, masks)
+        with pytest.raises(JPanningError, match="another seed"):
+            run(1, masks)
+        with pytest.raises(JPanningError, match="other masks"):
+            run(0, jax.tree.map(lambda m: 1.0 - m, masks))
+
+
+def test_divergence_keeps_the_last_good_checkpoint(setup, tmp_path):
+    from jpanning import checkpoint
+
+    dataset, model, variables, masks = setup
+    config = train.TrainConfig(epochs=3, batch_size=32, lr=1e30, check_every=1)
+    with checkpoint.opened(str(tmp_path / "c"), every=1) as ckpt:
+        with pytest.raises(JPanningError, match=r"at step (\d+).*last good checkpoint \(step"):
+            train.train(
+                model,
+                variables,
+                dataset,
+                config,
+                jax.random.key(0),
+                masks=masks,
+                checkpoints=ckpt,
+                progress=False,
+                log=lambda s: None,
+            )
+        good = ckpt.latest()
+        assert good is not None
+        state = train.create_train_state(variables, train.make_optimizer(config, 93, masks), masks)
+        _, restored, _ = ckpt.restore({"train": state, "masks": masks})
+        for leaf in jax.tree.leaves(restored["train"].params):
+            assert np.all(np.isfinite(np.asarray(leaf)))

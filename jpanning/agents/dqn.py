@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import optax
 import rlax
 
+from jpanning import checkpoint as checkpoint_lib
 from jpanning.agents import loop, replay, static_field
 from jpanning.errors import JPanningError
 
@@ -284,18 +285,35 @@ def make_train(env, env_params, config: DQNConfig, *, num_actions: int, obs_size
 
 
 def train_loop(
-    env, env_params, config: DQNConfig, key, *, num_actions: int, obs_size=None, callback=None
+    env,
+    env_params,
+    config: DQNConfig,
+    key,
+    *,
+    num_actions: int,
+    obs_size=None,
+    callback=None,
+    checkpoints=None,
+    stop=checkpoint_lib.never,
 ):
     """The steps of :func:`make_train`'s ``train(key)``, one jitted call each, from the host.
 
     For environments whose step is a large computation (PuRL retrains a network in each);
-    ``callback(t_end, metrics)`` runs after every step. Returns ``(agent_state, metrics)``
-    with numpy metrics.
+    ``callback(t_end, metrics)`` runs after every step; ``checkpoints`` and ``stop`` as in
+    :func:`jpanning.agents.loop.host_loop`. Returns ``(agent_state, metrics)`` with numpy
+    metrics.
     """
     obs_size = _obs_size(env, env_params, obs_size)
     init, step = make_step(env, config, num_actions=num_actions, obs_size=obs_size)
     return loop.host_loop(
-        init, step, key, config.total_steps, lambda t: env_params, callback=callback
+        init,
+        step,
+        key,
+        config.total_steps,
+        lambda t: env_params,
+        callback=callback,
+        checkpoints=checkpoints,
+        stop=stop,
     )
 
 

@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jpanning import checkpoint as checkpoint_lib
 from jpanning.agents import replay
 from jpanning.errors import JPanningError
 
@@ -119,6 +120,8 @@ def host_loop(
     *,
     steps_per_call: int = 1,
     callback: Callable[[int, dict], None] | None = None,
+    checkpoints=None,
+    stop: Callable[[], str | None] = checkpoint_lib.never,
 ):
     """Run :func:`scanned`'s steps as one jitted call per ``steps_per_call`` steps.
 
@@ -131,6 +134,13 @@ def host_loop(
         steps_per_call: environment steps per jitted call (a ``lax.scan`` when > 1).
         callback: optional ``callback(t_end, metrics)`` after each call, metrics as numpy
             arrays ``[n, ...]``, ``t_end`` the steps done so far.
+        checkpoints: a :class:`jpanning.checkpoint.Checkpoints`: the loop continues from its
+            newest checkpoint (the whole carry: agent, replay buffer, environment state,
+            observation; and the metrics so far) and writes one every ``checkpoints.every``
+            steps and on a stop request. A resumed loop ends where an
+            uninterrupted one does.
+        stop: polled after every call; a signal name makes the loop write a checkpoint and
+            raise :class:`jpanning.checkpoint.Interrupted`.
 
     Returns:
         ``(agent, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
@@ -151,14 +161,41 @@ def host_loop(
     carry = jax.jit(init)(k_init, env_params_at(0))
     chunks = []
     t = 0
+    key_list = np.asarray(jax.random.key_data(key)).tolist()
+    if checkpoints is not None and checkpoints.latest() is not None:
+        t, carry, meta, done = checkpoints.restore(carry, extra=True)
+        if meta.get("key") != key_list or meta.get("total_steps") != total_steps:
+            raise JPanningError(
+                f"the agent checkpoint in {checkpoints.directory} belongs to another run "
+                "(seed or number of steps); it cannot be resumed by this one"
+            )
+        print(f"resuming the agent's training at step {t} from {checkpoints.directory}")
+        chunks.append(done)
+        if callback is not None:
+            callback(t, done)
+
+    def save(t):
+        if checkpoints is not None:
+            done = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
+            checkpoints.save(t, carry, {"key": key_list, "total_steps": total_steps}, done)
+
     while t < total_steps:
         n = min(int(steps_per_call), total_steps - t)
         carry, metrics = run_steps(carry, jnp.int32(t), k_loop, n, env_params_at(t))
         metrics = jax.tree.map(np.asarray, metrics)
         chunks.append(metrics)
-        t += n
+        t_before, t = t, t + n
         if callback is not None:
             callback(t, metrics)
+        signal_name = stop() if t < total_steps else None
+        every = checkpoints.every if checkpoints is not None else 0
+        if signal_name or (every and t // every > t_before // every and t < total_steps):
+            save(t)
+        if signal_name:
+            where = f"; checkpoint in {checkpoints.directory}" if checkpoints else ""
+            raise checkpoint_lib.Interrupted(
+                f"stopped by {signal_name} at agent step {t}{where}", signal_name
+            )
     if not chunks:
         empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params_at(0))[1], carry)
         return carry.agent, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)

@@ -33,6 +33,7 @@ import jax.numpy as jnp
 import optax
 import rlax
 
+from jpanning import checkpoint as checkpoint_lib
 from jpanning.agents import loop, replay, static_field
 from jpanning.agents.replay import (  # noqa: F401 (buffer_add: part of td3's API)
     ReplayBuffer,
@@ -492,6 +493,8 @@ def train_loop(
     steps_per_call: int = 1,
     env_params_at=None,
     callback=None,
+    checkpoints=None,
+    stop=checkpoint_lib.never,
 ):
     """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
 
@@ -510,6 +513,7 @@ def train_loop(
             ``env_params``.
         callback: optional ``callback(t_end, metrics)`` after each call, with the call's
             metrics as numpy arrays ``[n, ...]`` and ``t_end`` the steps done so far.
+        checkpoints, stop: checkpoint and stop the loop (:func:`jpanning.agents.loop.host_loop`).
 
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
@@ -524,4 +528,6 @@ def train_loop(
         env_params_at or (lambda t: env_params),
         steps_per_call=steps_per_call,
         callback=callback,
+        checkpoints=checkpoints,
+        stop=stop,
     )

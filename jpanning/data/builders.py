@@ -109,6 +109,7 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                     f"{self.SHORT_NAME}: no registered checksum for "
                     f"{unregistered[0]} (is jpanning/data/checksums.tsv installed?)"
                 )
+            self._check_hosts()
             files = {role: os.fspath(path) for role, path in dl_manager.download(self.URLS).items()}
             hosts = sorted({url.rsplit("/", 1)[0] + "/" for url in self.URLS.values()})
             origin = "downloaded from " + ", ".join(hosts)
@@ -119,6 +120,19 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
             self._check_split(images, labels, split, origin)
             generators[split] = self._generate_examples(images, labels)
         return generators
+
+    def _check_hosts(self) -> None:
+        """Fail at once when a download host does not answer: tfds would retry for minutes."""
+        from urllib.parse import urlsplit
+
+        from jpanning.data.loading import HOST_TIMEOUT_S, host_reachable
+
+        urls = [urlsplit(url) for url in self.URLS.values()]
+        for host, port in sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
+                                  for u in urls}):  # fmt: skip
+            reachable, why = host_reachable(host, port, HOST_TIMEOUT_S)
+            if not reachable:
+                raise JPanningError(f"its download host {host}:{port} is unreachable ({why})")
 
     def _check_split(self, images: np.ndarray, labels: np.ndarray, split: str, origin: str):
         where = f"{self.SHORT_NAME} {split} split ({origin})"

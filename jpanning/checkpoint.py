@@ -1,0 +1,180 @@
+"""Checkpoints (orbax) and stop requests (SIGINT/SIGTERM) for long runs.
+
+A checkpoint is one orbax step directory holding a pytree ``state`` (arrays) and a JSON
+``meta`` (where the loop stands: epoch, batch, the shuffling generator's state, running sums,
+history). Orbax writes each step to a temporary directory and renames it when complete, so a
+run killed mid-write leaves the previous checkpoints intact; the newest ``keep`` are kept.
+
+Signals are turned into a flag that the loops poll between jitted steps
+(:class:`StopSignal`): the loop finishes its step, writes a checkpoint and raises
+:class:`Interrupted`, and ``run.py --resume OUT`` continues from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from typing import Any
+
+import jax
+import numpy as np
+
+from jpanning.errors import JPanningError
+
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+
+
+class Interrupted(JPanningError):
+    """A run stopped on request after writing a checkpoint; ``exit_code`` 130 or 143."""
+
+    def __init__(self, message: str, signal_name: str = "SIGTERM"):
+        super().__init__(message)
+        self.exit_code = EXIT_CODES.get(signal_name, 1)
+
+
+class StopSignal:
+    """Context manager: while active, SIGINT and SIGTERM set :attr:`requested` (the signal's
+    name) instead of killing the process; the previous handlers come back on exit.
+
+    A second signal of the same kind while a stop is pending raises ``KeyboardInterrupt`` (the
+    user insists). Outside the main thread, where Python cannot install handlers, it is inert.
+    """
+
+    def __init__(self):
+        self.requested: str | None = None
+        self._previous: dict = {}
+
+    def __call__(self) -> str | None:
+        return self.requested
+
+    def _handle(self, signum, frame):
+        name = signal.Signals(signum).name
+        if self.requested == name:
+            raise KeyboardInterrupt
+        self.requested = name
+
+    def __enter__(self) -> "StopSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+
+def never() -> None:
+    """The stop poll of a run that cannot be interrupted."""
+    return None
+
+
+class Checkpoints:
+    """Numbered checkpoints of one loop in ``directory`` (an orbax ``CheckpointManager``).
+
+    Args:
+        directory: created if missing.
+        every: also checkpoint every this many steps inside an epoch (0: only where the loop
+            chooses, at epoch ends and on a stop request).
+        keep: how many of the newest checkpoints stay on disk.
+    """
+
+    def __init__(self, directory: str, every: int = 0, keep: int = 2):
+        import orbax.checkpoint as ocp
+
+        self.directory = os.path.abspath(directory)
+        self.every = int(every)
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                max_to_keep=keep, enable_async_checkpointing=False, create=True
+            ),
+        )
+
+    def steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def latest(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, meta: dict, extra: Any = None) -> None:
+        """Write checkpoint ``step`` (replacing one already there with that number).
+
+        ``extra``: an optional pytree of arrays whose shapes vary between checkpoints (such as
+        the metrics of the steps so far), restored as saved.
+        """
+        ocp = self._ocp
+        if step in self._manager.all_steps():
+            self._manager.delete(step)
+        items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
+        if extra is not None:
+            items["extra"] = ocp.args.StandardSave(extra)
+        self._manager.save(int(step), args=ocp.args.Composite(**items), force=True)
+        self._manager.wait_until_finished()
+
+    def restore(self, like: Any, log=print, *, extra: bool = False) -> tuple:
+        """The newest readable checkpoint, as ``(step, state, meta)``; with ``extra``,
+        ``(step, state, meta, extra)``, the saved extra pytree as numpy arrays.
+
+        ``like`` is a pytree with the structure, shapes and dtypes of the saved state; the
+        restored state has its tree structure (optax's named tuples included). A checkpoint
+        that cannot be read is reported and the next older one tried.
+
+        Raises:
+            JPanningError: no checkpoint, or none readable.
+        """
+        ocp = self._ocp
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+        errors = []
+        for step in reversed(self.steps()):
+            try:
+                items = {
+                    "state": ocp.args.StandardRestore(abstract),
+                    "meta": ocp.args.JsonRestore(),
+                }
+                if extra:
+                    items["extra"] = ocp.args.StandardRestore()
+                got = self._manager.restore(step, args=ocp.args.Composite(**items))
+                leaves = jax.tree.leaves(got.state)
+                state = jax.tree.unflatten(jax.tree.structure(like), leaves)
+                _check_shapes(like, state)
+                if errors:
+                    log(f"warning: skipped unreadable checkpoint(s): {'; '.join(errors)}")
+                if extra:
+                    return step, state, dict(got.meta), jax.tree.map(np.asarray, got.extra)
+                return step, state, dict(got.meta)
+            except Exception as e:  # orbax/tensorstore raise many types on damaged files
+                errors.append(f"step {step}: {type(e).__name__}: {str(e).splitlines()[0][:200]}")
+        if not errors:
+            raise JPanningError(f"no checkpoint in {self.directory}")
+        raise JPanningError(
+            f"no readable checkpoint in {self.directory} ({'; '.join(errors)}); delete the "
+            "directory to start that stage over"
+        )
+
+    def close(self) -> None:
+        self._manager.close()
+
+
+def _check_shapes(like, state) -> None:
+    for a, b in zip(jax.tree.leaves(like), jax.tree.leaves(state)):
+        if np.shape(a) != np.shape(b) or np.asarray(a).dtype != np.asarray(b).dtype:
+            raise ValueError(f"saved array {np.shape(b)} does not match {np.shape(a)}")
+
+
+@contextlib.contextmanager
+def opened(directory: str | None, every: int = 0):
+    """:class:`Checkpoints` in ``directory`` for the ``with`` body (None: yields None)."""
+    if directory is None:
+        yield None
+        return
+    ckpt = Checkpoints(directory, every)
+    try:
+        yield ckpt
+    finally:
+        ckpt.close()
