@@ -85,6 +85,28 @@ def main() -> None:
         np.array_equal(a, b)
         for a, b in zip(jax.tree.leaves(single[1].masks), jax.tree.leaves(split[1].masks))
     )
+    # run.py --devices 4 against --devices 1: the same masks, the same history within tolerance.
+    import contextlib
+    import io
+    import tempfile
+
+    from jpanning import cli, report
+
+    runs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in (1, 4):
+            argv = ["--dataset", "synthetic", "--model", "tinycnn", "--method", "snip",
+                    "--ratio", "0.8", "--epochs", "1", "--batch-size", "32", "--no-progress",
+                    "--devices", str(n), "--out", f"{tmp}/d{n}"]  # fmt: skip
+            with contextlib.redirect_stdout(io.StringIO()) as log:
+                results = cli.run(cli.build_parser().parse_args(argv))
+            runs[n] = (results, report.load_npz(f"{tmp}/d{n}/model.npz"), log.getvalue())
+    out["cli_split_message"] = "devices: 4 x cpu, batches split over them" in runs[4][2]
+    out["cli_same_masks"] = all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(runs[1][1]["masks"]), jax.tree.leaves(runs[4][1]["masks"]))
+    )
+    out["cli_history_1"], out["cli_history_4"] = runs[1][0]["history"], runs[4][0]["history"]
     json.dump(out, sys.stdout)
     print()
 

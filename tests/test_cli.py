@@ -74,14 +74,18 @@ def test_smoke_run_writes_exact_sparsity_and_zeroed_params(tmp_path):
 
 
 @pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "iter_snip", "force", "panning"])
-def test_every_scoring_method_runs_end_to_end(tmp_path, method):
+def test_every_scoring_method_runs_end_to_end(tmp_path, method, capsys):
+    from jpanning import cli  # in-process: the subprocess smoke test above covers run.py itself
+
     out = tmp_path / method
-    proc = run_cli(
-        *("--model", "tinycnn", "--dataset", "synthetic", "--method", method),
-        *("--ratio", "0.8", "--rounds", "3", "--epochs", "1", "--batch-size", "50"),
-        *("--train-limit", "300", "--test-limit", "100", "--out", str(out), "--no-progress"),
+    rc = cli.main(
+        [
+            *("--model", "tinycnn", "--dataset", "synthetic", "--method", method),
+            *("--ratio", "0.8", "--rounds", "3", "--epochs", "1", "--batch-size", "50"),
+            *("--train-limit", "300", "--test-limit", "100", "--out", str(out), "--no-progress"),
+        ]
     )
-    assert proc.returncode == 0, proc.stderr
+    assert rc == 0, capsys.readouterr().err
     results = json.loads((out / "results.json").read_text())
     total = results["sparsity"]["total"]
     assert results["sparsity"]["kept"] == total - round(0.8 * total)

@@ -1,4 +1,8 @@
-"""Data parallelism: 4 simulated CPU devices give the single-device masks and losses."""
+"""Data parallelism: 4 simulated CPU devices give the single-device masks and losses.
+
+The 4-device checks run tests/multidevice_check.py once in a subprocess (JAX fixes its device
+count at start-up) and are marked slow; the CPU devices are simulated with
+``--xla_force_host_platform_device_count``."""
 
 import json
 import os
@@ -29,12 +33,14 @@ def four_devices():
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow  # one 4-device subprocess for all four (~40 s)
 def test_scoring_batch_split_over_four_devices_gives_the_same_masks(four_devices):
     assert four_devices["snip_same_mask"]
     assert four_devices["grasp_same_mask"]
     assert four_devices["panning_same_mask"]
 
 
+@pytest.mark.slow  # one 4-device subprocess for all four (~40 s)
 def test_training_split_over_four_devices_matches_one_device(four_devices):
     assert four_devices["state_devices"] == 4
     assert four_devices["pruned_stay_zero"]
@@ -45,6 +51,16 @@ def test_training_split_over_four_devices_matches_one_device(four_devices):
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
 
 
+@pytest.mark.slow  # one 4-device subprocess for all four (~40 s)
+def test_run_py_with_four_devices_matches_one_device(four_devices):
+    assert four_devices["cli_split_message"]
+    assert four_devices["cli_same_masks"]
+    for a, b in zip(four_devices["cli_history_1"], four_devices["cli_history_4"]):
+        for k in a:
+            assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k
+
+
+@pytest.mark.slow  # one 4-device subprocess for all four (~40 s)
 def test_environments_split_over_four_devices_match_one_device(four_devices):
     assert four_devices["env_devices"] == 4
     assert four_devices["env_same_masks"]
