@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks.presets import PRESETS, Grid
 from jpanning import report
 from jpanning.cli import TRAINED_METHODS
+from jpanning.checkpoint import Interrupted
 from jpanning.errors import JPanningError, RunFailed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -215,19 +216,19 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
     log = io.StringIO()
     status = "ok"
     run_args = args
+    run_argv = argv
     if cli.interrupted_run(out):  # a cell stopped mid-way (a signal, a crash) goes on
-        argv = ["--resume", out, "--no-progress"]
-        run_args = cli.build_parser().parse_args(argv)
+        run_argv = ["--resume", out, "--no-progress"]
+        run_args = cli.build_parser().parse_args(run_argv)
     try:
         with contextlib.redirect_stdout(log):
-            print("run.py " + shlex.join(argv))
+            print("run.py " + shlex.join(run_argv))
             cli.run(run_args, dataset=dataset)
     except RunFailed as e:
         status = "failed"
-        report.write_json(
-            os.path.join(out, "failed.json"),
-            {"error": str(e), "argv": argv, **report.environment()},
-        )
+        path = os.path.join(out, "failed.json")
+        recorded = cli.read_json(path) or {}  # run.py's own record (its run_id) stays
+        report.write_json(path, recorded | {"error": str(e), "argv": argv, **report.environment()})
     finally:
         before = b""
         if run_args is not args and os.path.isfile(os.path.join(out, "log.txt")):
@@ -895,6 +896,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.readme:
             update_readme(args.readme, name, table, out)
         print(table)
+    except Interrupted as e:
+        print(
+            f"benchmarks.compare: {e}; finished cells are kept, run the same command to "
+            "continue (the stopped cell resumes)",
+            file=sys.stderr,
+        )
+        return e.exit_code
     except JPanningError as e:
         print(f"benchmarks.compare: error: {e}", file=sys.stderr)
         return 1

@@ -193,7 +193,9 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--devices", type=int, nargs="+", default=[2, 4])
     p.add_argument("--steps", type=int, default=5, help="training steps per timed window")
-    p.add_argument("--repeats", type=int, default=5, help="timed windows / layer repeats")
+    p.add_argument(
+        "--repeats", type=int, default=5, help="timed training-step windows (layers: 10 calls)"
+    )
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)

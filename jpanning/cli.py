@@ -268,26 +268,71 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
-RUN_FILE = "run.json"  # the arguments of the run in OUT, for --resume
+RUN_FILE = "run.json"  # the arguments of the run in OUT (and its run_id), for --resume
 SCREEN_FILES = ("masks.npz", "screen.json")  # the screening's result, reused by --resume
 NOT_SAVED = ("resume", "no_progress", "out")  # arguments a resumed run takes from its own call
+# what --resume may change: how the run goes on, not what it computes (--allow-collapsed lets a
+# refused mask train without redoing its search)
+RESUME_MAY_SET = ("allow_collapsed", "devices", "checkpoint_every", "data_dir", "no_progress")
+PATH_ARGS = ("pretrained", "policy", "data_dir")  # saved absolute, so --resume works anywhere
+
+
+def read_json(path: str):
+    """The JSON in ``path``, or None when it is missing or not JSON."""
+    import json
+
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _run_id(record) -> str | None:
+    """The run_id a results.json (in its config), failed.json or run.json records."""
+    if not isinstance(record, dict):
+        return None
+    return record.get("run_id", (record.get("config") or {}).get("run_id"))
+
+
+def _ended(out: str) -> str | None:
+    """'finished' or 'failed' when the run whose run.json is in ``out`` has ended, else None."""
+    run = read_json(os.path.join(out, RUN_FILE))
+    for name, how in (("results.json", "finished"), ("failed.json", "failed")):
+        record = read_json(os.path.join(out, name))
+        if record is not None and _run_id(record) == _run_id(run):
+            return how
+    return None
 
 
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The arguments saved in ``args.resume``/run.json, with this call's out and progress."""
+    """The arguments saved in ``args.resume``/run.json, with this call's out and the few
+    RESUME_MAY_SET it gives."""
     import json
 
     out = args.resume
     path = os.path.join(out, RUN_FILE)
     if not os.path.isdir(out):
         raise JPanningError(f"--resume {out!r} is not a directory")
-    if os.path.isfile(os.path.join(out, "results.json")):
+    defaults = vars(build_parser().parse_args([]))
+    given = sorted(
+        k
+        for k, v in vars(args).items()
+        if k not in (*RESUME_MAY_SET, "resume") and v != defaults[k]
+    )
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_SET)
+        raise JPanningError(
+            f"--resume takes the run's arguments from its {RUN_FILE}; {flags} cannot change "
+            f"them (only {allowed} may be given)"
+        )
+    if _ended(out) == "finished":
         raise JPanningError(f"--resume {out!r}: that run has finished (results.json is there)")
     try:
         with open(path) as f:
             saved = json.load(f)
         resumed = argparse.Namespace(**saved)
-        defaults = vars(build_parser().parse_args([]))
         missing = sorted(set(defaults) - set(saved) - set(NOT_SAVED))
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
@@ -295,15 +340,17 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
         raise JPanningError(f"--resume {out!r} holds no run to resume ({RUN_FILE} is missing)")
     except (ValueError, TypeError) as e:  # json.JSONDecodeError is a ValueError
         raise JPanningError(f"--resume {out!r}: {RUN_FILE} is not readable ({e})")
+    for k in RESUME_MAY_SET:
+        if getattr(args, k) != defaults[k]:
+            setattr(resumed, k, getattr(args, k))
     resumed.out, resumed.resume, resumed.no_progress = out, out, args.no_progress
     return resumed
 
 
 def interrupted_run(out: str) -> str | None:
-    """What an unfinished run left in ``out`` for ``--resume`` to use (None: nothing)."""
-    if not os.path.isfile(os.path.join(out, RUN_FILE)) or os.path.isfile(
-        os.path.join(out, "results.json")
-    ):
+    """What a stopped run (not finished, not failed) left in ``out`` for ``--resume`` (None:
+    nothing to resume)."""
+    if not os.path.isfile(os.path.join(out, RUN_FILE)) or _ended(out):
         return None
     left = [f for f in (*SCREEN_FILES, "pretrained.npz") if os.path.isfile(os.path.join(out, f))]
     ckpt = os.path.join(out, "checkpoints")
@@ -327,6 +374,11 @@ def _check_out_dir(out: str) -> None:
 def run(args: argparse.Namespace, dataset=None) -> dict:
     """The whole pipeline for parsed arguments; returns the results dict it also writes.
 
+    SIGINT and SIGTERM are held for the whole run: the searches and training loops poll them
+    after each step and the pipeline between its stages; either way the work so far is saved
+    and :class:`jpanning.checkpoint.Interrupted` is raised (a second signal of the same kind
+    interrupts at once).
+
     ``dataset`` is the already loaded data of ``args`` (the benchmark harness loads it once
     for many runs); None loads it here.
 
@@ -335,6 +387,33 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     checkpoints (checkpoints/, orbax), so ``--resume OUT`` continues after a stop or a crash;
     the checkpoints are removed once results.json is written.
     """
+    from jpanning import checkpoint
+
+    with checkpoint.StopSignal() as stop:
+        try:
+            return _run(args, dataset, stop)
+        except RunFailed as e:  # a result of this run: recorded, so the folder is not "stopped"
+            if getattr(args, "run_id", None) and os.path.isdir(args.out):
+                from jpanning import report
+
+                report.write_json(
+                    os.path.join(args.out, "failed.json"), {"error": str(e), "run_id": args.run_id}
+                )
+            raise
+
+
+def _check_stop(stop, out: str, where: str) -> None:
+    """Raise :class:`jpanning.checkpoint.Interrupted` between stages when a stop is pending."""
+    from jpanning import checkpoint
+
+    signal_name = stop()
+    if signal_name:
+        raise checkpoint.Interrupted(
+            f"stopped by {signal_name} {where}; continue with --resume {out}", signal_name
+        )
+
+
+def _run(args: argparse.Namespace, dataset, stop) -> dict:
     import jax
     import numpy as np
 
@@ -407,10 +486,17 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     batch = data.scoring_batch(dataset, args.samples_per_class, seed=args.seed)
     if mesh is not None and len(batch[1]) % mesh.size == 0:
         batch = parallel.put_batch(mesh, batch)  # the scorers' batch split over the devices
-    report.write_json(
-        os.path.join(args.out, RUN_FILE),
-        {k: v for k, v in vars(args).items() if k not in NOT_SAVED},
-    )
+    if args.resume is None:
+        import uuid
+
+        args.run_id = uuid.uuid4().hex  # ties results.json / failed.json / screen.json to it
+        for k in PATH_ARGS:
+            if getattr(args, k) is not None:
+                setattr(args, k, os.path.abspath(getattr(args, k)))
+        report.write_json(
+            os.path.join(args.out, RUN_FILE),
+            {k: v for k, v in vars(args).items() if k not in NOT_SAVED},
+        )
     config = train.TrainConfig(
         epochs=args.epochs,
         batch_size=args.batch_size,
@@ -421,20 +507,26 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     pretrained = None
     if args.method in TRAINED_METHODS:
         variables, pretrained = _pretrained(
-            args, model, variables, dataset, config, train_key, mesh
+            args, model, variables, dataset, config, train_key, mesh, stop
         )
+        _check_stop(stop, args.out, "after the dense pretraining (pretrained.npz saved)")
         # the pretraining used train_key (as a dense run with this seed does)
         train_key = jax.random.fold_in(train_key, 1)
 
     screened = _load_screen(args, variables["params"]) if args.resume else None
     if screened is None:
         masks, screen = _screen(
-            args, dataset, model, variables, batch, sparsity, prunable, prune_key
+            args, dataset, model, variables, batch, sparsity, prunable, prune_key, stop
         )
     else:
         masks, screen = screened
         print(f"screening: the masks in {os.path.join(args.out, 'masks.npz')} (resumed)")
     prune_seconds = screen["prune_seconds"]
+    sparsity_report = masks_lib.sparsity_report(masks, prunable)
+    if screened is None:  # kept before the checks: a refused mask's search is not lost
+        if args.method == "purl":
+            screen["purl"] = _purl_report(args, screen.pop("result"), sparsity_report)
+        _save_screen(args.out, masks, screen | {"run_id": args.run_id})
     empty = masks_lib.empty_layers(masks, prunable)
     if empty:
         raise RunFailed(
@@ -442,7 +534,6 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
             f"layer(s) {', '.join(empty)}: the network is cut; lower --ratio or "
             "use --scope layer"
         )
-    sparsity_report = masks_lib.sparsity_report(masks, prunable)
     eval_apply = models.make_apply_fn(model, variables["batch_stats"], train=False)
     effective = float(
         scores.effective_sparsity(eval_apply, masks, dataset.input_shape, prunable=prunable)
@@ -466,17 +557,17 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
             f"layer(s) {', '.join(collapsed)}: the network is cut there ({where})"
         )
         if not args.allow_collapsed:
-            raise RunFailed(f"{message}; lower --ratio, or pass --allow-collapsed to train it")
+            raise RunFailed(
+                f"{message}; lower --ratio, or train this mask anyway with --resume {args.out} "
+                "--allow-collapsed"
+            )
         print(f"warning: {message}; training it (--allow-collapsed)")
-    if screened is None:
-        if args.method == "purl":
-            screen["purl"] = _purl_report(args, screen.pop("result"), sparsity_report)
-        _save_screen(args.out, masks, screen)
 
     start = time.perf_counter()
+    _check_stop(stop, args.out, "after screening (masks.npz saved)")
     state, history = _train(
         args, "train", model, variables, dataset, config, train_key,
-        None if args.method == "dense" else masks, mesh,
+        None if args.method == "dense" else masks, mesh, stop,
     )  # fmt: skip
     train_seconds = time.perf_counter() - start
     final = history[-1]
@@ -538,7 +629,8 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
         results["purl"] = screen["purl"]
         results["files"] |= results["purl"]["files"]
     report.write_json(os.path.join(args.out, "results.json"), results)
-    shutil.rmtree(os.path.join(args.out, "checkpoints"), ignore_errors=True)  # results are in
+    if parallel.is_primary():  # results are in; checkpoints are no longer needed
+        shutil.rmtree(os.path.join(args.out, "checkpoints"), ignore_errors=True)
     print(
         report.summary_table(
             [
@@ -570,16 +662,13 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
 
 
 def _train(args: argparse.Namespace, stage: str, model, variables, dataset, config, key, masks,
-           mesh):  # fmt: skip
-    """:func:`jpanning.train.train` checkpointed in OUT/checkpoints/<stage>, stopped by signals."""
+           mesh, stop):  # fmt: skip
+    """:func:`jpanning.train.train` checkpointed in OUT/checkpoints/<stage>, stopped by ``stop``."""
     from jpanning import checkpoint, train
 
-    with (
-        checkpoint.StopSignal() as stop,
-        checkpoint.opened(
-            os.path.join(args.out, "checkpoints", stage), args.checkpoint_every or 0
-        ) as ckpt,
-    ):
+    with checkpoint.opened(
+        os.path.join(args.out, "checkpoints", stage), args.checkpoint_every or 0
+    ) as ckpt:
         return train.train(
             model,
             variables,
@@ -608,7 +697,9 @@ def _mesh(args: argparse.Namespace):
     return mesh
 
 
-def _screen(args: argparse.Namespace, dataset, model, variables, batch, sparsity, prunable, key):
+def _screen(
+    args: argparse.Namespace, dataset, model, variables, batch, sparsity, prunable, key, stop
+):
     """Run the pruning method: ``(masks, screen)``, ``screen`` what results.json keeps of it
     (seconds; the RL report, written with the policy now; PuRL's result object)."""
     from jpanning import pruning
@@ -639,11 +730,11 @@ def _screen(args: argparse.Namespace, dataset, model, variables, batch, sparsity
     start = time.perf_counter()
     screen = {}
     if args.method == "rlpanning":
-        rl = _rl_search(args, problem, dataset)
+        rl = _rl_search(args, problem, dataset, stop)
         masks = rl.masks
         screen["rl"] = _rl_report(args, rl)  # the policy is saved before training starts
     elif args.method == "purl":
-        result = _purl_search(args, problem, dataset)
+        result = _purl_search(args, problem, dataset, stop)
         masks, screen["result"] = result.masks, result
     else:
         masks = pruning.prune(args.method, problem)
@@ -675,6 +766,8 @@ def _load_screen(args: argparse.Namespace, params):
         masks = report.load_npz(paths[0])["masks"]
         with open(paths[1]) as f:
             screen = json.load(f)
+        if screen.get("run_id") != args.run_id:
+            return None  # another run's screening: screen again
         if jax.tree.structure(masks) != jax.tree.structure(params):
             raise ValueError("its masks are not shaped like this model's params")
         masks = jax.tree.map(jax.numpy.asarray, masks)
@@ -689,7 +782,7 @@ def _load_screen(args: argparse.Namespace, params):
     return masks, screen
 
 
-def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key, mesh=None):
+def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key, mesh, stop):
     """The trained network a method like PuRL prunes: loaded from ``--pretrained`` or trained
     densely here with the run's recipe (``--pretrain-epochs``, checkpointed like the main
     training) and saved as pretrained.npz with pretrained.json (reused by ``--resume``).
@@ -697,7 +790,6 @@ def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key
     Returns:
         ``(variables, info)``, ``info`` for results.json.
     """
-    import json
 
     import jax
 
@@ -706,17 +798,17 @@ def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key
     if args.pretrained is not None:
         return _load_pretrained(args.pretrained, variables), {"from": args.pretrained}
     saved = os.path.join(args.out, "pretrained.npz"), os.path.join(args.out, "pretrained.json")
-    if args.resume and all(os.path.isfile(p) for p in saved):
-        with open(saved[1]) as f:
-            info = json.load(f)
+    info = read_json(saved[1]) if args.resume else None
+    if info is not None and info.get("run_id") == args.run_id and os.path.isfile(saved[0]):
         print(f"{args.method}: the trained network in {saved[0]} (resumed)")
+        info.pop("run_id")
         return _load_pretrained(saved[0], variables, "the saved pretrained.npz"), info
     epochs = args.pretrain_epochs or args.epochs
     print(f"{args.method} prunes a trained network: dense training for {epochs} epoch(s) first")
     start = time.perf_counter()
     state, history = _train(
         args, "pretrain", model, variables, dataset,
-        dataclasses.replace(config, epochs=epochs), key, None, mesh,
+        dataclasses.replace(config, epochs=epochs), key, None, mesh, stop,
     )  # fmt: skip
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     info = {
@@ -727,7 +819,7 @@ def _pretrained(args: argparse.Namespace, model, variables, dataset, config, key
         "file": "pretrained.npz",
     }
     report.save_npz(saved[0], **variables)
-    report.write_json(saved[1], info)
+    report.write_json(saved[1], info | {"run_id": args.run_id})
     return jax.tree.map(jax.numpy.asarray, variables), info
 
 
@@ -764,16 +856,13 @@ def _load_pretrained(path: str, variables: dict, what: str | None = None) -> dic
 
 @contextlib.contextmanager
 def _search_checkpoints(args: argparse.Namespace):
-    """``(checkpoints, stop)`` for an agent's search: OUT/checkpoints/search, every
-    ``--checkpoint-every`` (default SEARCH_CHECKPOINT_EVERY) agent steps and on a signal."""
+    """Checkpoints for an agent's search: OUT/checkpoints/search, every ``--checkpoint-every``
+    (default SEARCH_CHECKPOINT_EVERY) agent steps and on a signal."""
     from jpanning import checkpoint
 
     every = args.checkpoint_every or SEARCH_CHECKPOINT_EVERY
-    with (
-        checkpoint.StopSignal() as stop,
-        checkpoint.opened(os.path.join(args.out, "checkpoints", "search"), every) as ckpt,
-    ):
-        yield ckpt, stop
+    with checkpoint.opened(os.path.join(args.out, "checkpoints", "search"), every) as ckpt:
+        yield ckpt
 
 
 @contextlib.contextmanager
@@ -797,7 +886,7 @@ def _agent_bar(desc: str, total: int, disable: bool):
         bar.close()
 
 
-def _purl_search(args: argparse.Namespace, problem, dataset):
+def _purl_search(args: argparse.Namespace, problem, dataset, stop):
     """PuRL: draw its retraining/eval examples, train the DQN agent (progress bar), prune."""
     import dataclasses as dc
 
@@ -818,7 +907,7 @@ def _purl_search(args: argparse.Namespace, problem, dataset):
     layers = sum(bool(f) for f in jax.tree.leaves(problem.prunable))
     with (
         _agent_bar("PuRL search", config.episodes * layers, args.no_progress) as progress,
-        _search_checkpoints(args) as (ckpt, stop),
+        _search_checkpoints(args) as ckpt,
     ):
         return purl.run(problem, callback=progress, checkpoints=ckpt, stop=stop)
 
@@ -866,7 +955,7 @@ def _purl_report(args: argparse.Namespace, result, sparsity_report: dict) -> dic
     }
 
 
-def _rl_search(args: argparse.Namespace, problem, dataset):
+def _rl_search(args: argparse.Namespace, problem, dataset, stop):
     """RL Panning: build the pool, search (progress bar) or load the policy, and screen."""
     import dataclasses as dc
 
@@ -888,7 +977,7 @@ def _rl_search(args: argparse.Namespace, problem, dataset):
     )
     with (
         _agent_bar("RL search", config.agent_steps, args.no_progress) as progress,
-        _search_checkpoints(args) as (ckpt, stop),
+        _search_checkpoints(args) as ckpt,
     ):
         return rlpanning.run(problem, callback=progress, checkpoints=ckpt, stop=stop)
 

@@ -195,6 +195,7 @@ class _Position:
     seen: int = 0
     history: list = dataclasses.field(default_factory=list)
     key: list = dataclasses.field(default_factory=list)
+    run: dict = dataclasses.field(default_factory=dict)  # what must match to resume
 
 
 def train(
@@ -228,13 +229,16 @@ def train(
             newest checkpoint when there is one and writes one at every epoch end, every
             ``checkpoints.every`` steps and on a stop request. Resumed, a run ends with the
             same params, batch statistics and history as an uninterrupted one.
-        stop: polled after every step; when it returns a signal name the loop writes a
-            checkpoint and raises :class:`jpanning.checkpoint.Interrupted`.
+        stop: polled after every step but an epoch's last (whose checkpoint follows the
+            evaluation, and the poll with it); when it returns a signal name the loop writes a
+            checkpoint and raises :class:`jpanning.checkpoint.Interrupted`. A stop during the
+            last epoch lets the run finish.
     Returns:
         The final :class:`TrainState` and one dict per epoch (train loss/accuracy, test
         loss/accuracy).
     Raises:
-        RunFailed: a NaN or inf loss (the message names the step and the last checkpoint).
+        RunFailed: a NaN or inf loss, or params that are not finite when a checkpoint is due
+            (the message names the step and the last good checkpoint, which is kept).
     """
     steps_per_epoch = dataset.num_train // config.batch_size
     if steps_per_epoch == 0:
@@ -251,7 +255,8 @@ def train(
     eval_step = make_eval_step(model)
     shuffle_key, aug_key = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)))
-    pos = _Position(epoch=0, batch=0, rng=rng.bit_generator.state, key=_key_list(key))
+    run = dataclasses.asdict(config) | {"steps_per_epoch": steps_per_epoch}
+    pos = _Position(epoch=0, batch=0, rng=rng.bit_generator.state, key=_key_list(key), run=run)
     saved = {"masks": masks if masks is not None else {}}
     if checkpoints is not None and checkpoints.latest() is not None:
         state, pos = _restore(checkpoints, state, saved, pos, log)
@@ -259,8 +264,16 @@ def train(
     state = parallel.replicate(mesh, state)
 
     def save(position: _Position) -> None:
-        if checkpoints is not None:
-            checkpoints.save(done, {"train": state, **saved}, dataclasses.asdict(position))
+        if checkpoints is None:
+            return
+        finite = jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), state.params)
+        if not all(bool(f) for f in jax.tree.leaves(finite)):  # never a bad "last good" one
+            raise RunFailed(
+                f"training diverged: the params are not finite after step {done}; lower --lr "
+                f"(now {config.lr}); the last good checkpoint (step {checkpoints.latest()}) "
+                f"is kept in {checkpoints.directory}"
+            )
+        checkpoints.save(done, {"train": state, **saved}, dataclasses.asdict(position))
 
     def stopped(signal_name: str) -> checkpoint_lib.Interrupted:
         where = f"; checkpoint at step {done} in {checkpoints.directory}" if checkpoints else ""
@@ -309,7 +322,11 @@ def train(
                     pending, loss_sum, correct, seen, config, done, bar, checkpoints
                 )
             if due or signal_name:
-                save(_Position(epoch, i + 1, epoch_rng, loss_sum, correct, seen, history, pos.key))
+                save(
+                    _Position(
+                        epoch, i + 1, epoch_rng, loss_sum, correct, seen, history, pos.key, run
+                    )
+                )
             if signal_name:
                 bar.close()
                 raise stopped(signal_name)
@@ -339,7 +356,9 @@ def train(
             f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
             f"acc {test['accuracy']:.4f}"
         )
-        save(_Position(epoch + 1, 0, rng.bit_generator.state, history=history, key=pos.key))
+        save(
+            _Position(epoch + 1, 0, rng.bit_generator.state, history=history, key=pos.key, run=run)
+        )
         signal_name = stop()
         if signal_name and epoch + 1 < config.epochs:
             raise stopped(signal_name)
@@ -353,7 +372,18 @@ def _key_list(key) -> list:
 def _restore(checkpoints, state: TrainState, saved: dict, pos: _Position, log):
     """The newest checkpoint's state and position, checked against this run's key and masks."""
     step, restored, meta = checkpoints.restore({"train": state, **saved}, log=log)
-    position = _Position(**meta)
+    try:
+        position = _Position(**meta)
+    except TypeError as e:
+        raise JPanningError(
+            f"the checkpoint in {checkpoints.directory} was not written by this training loop ({e})"
+        )
+    if position.run != pos.run:
+        diff = sorted(k for k in pos.run if position.run.get(k) != pos.run[k])
+        raise JPanningError(
+            f"the checkpoint in {checkpoints.directory} was written with other training "
+            f"settings ({', '.join(diff) or 'unknown'}); it cannot be resumed by this run"
+        )
     if position.key != pos.key:
         raise JPanningError(
             f"the checkpoint in {checkpoints.directory} was written by a run with another "

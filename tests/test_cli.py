@@ -188,18 +188,26 @@ def test_bad_inputs_give_one_line_a_nonzero_exit_and_lose_nothing(tmp_path, caps
     done = tmp_path / "done"  # a finished run whose files must survive what follows
     assert main(*TINY, "--epochs", "1", "--out", str(done))[0] == 0
     kept = _files(done)
+    rc, err = main("--resume", str(done))
+    assert rc == 1 and "that run has finished" in err
     nan = ("--lr", "1e30", "--checkpoint-every", "1", "--epochs", "1")
 
     rc, err = main(*TINY, *nan, "--out", str(done))
-    assert rc == 1 and re.search(
-        r"training diverged: loss is (nan|inf) at step (\d+); .* the last good checkpoint "
-        r"\(step \d+\) is kept in .*checkpoints/train$", err
-    ), err  # fmt: skip
-    # the failed run wrote its own run.json, masks and checkpoint; the finished results stay
+    diverged = (
+        r"training diverged: (loss is (nan|inf) at step|the params are not finite after step) "
+        r"\d+; .*the last good checkpoint \(step \d+\) is kept in .*checkpoints/train$"
+    )
+    assert rc == 1 and re.search(diverged, err), err
+    # the failed run wrote its own run.json, masks, checkpoint and failed.json; the finished
+    # run's results stay, and a failed run does not block a new one in its folder
     assert all(_files(done)[k] == kept[k] for k in ("results.json", "model.npz", "density.png"))
+    assert json.loads((done / "failed.json").read_text())["error"] in err
+    rc, err = main("--resume", str(done), "--lr", "0.01")
+    assert rc == 1 and "--lr cannot change them (only --allow-collapsed, --devices" in err
 
-    stopped = tmp_path / "stopped"  # an interrupted run: masks and a checkpoint
+    stopped = tmp_path / "stopped"  # a run that crashed: masks and a checkpoint, no end
     assert main(*TINY, *nan, "--out", str(stopped))[0] == 1
+    (stopped / "failed.json").unlink()
     rc, err = main(*TINY, "--epochs", "1", "--out", str(stopped))
     assert rc == 1 and "holds an interrupted run (masks.npz, screen.json, checkpoints/)" in err
     for f in (stopped / "checkpoints" / "train").rglob("*"):
@@ -213,8 +221,6 @@ def test_bad_inputs_give_one_line_a_nonzero_exit_and_lose_nothing(tmp_path, caps
     (stopped / "run.json").write_text("{")
     rc, err = main("--resume", str(stopped))
     assert rc == 1 and "run.json is not readable" in err
-    rc, err = main("--resume", str(done))
-    assert rc == 1 and "that run has finished" in err
     rc, err = main("--resume", str(tmp_path / "nothing"))
     assert rc == 1 and "is not a directory" in err
 
@@ -227,3 +233,26 @@ def test_bad_inputs_give_one_line_a_nonzero_exit_and_lose_nothing(tmp_path, caps
     rc, err = main(*TINY, "--devices", "64", "--out", str(tmp_path / "d"))
     assert rc == 1 and "--devices 64: this run has" in err
     assert all(_files(done)[k] == kept[k] for k in ("results.json", "model.npz", "density.png"))
+
+
+def test_a_collapsed_mask_is_refused_and_resume_allow_collapsed_trains_it(
+    tmp_path, capsys, monkeypatch
+):
+    from jpanning import cli, scores
+
+    # Pretend SNIP's mask left Conv_1 without a path (the check itself: tests/test_scores.py).
+    monkeypatch.setattr(scores, "collapsed_layers", lambda *a, **k: ["Conv_1/kernel"])
+    out = tmp_path / "run"
+    rc = cli.main([*TINY, "--epochs", "1", "--out", str(out), "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert "left no input-output path through layer(s) Conv_1/kernel: the network is cut" in err
+    assert f"--resume {out} --allow-collapsed" in err
+    assert not (out / "results.json").exists() and (out / "masks.npz").exists()
+    rc = cli.main(["--resume", str(out), "--allow-collapsed", "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "screening: the masks in" in captured.out and "(resumed)" in captured.out
+    assert "warning: method 'snip'" in captured.out
+    results = json.loads((out / "results.json").read_text())
+    assert results["collapsed_layers"] == ["Conv_1/kernel"] and results["config"]["allow_collapsed"]

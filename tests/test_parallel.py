@@ -45,6 +45,7 @@ def test_training_split_over_four_devices_matches_one_device(four_devices):
     assert four_devices["state_devices"] == 4
     assert four_devices["pruned_stay_zero"]
     assert four_devices["max_param_diff"] < 1e-4
+    assert len(four_devices["history_1"]) == len(four_devices["history_4"]) == 2
     for a, b in zip(four_devices["history_1"], four_devices["history_4"]):
         assert a.keys() == b.keys()
         for k in a:
@@ -55,6 +56,7 @@ def test_training_split_over_four_devices_matches_one_device(four_devices):
 def test_run_py_with_four_devices_matches_one_device(four_devices):
     assert four_devices["cli_split_message"]
     assert four_devices["cli_same_masks"]
+    assert len(four_devices["cli_history_1"]) == len(four_devices["cli_history_4"]) == 1
     for a, b in zip(four_devices["cli_history_1"], four_devices["cli_history_4"]):
         for k in a:
             assert a[k] == pytest.approx(b[k], rel=1e-4, abs=1e-6), k

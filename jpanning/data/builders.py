@@ -109,7 +109,7 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
                     f"{self.SHORT_NAME}: no registered checksum for "
                     f"{unregistered[0]} (is jpanning/data/checksums.tsv installed?)"
                 )
-            self._check_hosts()
+            self._check_hosts(dl_manager)
             files = {role: os.fspath(path) for role, path in dl_manager.download(self.URLS).items()}
             hosts = sorted({url.rsplit("/", 1)[0] + "/" for url in self.URLS.values()})
             origin = "downloaded from " + ", ".join(hosts)
@@ -121,12 +121,22 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
             generators[split] = self._generate_examples(images, labels)
         return generators
 
-    def _check_hosts(self) -> None:
-        """Fail at once when a download host does not answer: tfds would retry for minutes."""
+    def _check_hosts(self, dl_manager) -> None:
+        """Fail at once when a download host does not answer: tfds would retry for minutes.
+
+        Skipped behind a proxy (a direct TCP connect says nothing there) and when tfds already
+        holds downloads in its download dir (it may not need the network).
+        """
         from urllib.parse import urlsplit
 
         from jpanning.data.loading import HOST_TIMEOUT_S, host_reachable
 
+        proxies = ("https_proxy", "http_proxy", "all_proxy")
+        if any(os.environ.get(v) or os.environ.get(v.upper()) for v in proxies):
+            return
+        download_dir = os.fspath(getattr(dl_manager, "download_dir", "") or "")
+        if os.path.isdir(download_dir) and any(e.is_file() for e in os.scandir(download_dir)):
+            return
         urls = [urlsplit(url) for url in self.URLS.values()]
         for host, port in sorted({(u.hostname, u.port or (443 if u.scheme == "https" else 80))
                                   for u in urls}):  # fmt: skip
