@@ -389,6 +389,9 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     """
     from jpanning import checkpoint
 
+    if args.resume is not None:
+        args = _resumed_args(args)
+        print(f"resuming the run in {args.out}")
     with checkpoint.StopSignal() as stop:
         try:
             return _run(args, dataset, stop)
@@ -427,10 +430,6 @@ def _run(args: argparse.Namespace, dataset, stop) -> dict:
         scores,
         train,
     )
-
-    if args.resume is not None:
-        args = _resumed_args(args)
-        print(f"resuming the run in {args.out}")
 
     if args.data_dir is not None and not os.path.isdir(args.data_dir):
         raise JPanningError(f"--data-dir {args.data_dir!r} does not exist")
