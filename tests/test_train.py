@@ -147,20 +147,22 @@ def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(setup, tmp
     assert int(got_state.step) == int(want_state.step) == 62
 
 
-def test_a_checkpoint_of_another_seed_or_other_masks_is_refused(setup, tmp_path):
+def test_a_checkpoint_of_another_seed_settings_or_masks_is_refused(setup, tmp_path):
     from jpanning import checkpoint
 
     dataset, model, variables, masks = setup
     config = train.TrainConfig(epochs=1, batch_size=32, lr=0.05)
     with checkpoint.opened(str(tmp_path / "c")) as ckpt:
 
-        def run(seed, masks):
+        def run(seed, masks, config=config):
             return train.train(model, variables, dataset, config, jax.random.key(seed),
                                masks=masks, checkpoints=ckpt, progress=False, log=lambda s: None)  # fmt: skip
 
         run(0, masks)
         with pytest.raises(JPanningError, match="another seed"):
             run(1, masks)
+        with pytest.raises(JPanningError, match=r"other training settings \(epochs, lr\)"):
+            run(0, masks, train.TrainConfig(epochs=2, batch_size=32, lr=0.1))
         with pytest.raises(JPanningError, match="other masks"):
             run(0, jax.tree.map(lambda m: 1.0 - m, masks))
 
@@ -171,7 +173,9 @@ def test_divergence_keeps_the_last_good_checkpoint(setup, tmp_path):
     dataset, model, variables, masks = setup
     config = train.TrainConfig(epochs=3, batch_size=32, lr=1e30, check_every=1)
     with checkpoint.opened(str(tmp_path / "c"), every=1) as ckpt:
-        with pytest.raises(JPanningError, match=r"at step (\d+).*last good checkpoint \(step"):
+        with pytest.raises(
+            JPanningError, match=r"(at|after) step \d+.*last good checkpoint \(step"
+        ):
             train.train(
                 model,
                 variables,
