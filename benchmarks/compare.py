@@ -42,6 +42,7 @@ import numpy as np
 
 from benchmarks.presets import PRESETS, Grid
 from jpanning import report
+from jpanning import cli
 from jpanning.cli import TRAINED_METHODS
 from jpanning.checkpoint import Interrupted
 from jpanning.errors import JPanningError, RunFailed
@@ -186,7 +187,6 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
     nothing, a disconnected network, a NaN loss) is a result of the grid, kept in
     ``failed.json``; any other error (missing data, a bad argument) stops the harness.
     """
-    from jpanning import cli
 
     out = os.path.join(cells_dir, cell.dirname)
     argv = list(cell.argv) + ["--out", out, "--no-progress"]
@@ -830,22 +830,6 @@ def _grid_argv(argv: list[str]) -> list[str]:
     return out
 
 
-def _enable_compilation_cache() -> None:
-    """Cells share shapes, so XLA's persistent cache turns most compiles into loads.
-
-    ``$JPANNING_COMPILATION_CACHE`` names the folder (default ``~/.cache/jpanning/xla``);
-    ``off`` leaves JAX's settings alone.
-    """
-    import jax
-
-    path = os.environ.get("JPANNING_COMPILATION_CACHE", "~/.cache/jpanning/xla")
-    if path == "off":
-        return
-    path = os.path.expanduser(path)
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.list:
@@ -874,7 +858,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.report_only and todo:
             os.makedirs(cells_dir, exist_ok=True)
-            _enable_compilation_cache()
+            cli.enable_compilation_cache()
             data_cache, start = _DataCache(), time.perf_counter()
             for i, cell in enumerate(todo):
                 t0 = time.perf_counter()

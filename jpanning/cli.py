@@ -1026,12 +1026,29 @@ def _rl_report(args: argparse.Namespace, rl) -> dict:
     return out
 
 
+def enable_compilation_cache() -> None:
+    """Turn on XLA's persistent compilation cache: a rerun with the same shapes loads its
+    programs instead of compiling them (the same programs, so the same results).
+
+    ``$JPANNING_COMPILATION_CACHE`` names the folder (default ``~/.cache/jpanning/xla``);
+    ``off`` leaves JAX's settings alone.
+    """
+    import jax
+
+    path = os.environ.get("JPANNING_COMPILATION_CACHE", "~/.cache/jpanning/xla")
+    if path == "off":
+        return
+    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(path))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+
 def main(argv: list[str] | None = None) -> int:
     from jpanning import parallel
 
     args = build_parser().parse_args(argv)
     try:
         parallel.initialize()
+        enable_compilation_cache()
         run(args)
     except JPanningError as e:
         print(f"run.py: error: {e}", file=sys.stderr)
