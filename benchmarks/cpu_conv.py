@@ -117,34 +117,21 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
 
 
 def _step_table(batch: int, steps: int, repeats: int, devices: list[int], threads: int) -> dict:
-    import jax
-    import jax.numpy as jnp
 
-    from benchmarks.train_throughput import alternating_windows, random_masked_setup
+    from benchmarks.train_throughput import (
+        alternating_windows,
+        make_runner,
+        random_masked_setup,
+    )
     from jpanning import parallel, train
 
     model, variables, masks, images, labels = random_masked_setup(
         "resnet20", (32, 32, 3), 0.95, batch
     )
     config = train.TrainConfig()
-    tx = train.make_optimizer(config, 10_000, masks)
-    step = train.make_train_step(model, tx, augment=False)
-    key = jax.random.key(0)
 
     def jax_runner(mesh):
-        holder = {"state": parallel.replicate(mesh, train.create_train_state(variables, tx, masks))}
-        x, y = parallel.put_batch(mesh, (images, labels)) if mesh else (
-            jnp.asarray(images), jnp.asarray(labels)
-        )  # fmt: skip
-
-        def run(n):
-            s = holder["state"]
-            for i in range(n):
-                s, metrics = step(s, jax.random.fold_in(key, i), x, y)
-            jax.block_until_ready(metrics["loss"])
-            holder["state"] = s
-
-        return run
+        return make_runner(model, variables, config, masks, images, labels, False, mesh=mesh)
 
     runners = {"jax, 1 device": jax_runner(None)}
     for n in devices:

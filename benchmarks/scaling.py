@@ -41,35 +41,26 @@ def main(argv=None):
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
     import jax  # after XLA_FLAGS: the CPU platform reads it once, at start-up
-    import jax.numpy as jnp
 
-    from benchmarks.train_throughput import alternating_windows, random_masked_setup
+    from benchmarks.train_throughput import (
+        alternating_windows,
+        make_runner,
+        random_masked_setup,
+    )
     from jpanning import parallel, report, train
 
     model, variables, masks, images, labels = random_masked_setup(
         args.model, args.input_shape, args.sparsity, args.batch_size
     )
-    tx = train.make_optimizer(train.TrainConfig(), 10_000, masks)
-    step = train.make_train_step(model, tx, augment=False)
-    key = jax.random.key(0)
+    config = train.TrainConfig()
 
     def runner(mesh):
         parallel.check_divisible(args.batch_size, mesh, "--batch-size")
-        state = parallel.replicate(mesh, train.create_train_state(variables, tx, masks))
-        holder = {"state": state}
-
-        def run(n):
-            s = holder["state"]
-            for i in range(n):
-                # the host-to-device split of each batch is part of every real step
-                x, y = parallel.put_batch(mesh, (images, labels)) if mesh else (
-                    jnp.asarray(images), jnp.asarray(labels)
-                )  # fmt: skip
-                s, metrics = step(s, jax.random.fold_in(key, i), x, y)
-            jax.block_until_ready(metrics["loss"])
-            holder["state"] = s
-
-        return run
+        # the host-to-device split of each batch is part of every real step
+        return make_runner(
+            model, variables, config, masks, images, labels, False, mesh=mesh,
+            put_every_step=True,
+        )  # fmt: skip
 
     runners = {"no mesh": runner(None)}
     for n in args.devices:

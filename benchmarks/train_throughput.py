@@ -21,22 +21,37 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import masks as masks_lib, models, report, scores, train
+from jpanning import masks as masks_lib, models, parallel, report, scores, train
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
-def make_runner(model, variables, config, masks, images, labels, augment):
+def make_runner(
+    model, variables, config, masks, images, labels, augment, *, mesh=None, put_every_step=False
+):
+    """``run(n)``: ``n`` of jpanning's train steps on one batch, the state carried over calls.
+
+    With a ``mesh`` (:func:`jpanning.parallel.make_mesh`) the batch is split over its devices
+    and the state replicated; ``put_every_step`` places the batch again at every step (the
+    host-to-device split a real step pays), else once.
+    """
     tx = train.make_optimizer(config, 10_000, masks)
-    state = train.create_train_state(variables, tx, masks)
+    holder = {"state": parallel.replicate(mesh, train.create_train_state(variables, tx, masks))}
     step = train.make_train_step(model, tx, augment=augment)
     key = jax.random.key(0)
-    holder = {"state": state}
+
+    def place():
+        if mesh is None:
+            return jnp.asarray(images), jnp.asarray(labels)
+        return parallel.put_batch(mesh, (images, labels))
+
+    batch = None if put_every_step else place()
 
     def run(n):
         s = holder["state"]
         for i in range(n):
-            s, metrics = step(s, jax.random.fold_in(key, i), images, labels)
+            x, y = place() if put_every_step else batch
+            s, metrics = step(s, jax.random.fold_in(key, i), x, y)
         jax.block_until_ready(metrics["loss"])
         holder["state"] = s
 
