@@ -1,6 +1,11 @@
 """jpanning: pruning before training (Neural Network Panning) in JAX/Flax."""
 
+from jpanning import cpu
 from jpanning.errors import JPanningError
+
+# Before JAX starts: XLA:CPU's multi-threaded convolutions for every model, scorer and jit in
+# this process (JPANNING_CPU_FAST=0 opts out; see jpanning.cpu). GPUs and TPUs are unaffected.
+cpu.configure()
 
 __version__ = "0.1.0"
 

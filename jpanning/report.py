@@ -102,9 +102,12 @@ def environment() -> dict:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
             versions[name] = None
+    from jpanning import cpu
+
     devices = jax.devices()
     return {
         "versions": versions,
+        "xla_cpu": cpu.describe(),
         "device": {
             "platform": devices[0].platform,
             "kind": devices[0].device_kind,

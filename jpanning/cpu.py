@@ -1,0 +1,131 @@
+"""XLA:CPU settings that make convolutions fast on a CPU, chosen automatically per backend.
+
+jaxlib 0.10 hands every convolution with more than 16 channels, and the kernel gradient of
+all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread: on a 2-core
+machine half the CPU idles through a network's convolutions (``benchmarks/cpu_conv.py`` shows
+CPU time / wall time of 1.0 for them, 2.0 for XLA's own Eigen convolution). Leaving
+convolutions out of YNNPACK (the ``xla_cpu_experimental_ynn_fusion_type`` option without
+``INDIVIDUAL_CONVOLUTION``) gives them back to Eigen, multi-threaded. Two settings, measured
+in ``benchmarks/results/cpu_conv_cpu.md``:
+
+- :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
+  whole process in ``XLA_FLAGS`` when ``jpanning`` is imported, so every model, scorer and
+  user-written ``jax.jit`` gets it without code changes. It is never slower than XLA's
+  default on the benchmark's workloads.
+- :data:`TRAIN_TYPES` adds elementwise fusions; faster again for a training step and SNIP,
+  slower for GraSP's Hessian-vector product, so it is given only to jpanning's own training
+  step (:func:`train_options`, a per-compilation option).
+
+Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
+come out: a convolution is computed by another library, equal within float32 rounding
+(``tests/test_cpu.py``). Opt out with ``JPANNING_CPU_FAST=0``; a
+``--xla_cpu_experimental_ynn_fusion_type`` already in ``XLA_FLAGS`` is the user's choice and
+is kept. The settings are applied only with the jaxlib they were measured on
+(:data:`MEASURED_JAXLIB`): another version may not know the option (XLA aborts on unknown
+flags) or may have fixed the single thread.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from importlib import metadata
+
+YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
+ENV_SWITCH = "JPANNING_CPU_FAST"  # "0": XLA's own CPU defaults
+MEASURED_JAXLIB = (0, 10)  # major, minor of the jaxlib whose YNNPACK fusions were measured
+_PREFIX = "LIBRARY_FUSION_TYPE_"
+XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # jaxlib 0.10.2's
+PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
+TRAIN_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
+
+
+def fusion_types(types: tuple[str, ...]) -> str:
+    """The option's value for a tuple of YNNPACK fusion types (``"REDUCE"`` ->
+    ``"LIBRARY_FUSION_TYPE_REDUCE"``)."""
+    return ",".join(_PREFIX + t for t in types)
+
+
+def options(types: tuple[str, ...]) -> dict[str, str]:
+    """``compiler_options`` for ``jax.jit`` that give YNNPACK exactly ``types`` on XLA:CPU."""
+    return {YNN_OPTION: fusion_types(types)}
+
+
+def _jaxlib_measured() -> bool:
+    try:
+        version = metadata.version("jaxlib")
+    except metadata.PackageNotFoundError:
+        return False
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return match is not None and (int(match[1]), int(match[2])) == MEASURED_JAXLIB
+
+
+def user_choice() -> bool:
+    """Whether the user decided the CPU setting: ``JPANNING_CPU_FAST=0`` or their own
+    ``XLA_FLAGS`` value for the option (read when :func:`configure` first ran)."""
+    return _USER_CHOICE if _USER_CHOICE is not None else _user_choice_now()
+
+
+def _user_choice_now() -> bool:
+    return os.environ.get(ENV_SWITCH, "1") == "0" or YNN_OPTION in os.environ.get("XLA_FLAGS", "")
+
+
+def _backends_started() -> bool:
+    if "jax" not in sys.modules:
+        return False
+    try:
+        from jax._src import xla_bridge
+
+        return xla_bridge.backends_are_initialized()
+    except (ImportError, AttributeError):  # another jax: assume the worst
+        return True
+
+
+_USER_CHOICE: bool | None = None
+
+
+def configure() -> bool:
+    """Put :data:`PROCESS_TYPES` into ``XLA_FLAGS`` for this process; ``import jpanning``
+    calls it. Does nothing (returns False) where the user chose (:func:`user_choice`), with an
+    unmeasured jaxlib, or once JAX's backends have started (XLA has read its flags then).
+
+    Returns:
+        Whether the flag was set by this call or an earlier one.
+    """
+    global _USER_CHOICE
+    if _USER_CHOICE is None:
+        _USER_CHOICE = _user_choice_now()
+    flags = os.environ.get("XLA_FLAGS", "")
+    if _USER_CHOICE or not _jaxlib_measured():
+        return False
+    if YNN_OPTION in flags:
+        return True  # set by an earlier call
+    if _backends_started():
+        return False
+    os.environ["XLA_FLAGS"] = f"{flags} --{YNN_OPTION}={fusion_types(PROCESS_TYPES)}".strip()
+    return True
+
+
+def train_options() -> dict[str, str] | None:
+    """``compiler_options`` for jpanning's jitted training step: :data:`TRAIN_TYPES` on a CPU
+    backend with the measured jaxlib, unless the user chose; None (XLA's settings) otherwise.
+    Starts JAX's backends (to ask which is the default)."""
+    import jax
+
+    if user_choice() or not _jaxlib_measured() or jax.default_backend() != "cpu":
+        return None
+    return options(TRAIN_TYPES)
+
+
+def describe() -> dict:
+    """What this process runs with, for the records next to results."""
+    flags = os.environ.get("XLA_FLAGS", "")
+    value = next(
+        (f.split("=", 1)[1] for f in flags.split() if f.startswith(f"--{YNN_OPTION}=")), None
+    )
+    return {
+        "ynn_fusion_types": value if value is not None else "XLA default",
+        "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
+        "train_step": (train_options() or {}).get(YNN_OPTION, "process setting"),
+    }

@@ -1,0 +1,177 @@
+"""jpanning.cpu: the CPU convolution setting gives the numbers of XLA's default path, is in
+force for every jit once jpanning is imported, and leaves a user's choice alone."""
+
+import functools
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import linen as nn
+import pytest
+from jax import lax
+
+from jpanning import cpu, models, train
+
+pytestmark = pytest.mark.skipif(
+    jax.default_backend() != "cpu" or cpu.user_choice() or not cpu._jaxlib_measured(),
+    reason="the CPU setting is off here (no CPU backend, opted out, or another jaxlib)",
+)
+
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def _conv(stride, padding, x, w):
+    return lax.conv_general_dilated(x, w, (stride, stride), padding, dimension_numbers=DN)
+
+
+@pytest.mark.parametrize("channels", [(3, 8), (24, 20)])
+@pytest.mark.parametrize("kernel", [1, 3])
+@pytest.mark.parametrize("padding", ["SAME", "VALID"])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels):
+    """Forward pass and both gradients (input, kernel) of the convolution as jpanning's CPU
+    settings compile it (the process flag, and the training step's options) against
+    ``lax.conv_general_dilated`` compiled with XLA's default YNNPACK convolution, on an odd
+    7x9 input."""
+    c_in, c_out = channels
+    rng = np.random.default_rng(stride * 100 + kernel * 10 + c_in)
+    x = jnp.asarray(rng.normal(size=(5, 7, 9, c_in)).astype(np.float32))
+    w = jnp.asarray((rng.normal(size=(kernel, kernel, c_in, c_out)) / kernel).astype(np.float32))
+    conv = functools.partial(_conv, stride, padding)
+    cot = jnp.asarray(rng.normal(size=conv(x, w).shape).astype(np.float32))
+
+    def fwd_and_grads(x, w):
+        y, vjp = jax.vjp(conv, x, w)
+        return (y, *vjp(cot))
+
+    def run(options):
+        compiled = jax.jit(fwd_and_grads, compiler_options=options).lower(x, w).compile()
+        return compiled.as_text(), [np.asarray(a) for a in compiled(x, w)]
+
+    ref_text, want = run(cpu.options(cpu.XLA_DEFAULT_TYPES))
+    if c_in > 16:  # XLA's default sends these convolutions to YNNPACK, so the programs differ
+        assert "__ynn_fusion" in ref_text
+    for options in (None, cpu.train_options()):
+        text, got = run(options)
+        if c_in > 16:
+            assert text != ref_text  # another program: the comparison is not vacuous
+        for name, g, r in zip(("output", "input gradient", "kernel gradient"), got, want):
+            assert g.shape == r.shape
+            scale = np.max(np.abs(r))
+            np.testing.assert_allclose(g, r, atol=1e-5 * scale, rtol=1e-5, err_msg=name)
+
+
+class _UserNet(nn.Module):
+    """A user's own Flax model, wider than YNNPACK's 16-channel threshold."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(32, (3, 3))(x))
+        x = nn.relu(nn.Conv(32, (3, 3), strides=2)(x))
+        return nn.Dense(10)(x.reshape(x.shape[0], -1))
+
+
+def test_user_model_gradient_compiles_with_the_process_setting():
+    """In this process (jpanning imported before JAX started, as conftest does) a plain
+    ``jax.jit`` of a user's Flax model's gradient compiles to the program of the explicit
+    :data:`cpu.PROCESS_TYPES` option, not to XLA's default one."""
+    model = _UserNet()
+    x = jnp.ones((2, 8, 8, 3))
+    params = model.init(jax.random.key(0), x)["params"]
+
+    def grad(p, x):
+        return jax.grad(lambda p: jnp.sum(model.apply({"params": p}, x) ** 2))(p)
+
+    def text(options):  # one function, so the programs' source metadata match
+        return jax.jit(grad, compiler_options=options).lower(params, x).compile().as_text()
+
+    plain = text(None)
+    assert plain == text(cpu.options(cpu.PROCESS_TYPES))
+    assert plain != text(cpu.options(cpu.XLA_DEFAULT_TYPES))
+
+
+def test_train_step_options_give_the_same_training():
+    """Three SGD steps of the training step with its CPU options and with the process setting
+    give the same losses and parameters (float32 rounding)."""
+    model = models.create_model("tinycnn", 10)
+    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+    tx = optax.sgd(0.1, momentum=0.9)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 8, 8, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
+    assert cpu.train_options() == cpu.options(cpu.TRAIN_TYPES)
+    results = []
+    for options in ("auto", None):
+        step = train.make_train_step(model, tx, augment=False, compiler_options=options)
+        state = train.create_train_state(variables, tx, None)
+        losses = []
+        for i in range(3):
+            state, metrics = step(state, jax.random.key(i), x, y)
+            losses.append(float(metrics["loss"]))
+        results.append((losses, jax.device_get(state.params)))
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
+    assert results[0][0][2] < results[0][0][0]  # it trains
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+        *[r[1] for r in results],
+    )
+
+
+_PROBE = """
+import json, os, sys
+if sys.argv[1] == "started":
+    import jax
+    jax.devices()
+import jpanning
+from jpanning import cpu
+print(json.dumps({"flags": os.environ.get("XLA_FLAGS"), "user": cpu.user_choice(),
+                  "train": cpu.train_options()}))
+"""
+
+
+def _probe(case, **env):
+    full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.ENV_SWITCH)}
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, case],
+        env=full | env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_sets_the_flag_and_respects_choices():
+    """Fresh processes: ``import jpanning`` adds the option to ``XLA_FLAGS`` (after flags the
+    user set for other things); ``JPANNING_CPU_FAST=0`` and a user's own value of the option
+    are left alone, and so is a process whose JAX had started (XLA has read its flags)."""
+    value = cpu.fusion_types(cpu.PROCESS_TYPES)
+    fresh = _probe("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false")
+    assert fresh["flags"] == f"--xla_cpu_enable_fast_math=false --{cpu.YNN_OPTION}={value}"
+    assert fresh["user"] is False and fresh["train"] == cpu.options(cpu.TRAIN_TYPES)
+
+    off = _probe("fresh", JPANNING_CPU_FAST="0")
+    assert off == {"flags": None, "user": True, "train": None}
+
+    mine = f"--{cpu.YNN_OPTION}="
+    user = _probe("fresh", XLA_FLAGS=mine)
+    assert user == {"flags": mine, "user": True, "train": None}
+
+    started = _probe("started")
+    assert started["flags"] is None and started["user"] is False
+
+
+@pytest.mark.parametrize(
+    "version, measured",
+    [("0.10.2", True), ("0.10.0.dev20261101", True), ("0.9.9", False), ("0.11.0", False)],
+)
+def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
+    monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
+    assert cpu._jaxlib_measured() is measured
+    assert (cpu.train_options() is not None) is measured
