@@ -1,40 +1,53 @@
-"""Convolution on the CPU: XLA's, two patches+matmul formulations, PyTorch; and ResNet-20's
-training step plain, split over simulated CPU devices, and in PyTorch. One run, medians.
+"""Convolution on the CPU: why XLA trails PyTorch there, and jpanning's CPU setting
+(``jpanning.cpu``) against XLA's default and PyTorch on the workloads of issue 9. One run,
+one process, medians, alternating variants.
 
         python -m benchmarks.cpu_conv
 
-Part 1, one 3x3 convolution of each ResNet-20 stage (batch 128, NHWC for JAX, NCHW for
-PyTorch), forward and forward+backward (gradients for input and kernel), in ms:
-``xla`` is ``lax.conv_general_dilated``; ``patches`` is ``lax.conv_general_dilated_patches``
-then one matmul; ``slices`` is im2col from 9 shifted slices of the padded input then one matmul
-(both let autodiff derive the backward pass, which becomes matmuls plus the patches' transpose);
-``torch`` is ``nn.Conv2d`` (oneDNN) with the same threads.
+Part 1, issue 9's table: ResNet-20 (random 95%-sparse mask) training step at batch 128
+(images/s), SNIP and fused (SynFlow+SNIP+GraSP) scores at batch 256 (s), the eval forward pass
+at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` compiles every
+program with XLA's default YNNPACK fusion types (what JAX does without jpanning), ``jpanning``
+with jpanning's settings (the process flag set at import; the training step's own options),
+both chosen per compilation (``compiler_options``), so they share the process; ``torch`` is
+the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and threads.
 
-Part 2, images/s of a whole masked training step of ResNet-20 (batch 128, random 95%-sparse
-mask, SGD + momentum; no augmentation): jpanning's step on one device, the same step with the
-batch split over 2 and 4 simulated CPU devices (``jpanning.parallel``, set up here with
-``--xla_force_host_platform_device_count`` before JAX starts), and the PyTorch ResNet-20 of
-``benchmarks/reference/torch_models.py`` with the same weights and SGD. Writes
-``benchmarks/results/cpu_conv_<platform>.{json,md}``.
+Part 2, one 3x3 convolution of each ResNet-20 stage (batch 128, NHWC for JAX, NCHW for
+PyTorch), forward and forward+backward (gradients for input and kernel), in ms, with the cores
+each keeps busy (CPU time / wall time): that is where the single-threaded YNNPACK convolution
+shows. Besides the two settings it times the alternatives tried for issue 9 and not kept:
+``patches`` (``lax.conv_general_dilated_patches`` then one matmul), ``slices`` (im2col from
+shifted slices of the padded input then one matmul; both let autodiff derive the backward
+pass) and ``grouped`` (halves of the batch packed into two feature groups), all compiled with
+jpanning's setting; ``torch`` is ``nn.Conv2d`` (oneDNN).
+
+Writes ``benchmarks/results/cpu_conv_<platform>.{json,md}``.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import statistics
 import sys
 import time
 
+XLA = "xla default"
+JPANNING = "jpanning"
 
-def _median_ms(fn, repeats: int) -> float:
+
+def _timed(fn, repeats: int) -> tuple[float, float]:
+    """``(median ms, CPU time / wall time)`` of ``repeats`` calls after a warm-up call."""
     fn()  # compile / warm up
     times = []
+    wall0, cpu0 = time.perf_counter(), time.process_time()
     for _ in range(repeats):
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    cores = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
+    return 1e3 * statistics.median(times), cores
 
 
 def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
@@ -42,6 +55,8 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
     import jax.numpy as jnp
     import numpy as np
     from jax import lax
+
+    from jpanning import cpu
 
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -60,6 +75,23 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
         cols = [xp[:, i : i + h, j : j + wd, :] for i in range(kh) for j in range(kw)]
         return jnp.concatenate(cols, -1) @ w.reshape(kh * kw * ci, co)
 
+    def grouped(x, w, groups=2):
+        n, h, wd, c = x.shape
+        co = w.shape[-1]
+        xg = x.reshape(groups, n // groups, h, wd, c).transpose(1, 2, 3, 0, 4)
+        y = lax.conv_general_dilated(
+            xg.reshape(n // groups, h, wd, groups * c),
+            jnp.concatenate([w] * groups, -1),
+            (1, 1),
+            "SAME",
+            dimension_numbers=dn,
+            feature_group_count=groups,
+        )
+        return y.reshape(n // groups, h, wd, groups, co).transpose(3, 0, 1, 2, 4).reshape(x.shape)
+
+    def compiled(f, args, options=None):
+        return jax.jit(f).lower(*args).compile(compiler_options=options)
+
     try:
         import torch
 
@@ -73,19 +105,29 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
         w = (0.1 * rng.normal(size=(3, 3, channels, channels))).astype(np.float32)
         xj, wj = jnp.asarray(x), jnp.asarray(w)
         want = np.asarray(xla(xj, wj))
-        for name, f in (("xla", xla), ("patches", patches), ("slices", slices)):
-            fwd = jax.jit(f)
-            grad = jax.jit(jax.grad(lambda x, w, f=f: jnp.sum(f(x, w) ** 2), argnums=(0, 1)))
-            err = float(np.max(np.abs(np.asarray(fwd(xj, wj)) - want)))
+        variants = (
+            (JPANNING, xla, None),
+            (XLA, xla, cpu.options(cpu.XLA_DEFAULT_TYPES)),
+            ("patches", patches, None),
+            ("slices", slices, None),
+            ("grouped", grouped, None),
+        )
+        for name, f, options in variants:
+            fwd = compiled(f, (xj, wj), options)
+            loss = lambda x, w, f=f: jnp.sum(f(x, w) ** 2)
+            grad = compiled(jax.grad(loss, argnums=(0, 1)), (xj, wj), options)
+            fwd_ms, fwd_cores = _timed(lambda: jax.block_until_ready(fwd(xj, wj)), repeats)
+            fb_ms, fb_cores = _timed(lambda: jax.block_until_ready(grad(xj, wj)), repeats)
             rows.append(
                 {
                     "shape": f"{size}x{size}x{channels}",
                     "impl": name,
-                    "forward_ms": _median_ms(lambda: jax.block_until_ready(fwd(xj, wj)), repeats),
-                    "forward_backward_ms": _median_ms(
-                        lambda: jax.block_until_ready(grad(xj, wj)), repeats
-                    ),
-                    "max_abs_error_vs_xla": err,
+                    "forward_ms": fwd_ms,
+                    "forward_cores": fwd_cores,
+                    "forward_backward_ms": fb_ms,
+                    "forward_backward_cores": fb_cores,
+                    "max_abs_error_vs_xla": float(np.max(np.abs(np.asarray(fwd(xj, wj)) - want))),
+                    "ynn_fused": "ynn_fusion" in fwd.as_text(),
                 }
             )
         if torch is not None:
@@ -103,45 +145,128 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
                 conv.weight.grad = None
                 (conv(xt) ** 2).sum().backward()
 
+            fwd_ms, fwd_cores = _timed(t_fwd, repeats)
+            fb_ms, fb_cores = _timed(t_grad, repeats)
             err = float(np.max(np.abs(t_fwd().numpy().transpose(0, 2, 3, 1) - want)))
             rows.append(
                 {
                     "shape": f"{size}x{size}x{channels}",
                     "impl": "torch",
-                    "forward_ms": _median_ms(t_fwd, repeats),
-                    "forward_backward_ms": _median_ms(t_grad, repeats),
+                    "forward_ms": fwd_ms,
+                    "forward_cores": fwd_cores,
+                    "forward_backward_ms": fb_ms,
+                    "forward_backward_cores": fb_cores,
                     "max_abs_error_vs_xla": err,
+                    "ynn_fused": False,
                 }
             )
     return rows
 
 
-def _step_table(batch: int, steps: int, repeats: int, devices: list[int], threads: int) -> dict:
+def _alternating_ms(runs: dict, repeats: int) -> dict:
+    """Median ms per call of each ``fn`` in ``runs`` (warmed up), timed in alternation."""
+    for fn in runs.values():
+        fn()
+    times = {k: [] for k in runs}
+    for _ in range(repeats):
+        for k, fn in runs.items():
+            start = time.perf_counter()
+            fn()
+            times[k].append(1e3 * (time.perf_counter() - start))
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def _workloads(args) -> dict:
+    """Issue 9's table: per workload, per variant, the median (images/s, s or GFLOP/s)."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
 
     from benchmarks.train_throughput import (
         alternating_windows,
         make_runner,
         random_masked_setup,
     )
-    from jpanning import parallel, train
+    from jpanning import cpu, models, scores, train
 
+    # per variant: the training step's compiler options, and the other programs' options
+    xla = cpu.options(cpu.XLA_DEFAULT_TYPES)
+    variants = {XLA: (xla, xla), JPANNING: ("auto", None)}
     model, variables, masks, images, labels = random_masked_setup(
-        "resnet20", (32, 32, 3), 0.95, batch
+        "resnet20", (32, 32, 3), 0.95, args.batch_size
     )
     config = train.TrainConfig()
-
-    def jax_runner(mesh):
-        return make_runner(model, variables, config, masks, images, labels, False, mesh=mesh)
-
-    runners = {"jax, 1 device": jax_runner(None)}
-    for n in devices:
-        runners[f"jax, {n} simulated devices"] = jax_runner(parallel.make_mesh(n))
+    runners = {
+        k: make_runner(
+            model, variables, config, masks, images, labels, False, compiler_options=step_options
+        )
+        for k, (step_options, _) in variants.items()
+    }
     try:
-        runners["torch"] = _torch_runner(variables, masks, images, labels, config, threads)
+        import torch
+
+        torch.set_num_threads(args.threads)
+        runners["torch"] = _torch_runner(variables, masks, images, labels, config, args.threads)
     except ImportError:
-        pass
-    ips, med = alternating_windows(runners, steps, repeats, batch)
-    return {"images_per_second": ips, "median_images_per_second": med}
+        torch = None
+    ips, med = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    out = {"train step, batch %d (images/s)" % args.batch_size: med, "train_windows": ips}
+
+    params, stats = variables["params"], variables["batch_stats"]
+    apply_train = models.make_apply_fn(model, stats, train=True)
+    apply_eval = models.make_apply_fn(model, stats, train=False)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(args.score_batch, 32, 32, 3)).astype(np.float32)
+    y = (np.arange(args.score_batch) % 10).astype(np.int32)
+    batch = (jnp.asarray(x), jnp.asarray(y))
+    programs = {
+        "snip": functools.partial(scores.snip, apply_train),
+        "fused": functools.partial(scores.fused, apply_train, synflow_apply_fn=apply_eval),
+        "eval": lambda p, b: apply_eval(p, b[0]),
+    }
+    runs = {name: {} for name in programs}
+    for name, f in programs.items():
+        for k, (_, options) in variants.items():
+            compiled = jax.jit(f, compiler_options=options).lower(params, batch).compile()
+            runs[name][k] = functools.partial(
+                lambda c: jax.block_until_ready(c(params, batch)), compiled
+            )
+    if torch is not None:
+        from benchmarks.reference import torch_models, torch_scorers
+
+        tmodel = torch_models.from_flax("resnet20", jax.device_get(params), 10)
+        xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
+        yt = torch.from_numpy(y.astype(np.int64))
+        runs["snip"]["torch"] = lambda: torch_scorers.snip(tmodel, xt, yt)
+        runs["fused"]["torch"] = lambda: torch_scorers.fused(tmodel, xt, yt)
+
+        def t_eval():
+            with torch.no_grad():
+                tmodel.eval()(xt)
+
+        runs["eval"]["torch"] = t_eval
+    sb = args.score_batch
+    out[f"SNIP scores, batch {sb} (s)"] = {
+        k: v / 1e3 for k, v in _alternating_ms(runs["snip"], args.repeats).items()
+    }
+    out[f"fused scores, batch {sb} (s)"] = {
+        k: v / 1e3 for k, v in _alternating_ms(runs["fused"], args.repeats).items()
+    }
+    out[f"eval forward, batch {sb} (images/s)"] = {
+        k: sb / (v / 1e3) for k, v in _alternating_ms(runs["eval"], args.repeats).items()
+    }
+    a = jnp.asarray(rng.normal(size=(2048, 2048)).astype(np.float32))
+    mm_runs = {}
+    for k, (_, options) in variants.items():
+        compiled = jax.jit(lambda a: a @ a, compiler_options=options).lower(a).compile()
+        mm_runs[k] = functools.partial(lambda c: jax.block_until_ready(c(a)), compiled)
+    if torch is not None:
+        at = torch.from_numpy(np.asarray(a))
+        mm_runs["torch"] = lambda: at @ at
+    out["f32 matmul 2048^2 (GFLOP/s)"] = {
+        k: 2 * 2048**3 / (v / 1e3) / 1e9 for k, v in _alternating_ms(mm_runs, args.repeats).items()
+    }
+    return out
 
 
 def _torch_runner(variables, masks, images, labels, config, threads):
@@ -177,24 +302,26 @@ def _torch_runner(variables, masks, images, labels, config, threads):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--devices", type=int, nargs="+", default=[2, 4])
+    p.add_argument("--batch-size", type=int, default=128, help="training step and layers")
+    p.add_argument("--score-batch", type=int, default=256, help="SNIP, fused, eval forward")
     p.add_argument("--steps", type=int, default=5, help="training steps per timed window")
-    p.add_argument(
-        "--repeats", type=int, default=5, help="timed training-step windows (layers: 10 calls)"
-    )
+    p.add_argument("--repeats", type=int, default=5, help="timed windows / calls per variant")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
+    p.add_argument("--skip-layers", action="store_true", help="only the workloads")
     p.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
     args = p.parse_args(argv)
-    flag = f"--xla_force_host_platform_device_count={max(args.devices)}"
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
 
+    from jpanning import cpu, report
+
+    if cpu.user_choice() or not cpu.configure():
+        sys.exit(
+            "cpu_conv: jpanning's CPU setting is off (JPANNING_CPU_FAST=0, the option in "
+            "XLA_FLAGS, or a jaxlib other than 0.10); nothing to compare"
+        )
     import jax
 
-    from jpanning import report
-
-    layers = _layer_table(args.batch_size, 10, args.threads)
-    steps = _step_table(args.batch_size, args.steps, args.repeats, args.devices, args.threads)
+    layers = [] if args.skip_layers else _layer_table(args.batch_size, 10, args.threads)
+    work = _workloads(args)
     env = report.environment()
     platform = jax.devices()[0].platform
     try:
@@ -206,51 +333,85 @@ def main(argv=None):
     result = {
         "benchmark": "cpu_conv",
         "settings": vars(args) | {"out": None},
+        "cpu_setting": cpu.describe(),
         "layers": layers,
-        "train_step": steps,
+        "workloads": work,
         "torch": torch_version,
         **env,
     }
+    md = "\n".join(_markdown(args, argv, env, platform, torch_version, layers, work)) + "\n"
     os.makedirs(args.out, exist_ok=True)
     report.write_json(os.path.join(args.out, f"cpu_conv_{platform}.json"), result)
+    report.atomic_write_bytes(os.path.join(args.out, f"cpu_conv_{platform}.md"), md.encode())
+    print(md)
+
+
+def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[str]:
+    from jpanning import cpu
+
     command = " ".join(["python -m benchmarks.cpu_conv", *(argv or sys.argv[1:])])
     md = [
-        "# Convolution on the CPU: XLA, patches + matmul, PyTorch",
+        "# Convolution on the CPU: XLA's default, jpanning's CPU setting, PyTorch",
         "",
         f"Command: `{command}`  ",
         f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores ({platform}); jax "
         f"{env['versions']['jax']}, flax {env['versions']['flax']}, torch {torch_version} "
         f"({args.threads} threads); {env['date']}",
         "",
-        f"One 3x3 convolution, batch {args.batch_size}, stride 1, SAME; median ms of 10:",
+        "## Workloads (issue 9)",
         "",
-        "| input HxWxC | impl | forward ms | forward+backward ms | max abs error vs xla |",
-        "|---|---|---|---|---|",
+        f"ResNet-20 (random 95%-sparse mask for training), 32x32x3, 10 classes. Medians of "
+        f"{args.repeats} alternating windows of {args.steps} steps (training) or "
+        f"{args.repeats} alternating calls (the others), all in one process. `{XLA}`: every "
+        f"program compiled with XLA's default YNNPACK fusions (`{cpu.YNN_OPTION}` = "
+        f"{', '.join(cpu.XLA_DEFAULT_TYPES)}), what JAX does without jpanning. `{JPANNING}`: "
+        f"the process setting jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}; "
+        f"convolutions in XLA's multi-threaded Eigen) and, for the training step, "
+        f"{', '.join(cpu.TRAIN_TYPES)} (see `jpanning/cpu.py`).",
+        "",
+    ]
+    cols = [XLA, JPANNING, "torch"]
+    md.append("| workload | " + " | ".join(cols) + f" | {JPANNING} ÷ torch | {XLA} ÷ torch |")
+    md.append("|---|" + "---|" * (len(cols) + 2))
+    for workload, values in work.items():
+        if workload == "train_windows":
+            continue
+        cells = [f"{values[c]:.3g}" if c in values else "—" for c in cols]
+        higher_better = not workload.endswith("(s)")
+
+        def ratio(c):
+            if c not in values or "torch" not in values:
+                return "—"
+            r = values[c] / values["torch"]
+            return f"{r if higher_better else 1 / r:.2f}"
+
+        md.append(f"| {workload} | " + " | ".join(cells) + f" | {ratio(JPANNING)} | {ratio(XLA)} |")
+    md += [
+        "",
+        "Ratios are speed ratios (above 1: faster than PyTorch).",
+    ]
+    if not layers:
+        return md
+    md += [
+        "",
+        f"## One 3x3 convolution, batch {args.batch_size}, stride 1, SAME; median ms of 10",
+        "",
+        f"`{JPANNING}`: `lax.conv_general_dilated` under jpanning's process setting; "
+        f"`{XLA}`: the same with XLA's default fusions; `patches`, `slices`, `grouped`: "
+        "alternatives tried (see the module docstring). `cores`: CPU time / wall time over the "
+        "timed calls. `ynn`: whether the compiled forward program holds a YNNPACK fusion.",
+        "",
+        "| input HxWxC | impl | forward ms | cores | forward+backward ms | cores | "
+        f"max abs error vs {JPANNING} | ynn |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in layers:
         md.append(
-            f"| {r['shape']} | {r['impl']} | {r['forward_ms']:.1f} | "
-            f"{r['forward_backward_ms']:.1f} | {r['max_abs_error_vs_xla']:.1e} |"
+            f"| {r['shape']} | {r['impl']} | {r['forward_ms']:.1f} | {r['forward_cores']:.2f} | "
+            f"{r['forward_backward_ms']:.1f} | {r['forward_backward_cores']:.2f} | "
+            f"{r['max_abs_error_vs_xla']:.1e} | {'yes' if r['ynn_fused'] else 'no'} |"
         )
-    med = steps["median_images_per_second"]
-    base = med["jax, 1 device"]
-    md += [
-        "",
-        f"ResNet-20 masked training step, batch {args.batch_size}, 32x32x3, median of "
-        f"{args.repeats} windows of {args.steps} steps, alternating:",
-        "",
-        "| variant | median images/s | vs jax, 1 device | windows |",
-        "|---|---|---|---|",
-    ]
-    for k, v in med.items():
-        md.append(
-            f"| {k} | {v:.1f} | {v / base:.2f}x | "
-            f"{', '.join(f'{x:.1f}' for x in steps['images_per_second'][k])} |"
-        )
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"cpu_conv_{platform}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    return md
 
 
 if __name__ == "__main__":

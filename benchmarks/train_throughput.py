@@ -27,17 +27,28 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def make_runner(
-    model, variables, config, masks, images, labels, augment, *, mesh=None, put_every_step=False
+    model,
+    variables,
+    config,
+    masks,
+    images,
+    labels,
+    augment,
+    *,
+    mesh=None,
+    put_every_step=False,
+    compiler_options="auto",
 ):
     """``run(n)``: ``n`` of jpanning's train steps on one batch, the state carried over calls.
 
     With a ``mesh`` (:func:`jpanning.parallel.make_mesh`) the batch is split over its devices
     and the state replicated; ``put_every_step`` places the batch again at every step (the
-    host-to-device split a real step pays), else once.
+    host-to-device split a real step pays), else once. ``compiler_options`` goes to
+    :func:`jpanning.train.make_train_step`.
     """
     tx = train.make_optimizer(config, 10_000, masks)
     holder = {"state": parallel.replicate(mesh, train.create_train_state(variables, tx, masks))}
-    step = train.make_train_step(model, tx, augment=augment)
+    step = train.make_train_step(model, tx, augment=augment, compiler_options=compiler_options)
     key = jax.random.key(0)
 
     def place():
