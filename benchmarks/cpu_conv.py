@@ -163,17 +163,12 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
     return rows
 
 
-def _alternating_ms(runs: dict, repeats: int) -> dict:
-    """Median ms per call of each ``fn`` in ``runs`` (warmed up), timed in alternation."""
-    for fn in runs.values():
-        fn()
-    times = {k: [] for k in runs}
-    for _ in range(repeats):
-        for k, fn in runs.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(1e3 * (time.perf_counter() - start))
-    return {k: statistics.median(v) for k, v in times.items()}
+def _median_s(runs: dict, repeats: int) -> dict:
+    """Median seconds per call of each ``fn`` in ``runs`` (warmed up, timed in alternation by
+    :func:`benchmarks.scorers.time_all`)."""
+    from benchmarks.scorers import time_all
+
+    return {k: statistics.median(v) for k, v in time_all(runs, repeats).items()}
 
 
 def _workloads(args) -> dict:
@@ -246,14 +241,10 @@ def _workloads(args) -> dict:
 
         runs["eval"]["torch"] = t_eval
     sb = args.score_batch
-    out[f"SNIP scores, batch {sb} (s)"] = {
-        k: v / 1e3 for k, v in _alternating_ms(runs["snip"], args.repeats).items()
-    }
-    out[f"fused scores, batch {sb} (s)"] = {
-        k: v / 1e3 for k, v in _alternating_ms(runs["fused"], args.repeats).items()
-    }
+    out[f"SNIP scores, batch {sb} (s)"] = _median_s(runs["snip"], args.repeats)
+    out[f"fused scores, batch {sb} (s)"] = _median_s(runs["fused"], args.repeats)
     out[f"eval forward, batch {sb} (images/s)"] = {
-        k: sb / (v / 1e3) for k, v in _alternating_ms(runs["eval"], args.repeats).items()
+        k: sb / v for k, v in _median_s(runs["eval"], args.repeats).items()
     }
     a = jnp.asarray(rng.normal(size=(2048, 2048)).astype(np.float32))
     mm_runs = {}
@@ -264,7 +255,7 @@ def _workloads(args) -> dict:
         at = torch.from_numpy(np.asarray(a))
         mm_runs["torch"] = lambda: at @ at
     out["f32 matmul 2048^2 (GFLOP/s)"] = {
-        k: 2 * 2048**3 / (v / 1e3) / 1e9 for k, v in _alternating_ms(mm_runs, args.repeats).items()
+        k: 2 * 2048**3 / v / 1e9 for k, v in _median_s(mm_runs, args.repeats).items()
     }
     return out
 
@@ -313,7 +304,7 @@ def main(argv=None):
 
     from jpanning import cpu, report
 
-    if cpu.user_choice() or not cpu.configure():
+    if not cpu.configure():  # off: the user chose, or another jaxlib
         sys.exit(
             "cpu_conv: jpanning's CPU setting is off (JPANNING_CPU_FAST=0, the option in "
             "XLA_FLAGS, or a jaxlib other than 0.10); nothing to compare"

@@ -29,12 +29,12 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.scorers import time_all
 from jpanning import env as env_lib, masks as masks_lib, models, panning, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -99,18 +99,6 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
     return run, info
-
-
-def time_all(run: dict, repeats: int) -> dict:
-    for fn in run.values():  # compile and warm up
-        fn()
-    times = {k: [] for k in run}
-    for _ in range(repeats):
-        for k, fn in run.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return times
 
 
 def main(argv=None):
