@@ -126,6 +126,42 @@ def test_nan_scores_rank_last_and_negative_zero_ties_with_zero():
     np.testing.assert_array_equal(masks["l"]["kernel"], [[0, 1, 1, 0]])
 
 
+def _reference_keep(scores: np.ndarray, k: int) -> np.ndarray:
+    """Keep k: highest first, NaN lowest, -0.0 == 0.0, ties to the earlier index."""
+    s = np.where(np.isnan(scores), -np.inf, scores.astype(np.float64))
+    order = np.argsort(-s, kind="stable")
+    keep = np.zeros(s.size, bool)
+    keep[order[:k]] = True
+    return keep
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
+def test_keep_top_matches_a_stable_sort_for_every_float_kind(dtype):
+    # Negative, tied, infinite, NaN and signed-zero scores, every k from 0 to n: the bisection
+    # over integer keys must select what a stable sort selects.
+    rng = np.random.default_rng(1)
+    special = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-30, -1e-30, 3.0, -3.0, 3.0]
+    values = np.concatenate([rng.normal(size=40) * 10.0 ** rng.integers(-3, 4, 40), special])
+    values = np.concatenate([values, values[:15]])  # more ties
+    rng.shuffle(values)
+    with jax.enable_x64(dtype == "float64"):
+        x = jnp.asarray(values, dtype)
+        stored = np.asarray(x.astype(jnp.float64) if dtype == "float64" else x.astype(jnp.float32))
+        select = jax.jit(M._keep_top)
+        for k in range(values.size + 1):
+            np.testing.assert_array_equal(
+                np.asarray(select(x, k)), _reference_keep(stored, k), err_msg=f"k={k}"
+            )
+
+
+def test_keep_top_on_a_million_scores_matches_the_sort():
+    s = jax.random.normal(jax.random.key(3), (1_000_003,)) ** 3
+    for k in (1, 4_321, 500_000, 999_999):
+        got = np.asarray(M._keep_top(s, k))
+        assert got.sum() == k
+        assert np.asarray(s)[got].min() >= np.sort(np.asarray(s))[-k]
+
+
 def test_bad_sparsity_and_scope_and_empty_prunable_set():
     scores = _tree([(2, 2)], np.arange(4.0))
     with pytest.raises(JPanningError, match="outside"):
