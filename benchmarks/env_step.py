@@ -14,10 +14,15 @@ machine noise hits them alike, medians over ``--repeats``:
   product included) recomputed every step;
 * the floor: the bare passes a pool-mode step needs, each jitted alone: the SynFlow gradient of
   the masked |θ|-network, the masked network's loss and ‖g‖² (one gradient), the effective
-  sparsity (one more gradient of the |θ|-network) and the global top-k.
+  sparsity (one more gradient of the |θ|-network) and the global top-k;
+* ``torch step (recompute dense)``: the recompute-dense step in PyTorch
+  (``benchmarks/reference/torch_panning.py``, ``pip install -r requirements-bench.txt``;
+  ``--no-torch`` skips it), from the same weights, masks and scoring batch, with how far its
+  masks, losses and ‖g‖² are from jpanning's.
 
-Writes medians and ratios (step/floor; for ``resnet20_panning``, the authors' 5.66 s per
-step of that network on this kind of CPU, as issue 4 reports it, over ours) to
+Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
+also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
+over ours) to
 ``benchmarks/results/env_step_<device>``; ``--rewrite`` redoes ratios and markdown from it.
 """
 
@@ -41,6 +46,8 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 AUTHORS_STEP_SECONDS = 5.66  # kangxiatao/RLPanning, their ResNet-20 on a 2-core CPU (issue 4)
+TORCH_MODELS = ("resnet20", "resnet20_panning", "vgg19")  # benchmarks/reference/torch_models.py
+TORCH_STEP = "torch step (recompute dense)"
 
 
 def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
@@ -98,7 +105,65 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
-    return run, info
+    # What the recompute-dense step does from ``state``, for the PyTorch reference to redo.
+    b = int(jax.random.randint(key, (), 0, pool))
+    case = {
+        "params": params,
+        "masks": state.masks,
+        "images": xs[b],
+        "labels": ys[b],
+        "weights": np.asarray((jnp.clip(action, -1, 1) + 1) / 2),
+        "sparsity": float(env_lib.round_sparsity(state.target, state.round, env_params.rounds)),
+        "temperature": env.temperature,
+        "result": step(key, state, action, fresh_params),
+    }
+    return run, info, case
+
+
+def torch_variant(name: str, case: dict, threads: int):
+    """The PyTorch step (``benchmarks/reference/torch_panning.py``) on the same weights, masks
+    and batch as jpanning's recompute-dense step, and how far its outputs are from jpanning's."""
+    import torch
+
+    from benchmarks.reference import torch_models, torch_panning
+
+    torch.set_num_threads(threads)
+    model = torch_models.from_flax(name, jax.device_get(case["params"]), NUM_CLASSES)
+
+    def to_torch(tree):
+        return [
+            torch.from_numpy(torch_models.kernel_to_torch(kind, leaves["kernel"]).copy())
+            for kind, leaves in torch_models.flax_layers(name, jax.device_get(tree))
+            if kind != "bn"
+        ]
+
+    x = torch.from_numpy(case["images"].transpose(0, 3, 1, 2).copy())
+    y = torch.from_numpy(case["labels"].astype(np.int64))
+    masks = to_torch(case["masks"])
+    weights = torch.from_numpy(case["weights"])
+
+    def run():
+        return torch_panning.env_step(
+            model, masks, x, y, weights, case["sparsity"], case["temperature"]
+        )
+
+    got, state = run(), case["result"][1]
+    kept_jax = np.concatenate([np.ravel(m.numpy()) for m in to_torch(state.masks)]) != 0
+    kept_torch = np.concatenate([np.ravel(m.numpy()) for m in got["masks"]]) != 0
+    check = {
+        "kept": int(kept_jax.sum()),
+        "kept_torch": int(kept_torch.sum()),
+        "kept_by_both / kept": float((kept_jax & kept_torch).sum() / kept_jax.sum()),
+        "effective": float(state.effective),
+        "effective_torch": got["effective"],
+        **{
+            f"{k}, relative difference": float(
+                abs(float(getattr(state, k)) - float(got[k])) / abs(float(got[k]))
+            )
+            for k in ("loss", "grad_norm", "sparse_loss", "sparse_grad_norm")
+        },
+    }
+    return torch.__version__, run, check
 
 
 def main(argv=None):
@@ -114,6 +179,10 @@ def main(argv=None):
         help="models whose vmapped step is timed (slow for big nets on CPU)",
     )
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
+    p.add_argument(
+        "--no-torch", action="store_true", help="skip the PyTorch step (no torch installed)"
+    )
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--rewrite", action="store_true", help="only redo ratios/markdown from JSON")
     args = p.parse_args(argv)
@@ -123,7 +192,12 @@ def main(argv=None):
     results = {}
     for name in args.models:
         batched = name in args.batched
-        run, info = setup(name, args.batch_size, args.pool, args.envs, batched)
+        run, info, case = setup(name, args.batch_size, args.pool, args.envs, batched)
+        if not args.no_torch and name in TORCH_MODELS:
+            info["torch"], run[TORCH_STEP], info["jax_vs_torch"] = torch_variant(
+                name, case, args.threads
+            )
+            print(name, "jpanning vs torch:", info["jax_vs_torch"], flush=True)
         times = time_all(run, args.repeats)
         med = {k: statistics.median(v) for k, v in times.items()}
         if batched:
@@ -141,8 +215,14 @@ def main(argv=None):
 
 
 def ratios(name: str, med: dict, floor: float) -> dict:
-    """Step over floor (goal <= 1.2); for the authors' network, their 5.66 s over ours."""
+    """Step over floor (goal <= 1.2); PyTorch's step over ours; for the authors' network,
+    their 5.66 s over ours."""
     out = {f"{k}/floor": v / floor for k, v in med.items() if k.startswith("step")}
+    if TORCH_STEP in med:
+        out[f"{TORCH_STEP} / step"] = med[TORCH_STEP] / med["step"]
+        out[f"{TORCH_STEP} / step (recompute dense)"] = (
+            med[TORCH_STEP] / med["step (recompute dense)"]
+        )
     if name == "resnet20_panning":
         out["authors' 5.66 s / step"] = AUTHORS_STEP_SECONDS / med["step"]
         out["authors' 5.66 s / step (recompute dense)"] = (
@@ -190,9 +270,12 @@ def markdown(args, env, results, argv) -> list[str]:
         f"(target 0.95); `step x {args.envs}` is per environment of a vmapped batch. Floor: "
         "SynFlow gradient + masked loss/‖g‖² gradient + effective-sparsity gradient + top-k, "
         "each jitted alone (the step also normalises and fuses the maps; goal: step/floor "
-        "<= 1.2). The authors' figure, 5.66 s per step of their ResNet-20 (width 32, "
+        "<= 1.2). `torch step (recompute dense)`: the same step in PyTorch "
+        f"(`benchmarks/reference/torch_panning.py`, {getattr(args, 'threads', '?')} "
+        "threads), recomputing the dense maps every step as the authors' code does, from the "
+        "same weights, masks and batch. The authors' own figure, 5.66 s per step of their ResNet-20 (width 32, "
         "`resnet20_panning`) on a CPU like this one, is quoted from issue 4, not measured "
-        "here; it is compared with that network only.",
+        "here.",
         "",
     ]
     for name, r in results.items():
@@ -204,7 +287,7 @@ def markdown(args, env, results, argv) -> list[str]:
             "|---|---|---|",
         ]
         for k, v in med.items():
-            rate = f"{1 / v:.2f}" if k.startswith("step") else ""
+            rate = f"{1 / v:.2f}" if "step" in k else ""
             md.append(f"| {k} | {v:.4f} | {rate} |")
         md += [
             "",
@@ -213,6 +296,17 @@ def markdown(args, env, results, argv) -> list[str]:
             + ".",
             "",
         ]
+        if "jax_vs_torch" in r:
+            c = r["jax_vs_torch"]
+            md += [
+                f"PyTorch {r['torch']} against jpanning's recompute-dense step from the same "
+                f"state: kept {c['kept']:,} vs {c['kept_torch']:,}, of which "
+                f"{c['kept_by_both / kept']:.4f} by both; effective sparsity "
+                f"{c['effective']:.4f} vs {c['effective_torch']:.4f}; relative differences "
+                + ", ".join(f"{k.split(',')[0]} {v:.1e}" for k, v in c.items() if "relative" in k)
+                + ".",
+                "",
+            ]
     return md
 
 

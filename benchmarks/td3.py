@@ -307,6 +307,7 @@ def main(argv=None):
         "pendulum_seeds": lambda: bench_pendulum_seeds(args),
         "search": lambda: {"rows": [bench_search(name, args) for name in args.search_models]},
     }
+    os.makedirs(args.out, exist_ok=True)
     for part in args.parts:
         key = "pendulum_seeds" if part == "seeds" else part
         result[key] = runs[key]() | {
@@ -315,12 +316,11 @@ def main(argv=None):
             "repeats": min(args.repeats, 3) if key == "pendulum_seeds" else args.repeats,
             "environment": environment,
         }
-    md = render(result)
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(path, result)
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"td3_{tag}.md"), ("\n".join(md) + "\n").encode()
-    )
+        md = render(result)  # after every part: nothing measured is lost
+        report.write_json(path, result)
+        report.atomic_write_bytes(
+            os.path.join(args.out, f"td3_{tag}.md"), ("\n".join(md) + "\n").encode()
+        )
     print("\n".join(md))
 
 

@@ -1,12 +1,15 @@
-"""PyTorch ResNet-20 (option A) and VGG-19-BN for CIFAR shapes, loadable from Flax params.
+"""PyTorch ResNet-20 (options A and B) and VGG-19-BN for CIFAR shapes, loadable from Flax params.
 
-The networks mirror ``jpanning.models.CifarResNet(depth=20, shortcut='A')`` and
-``jpanning.models.VGG(depth=19)`` layer for layer, so the scorers of both frameworks can be
-compared number for number on the same weights:
+The networks mirror ``jpanning.models.CifarResNet(depth=20)`` (``resnet20``: width 16,
+option A; ``resnet20_panning``: width 32, option B) and ``jpanning.models.VGG(depth=19)``
+layer for layer, so the scorers of both frameworks can be compared number for number on the
+same weights:
 
 * ResNet-20 (He et al. 2016, section 4.2): 3x3 stem with 16 channels, three stages of three
   basic blocks (16/32/64 channels), option-A shortcuts (subsample by 2, zero-pad channels),
-  global average pooling, a linear classifier; convolutions without bias.
+  global average pooling, a linear classifier; convolutions without bias. The Panning
+  authors' variant doubles the widths (32/64/128) and uses option-B shortcuts (1x1 conv + BN)
+  where the shape changes.
 * VGG-19-BN for 32x32 inputs (the SynFlow/GraSP variant): 3x3 convs with bias + BN + ReLU,
   2x2 max-pools, global average pooling, one linear layer.
 
@@ -56,7 +59,7 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1, bias: bool = F
 
 
 class BasicBlock(nn.Module):
-    def __init__(self, in_channels: int, out_channels: int, stride: int):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, shortcut: str = "A"):
         super().__init__()
         self.conv1 = conv3x3(in_channels, out_channels, stride)
         self.bn1 = nn.BatchNorm2d(out_channels)
@@ -64,18 +67,28 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out_channels)
         self.stride = stride
         self.pad = out_channels - in_channels
+        self.shortcut = None
+        if shortcut == "B" and (stride != 1 or self.pad):  # after conv2/bn2, as in Flax
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
 
     def forward(self, x):
         y = F.relu(self.bn1(self.conv1(x)))
         y = self.bn2(self.conv2(y))
-        if self.stride != 1 or self.pad:  # option A: parameter-free shortcut
+        if self.shortcut is not None:
+            x = self.shortcut(x)
+        elif self.stride != 1 or self.pad:  # option A: parameter-free shortcut
             x = x[:, :, :: self.stride, :: self.stride]
             x = F.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
         return F.relu(x + y)
 
 
 class ResNet20(nn.Module):
-    def __init__(self, num_classes: int = 10, width: int = 16, blocks_per_stage: int = 3):
+    def __init__(
+        self, num_classes: int = 10, width: int = 16, blocks_per_stage: int = 3, shortcut="A"
+    ):
         super().__init__()
         self.conv = conv3x3(3, width)
         self.bn = nn.BatchNorm2d(width)
@@ -83,7 +96,8 @@ class ResNet20(nn.Module):
         for stage in range(3):
             for block in range(blocks_per_stage):
                 out = width * 2**stage
-                blocks.append(BasicBlock(channels, out, 2 if stage > 0 and block == 0 else 1))
+                stride = 2 if stage > 0 and block == 0 else 1
+                blocks.append(BasicBlock(channels, out, stride, shortcut))
                 channels = out
         self.blocks = nn.Sequential(*blocks)
         self.fc = nn.Linear(channels, num_classes)
@@ -114,17 +128,21 @@ class VGG19BN(nn.Module):
         return self.fc(self.features(x).mean(dim=(2, 3)))
 
 
-MODELS = {"resnet20": ResNet20, "vgg19": VGG19BN}
+MODELS = {
+    "resnet20": ResNet20,
+    "resnet20_panning": lambda num_classes=10: ResNet20(num_classes, width=32, shortcut="B"),
+    "vgg19": VGG19BN,
+}
 LAYER_TYPES = (nn.Conv2d, nn.BatchNorm2d, nn.Linear)
 
 
 def flax_layers(name: str, tree) -> list[tuple[str, dict]]:
     """The Flax model's layers in forward order, as ``(kind, leaves)`` pairs.
 
-    ``tree`` is the params of ``jpanning.models`` ResNet-20 or VGG-19, or any pytree with
-    their structure (e.g. scores). ``kind`` is 'conv', 'bn' or 'dense'.
+    ``tree`` is the params of a ``jpanning.models`` network of :data:`MODELS`, or any pytree
+    with their structure (e.g. scores). ``kind`` is 'conv', 'bn' or 'dense'.
     """
-    if name == "resnet20":
+    if name in ("resnet20", "resnet20_panning"):
         out = [("conv", tree["Conv_0"]), ("bn", tree["BatchNorm_0"])]
         for b in range(9):
             block = tree[f"BasicBlock_{b}"]
@@ -134,6 +152,8 @@ def flax_layers(name: str, tree) -> list[tuple[str, dict]]:
                 ("conv", block["Conv_1"]),
                 ("bn", block["BatchNorm_1"]),
             ]
+            if "shortcut_conv" in block:
+                out += [("conv", block["shortcut_conv"]), ("bn", block["shortcut_bn"])]
     elif name == "vgg19":
         out = []
         for i in range(sum(1 for item in VGG19 if item != "M")):
