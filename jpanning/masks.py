@@ -78,18 +78,24 @@ def _prunable_leaves(scores: PyTree, prunable: PyTree):
 
 
 def _sanitize(scores):
-    """Scores ranked with NaN lowest and -0.0 equal to 0.0, so the order is total (16-bit
-    floats widened to float32, which keeps their order)."""
-    s = scores.astype(jnp.float32) if scores.dtype.itemsize < 4 else scores
-    s = jnp.where(jnp.isnan(s), -jnp.inf, s)
+    """Scores ranked with NaN lowest and -0.0 equal to 0.0, so the order is total. 16-bit
+    floats, small integers and bools are widened to float32, which keeps their order; signed
+    32/64-bit integers stay as they are; other integers become float32."""
+    if jnp.issubdtype(scores.dtype, jnp.signedinteger) and scores.dtype.itemsize >= 4:
+        return scores
+    if not jnp.issubdtype(scores.dtype, jnp.floating) or scores.dtype.itemsize < 4:
+        scores = scores.astype(jnp.float32)
+    s = jnp.where(jnp.isnan(scores), -jnp.inf, scores)
     return jnp.where(s == 0, jnp.zeros_like(s), s)
 
 
 def _order_keys(s: jax.Array) -> jax.Array:
-    """Signed integers in the same order as the floats ``s`` (sanitised: no NaN, no -0.0).
+    """Signed integers in the same order as the sanitised scores ``s`` (no NaN, no -0.0).
 
     Non-negative floats order like their bit patterns; negative ones in reverse, so their
-    magnitude bits are flipped."""
+    magnitude bits are flipped. Signed integers are their own keys."""
+    if jnp.issubdtype(s.dtype, jnp.signedinteger):
+        return s
     itype = jnp.int64 if s.dtype.itemsize == 8 else jnp.int32
     bits = lax.bitcast_convert_type(s, itype)
     return jnp.where(bits < 0, bits ^ jnp.iinfo(itype).max, bits)

@@ -154,6 +154,16 @@ def test_keep_top_matches_a_stable_sort_for_every_float_kind(dtype):
             )
 
 
+@pytest.mark.parametrize("dtype", ["int32", "int8", "bool"])
+def test_keep_top_on_integer_scores_matches_a_stable_sort(dtype):
+    values = np.random.default_rng(2).integers(-(2**31), 2**31 - 1, 30, dtype=np.int64)
+    values[::4] = -5  # ties, and a negative extreme
+    x = jnp.asarray(values.astype(dtype))
+    for k in range(values.size + 1):
+        want = _reference_keep(np.asarray(x).astype(np.float64), k)
+        np.testing.assert_array_equal(np.asarray(M._keep_top(x, k)), want, err_msg=f"k={k}")
+
+
 def test_keep_top_on_a_million_scores_matches_the_sort():
     s = jax.random.normal(jax.random.key(3), (1_000_003,)) ** 3
     for k in (1, 4_321, 500_000, 999_999):
