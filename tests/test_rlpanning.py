@@ -131,6 +131,7 @@ def _run(*args):
     )
 
 
+@pytest.mark.slow  # ~100 s: two run.py processes (search + training, then screening only)
 def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     common = (
         *("--model", "tinycnn", "--dataset", "synthetic", "--epochs", "1", "--batch-size", "50"),
