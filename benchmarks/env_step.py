@@ -106,16 +106,17 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
     # What the recompute-dense step does from ``state``, for the PyTorch reference to redo.
-    b = int(jax.random.randint(key, (), 0, pool))
+    result = step(key, state, action, fresh_params)
+    b = int(result[1].batch)  # the scoring batch the step drew
     case = {
         "params": params,
         "masks": state.masks,
         "images": xs[b],
         "labels": ys[b],
-        "weights": np.asarray((jnp.clip(action, -1, 1) + 1) / 2),
-        "sparsity": float(env_lib.round_sparsity(state.target, state.round, env_params.rounds)),
+        "weights": np.asarray(result[5]["weights"]),
+        "sparsity": float(result[5]["sparsity"]),
         "temperature": env.temperature,
-        "result": step(key, state, action, fresh_params),
+        "result": result,
     }
     return run, info, case
 
