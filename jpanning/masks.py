@@ -113,7 +113,11 @@ def _kth_largest(keys: jax.Array, k: jax.Array) -> jax.Array:
         enough = jnp.sum(keys >= mid, dtype=jnp.int32) >= k
         return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
 
-    bounds = (jnp.asarray(info.min, keys.dtype), jnp.asarray(info.max, keys.dtype))
+    # A zero computed from ``keys`` and ``k``: under ``shard_map`` the loop's carry then varies
+    # over the same mesh axes as the values it is computed from.
+    k = k.astype(keys.dtype)
+    zero = (keys[0] ^ keys[0]) | (k ^ k)
+    bounds = (zero + info.min, zero + info.max)
     return lax.fori_loop(0, info.bits, halve, bounds)[0]
 
 
