@@ -118,7 +118,9 @@ def _kth_largest(keys: jax.Array, k: jax.Array) -> jax.Array:
     k = k.astype(keys.dtype)
     zero = (keys[0] ^ keys[0]) | (k ^ k)
     bounds = (zero + info.min, zero + info.max)
-    return lax.fori_loop(0, info.bits, halve, bounds)[0]
+    lo, hi = lax.fori_loop(0, info.bits, halve, bounds)
+    # hi starts at the type's maximum, which integer scores can hold: check it once.
+    return jnp.where(jnp.sum(keys >= hi, dtype=jnp.int32) >= k, hi, lo)
 
 
 def _keep_top(flat_scores: jax.Array, num_keep) -> jax.Array:

@@ -156,7 +156,8 @@ def test_keep_top_matches_a_stable_sort_for_every_float_kind(dtype):
 @pytest.mark.parametrize("dtype", ["int32", "int8", "bool"])
 def test_keep_top_on_integer_scores_matches_a_stable_sort(dtype):
     values = np.random.default_rng(2).integers(-(2**31), 2**31 - 1, 30, dtype=np.int64)
-    values[::4] = -5  # ties, and a negative extreme
+    values[::4] = -5  # ties
+    values[1], values[2], values[3] = 2**31 - 1, 2**31 - 1, -(2**31)  # the type's extremes
     x = jnp.asarray(values.astype(dtype))
     every_k = np.arange(values.size + 1)
     got = np.asarray(jax.vmap(M._keep_top, in_axes=(None, 0))(x, every_k))
