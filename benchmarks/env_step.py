@@ -23,7 +23,8 @@ machine noise hits them alike, medians over ``--repeats``:
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
 over ours) to
-``benchmarks/results/env_step_<device>``; ``--rewrite`` redoes ratios and markdown from it.
+``benchmarks/results/env_step_<device>``; ``--rewrite`` redoes ratios and markdown from it;
+``--update`` keeps the results of models not run this time (each with its date and command).
 """
 
 from __future__ import annotations
@@ -186,11 +187,23 @@ def main(argv=None):
     )
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--rewrite", action="store_true", help="only redo ratios/markdown from JSON")
+    p.add_argument(
+        "--update",
+        action="store_true",
+        help="keep the other models' results of the earlier run (each keeps its own date)",
+    )
     args = p.parse_args(argv)
     if args.rewrite:
         return rewrite(args, argv)
     env = report.environment()
     results = {}
+    if args.update:
+        saved = _load(args.out)
+        for name, r in saved["results"].items():
+            if name not in args.models:
+                r.setdefault("date", saved["date"])
+                r.setdefault("argv", saved.get("argv", []))
+                results[name] = r
     for name in args.models:
         batched = name in args.batched
         run, info, case = setup(name, args.batch_size, args.pool, args.envs, batched)
@@ -206,6 +219,8 @@ def main(argv=None):
         floor = sum(v for k, v in med.items() if k.startswith("floor/"))
         results[name] = {
             **info,
+            "date": env["date"],
+            "argv": list(argv if argv is not None else sys.argv[1:]),
             "seconds": times,
             "median_seconds": med,
             "floor_seconds": floor,
@@ -234,14 +249,18 @@ def ratios(name: str, med: dict, floor: float) -> dict:
 
 def rewrite(args, argv) -> None:
     """Recompute the ratios and the markdown from the JSON of an earlier run."""
-    tag = report.environment()["device"]["platform"]
-    with open(os.path.join(args.out, f"env_step_{tag}.json")) as f:
-        saved = json.load(f)
+    saved = _load(args.out)
     for name, r in saved["results"].items():
         r["ratios"] = ratios(name, r["median_seconds"], r["floor_seconds"])
     env = {k: saved[k] for k in ("versions", "device", "machine", "date") if k in saved}
     settings = argparse.Namespace(**{**saved["settings"], "out": args.out})
     write(settings, env, saved["results"], saved.get("argv", []))
+
+
+def _load(out: str) -> dict:
+    tag = report.environment()["device"]["platform"]
+    with open(os.path.join(out, f"env_step_{tag}.json")) as f:
+        return json.load(f)
 
 
 def write(args, env, results, argv) -> None:
@@ -281,9 +300,15 @@ def markdown(args, env, results, argv) -> list[str]:
     ]
     for name, r in results.items():
         med = r["median_seconds"]
+        md += [f"## {name} ({r['params']:,} params, {r['prunable']:,} prunable)", ""]
+        if r.get("date", env["date"]) != env["date"]:  # kept by --update from an earlier run
+            md += [
+                f"From an earlier run: {r['date']}, command `"
+                + " ".join(["python -m benchmarks.env_step", *r.get("argv", [])])
+                + "`.",
+                "",
+            ]
         md += [
-            f"## {name} ({r['params']:,} params, {r['prunable']:,} prunable)",
-            "",
             "| variant | median s | steps/s |",
             "|---|---|---|",
         ]

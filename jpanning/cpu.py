@@ -16,6 +16,14 @@ in ``benchmarks/results/cpu_conv_cpu.md``:
   slower for GraSP's Hessian-vector product, so it is given only to jpanning's own training
   step (:func:`train_options`, a per-compilation option).
 
+One convolution shape defeats both of XLA:CPU's convolution libraries: a kernel wider than 1
+over an input of at most :data:`SMALL_INPUT` pixels with padding, such as VGG's 3x3 layers on
+the 2x2 maps of its last block on CIFAR. There Eigen and YNNPACK run at ~1 GFLOP/s (a
+forward pass 50x slower than an im2col matmul). :func:`conv_general_dilated`, the convolution
+every jpanning model uses, computes those as shifted slices of the padded input and one matmul
+(its gradients are then matmuls too) on a CPU backend, and calls ``lax.conv_general_dilated``
+for everything else and on other backends.
+
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
 (``tests/test_cpu.py``). Opt out with ``JPANNING_CPU_FAST=0``; a
@@ -31,6 +39,7 @@ import os
 import re
 import sys
 from importlib import metadata
+from typing import Sequence
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 ENV_SWITCH = "JPANNING_CPU_FAST"  # "0": XLA's own CPU defaults
@@ -39,6 +48,7 @@ _PREFIX = "LIBRARY_FUSION_TYPE_"
 XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # jaxlib 0.10.2's
 PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
 TRAIN_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
+SMALL_INPUT = 8  # input pixels (H*W) up to which conv_general_dilated uses slices + matmul
 
 
 def fusion_types(types: tuple[str, ...]) -> str:
@@ -129,3 +139,91 @@ def describe() -> dict:
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
         "train_step": (train_options() or {}).get(YNN_OPTION, "process setting"),
     }
+
+
+def _nhwc(dimension_numbers, ndim: int) -> bool:
+    """Whether ``dimension_numbers`` are NHWC input/output and HWIO kernel (Flax's layout)."""
+    from jax import lax
+
+    if ndim != 4 or dimension_numbers is None:
+        return False
+    dn = lax.conv_dimension_numbers((1,) * 4, (1,) * 4, dimension_numbers)
+    return dn == lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ("NHWC", "HWIO", "NHWC"))
+
+
+def _small_input(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
+    """Whether :func:`conv_general_dilated` takes the slices + matmul path for these
+    arguments: CPU backend, setting not switched off, NHWC/HWIO, no dilation or groups, a
+    kernel wider than 1 over at most :data:`SMALL_INPUT` input pixels."""
+    import jax
+
+    if os.environ.get(ENV_SWITCH, "1") == "0" or not _nhwc(dimension_numbers, lhs.ndim):
+        return False
+    if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or groups != (1, 1):
+        return False
+    small = lhs.shape[1] * lhs.shape[2] <= SMALL_INPUT and rhs.shape[0] * rhs.shape[1] > 1
+    return small and jax.default_backend() == "cpu"
+
+
+def conv_general_dilated(
+    lhs,
+    rhs,
+    window_strides: Sequence[int],
+    padding,
+    lhs_dilation: Sequence[int] | None = None,
+    rhs_dilation: Sequence[int] | None = None,
+    dimension_numbers=None,
+    feature_group_count: int = 1,
+    batch_group_count: int = 1,
+    precision=None,
+    preferred_element_type=None,
+):
+    """``lax.conv_general_dilated`` with the same arguments and results, except that on a CPU
+    backend a convolution over a small input (see the module docstring) is computed as shifted
+    slices of the padded input, concatenated in the kernel's (h, w, in) order, times the
+    kernel reshaped to ``[kh*kw*in, out]``. Equal within float32 rounding; differentiable
+    (the gradients are slices, pads and matmuls)."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    kwargs = dict(
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=rhs_dilation,
+        dimension_numbers=dimension_numbers,
+        feature_group_count=feature_group_count,
+        batch_group_count=batch_group_count,
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )
+    groups = (feature_group_count, batch_group_count)
+    if not _small_input(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups):
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    kh, kw, cin, cout = rhs.shape
+    sh, sw = window_strides
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+    (top, bottom), (left, right) = padding
+    x = lax.pad(
+        lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))
+    )
+    ho = (x.shape[1] - kh) // sh + 1
+    wo = (x.shape[2] - kw) // sw + 1
+    if ho <= 0 or wo <= 0:  # an empty output, as lax's
+        return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
+    cols = [
+        lax.slice(
+            x,
+            (0, i, j, 0),
+            (x.shape[0], i + sh * (ho - 1) + 1, j + sw * (wo - 1) + 1, cin),
+            (1, sh, sw, 1),
+        )
+        for i in range(kh)
+        for j in range(kw)
+    ]
+    return lax.dot_general(
+        jnp.concatenate(cols, axis=-1),
+        rhs.reshape(kh * kw * cin, cout),
+        (((3,), (0,)), ((), ())),
+        precision=precision,
+        preferred_element_type=preferred_element_type,
+    )

@@ -2,7 +2,8 @@
 
 Every model is a ``flax.linen.Module`` called as ``model.apply(variables, x, train=...)`` on
 NHWC float inputs. Input channels follow the data; ``num_classes`` is a constructor argument.
-All convolutions go through :func:`conv`, so a faster convolution can be swapped in at one place.
+All convolutions go through :func:`conv` and :func:`jpanning.cpu.conv_general_dilated`, the
+one place where a faster convolution is chosen per backend and shape.
 
 CIFAR ResNets follow He et al. (2016, section 4.2): a 3x3 stem, three stages of ``n`` basic
 blocks (6n+2 layers) with widths ``(w, 2w, 4w)``, ``w = 16`` by default. Shortcuts where the
@@ -24,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jpanning import cpu
 from jpanning.errors import JPanningError
 
 # He-normal (fan-in) for every kernel: the usual choice for ReLU networks in the
@@ -48,6 +50,7 @@ def conv(
         padding=padding,
         use_bias=use_bias,
         kernel_init=KERNEL_INIT,
+        conv_general_dilated=cpu.conv_general_dilated,
         name=name,
     )
 

@@ -66,6 +66,69 @@ def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels)
             np.testing.assert_allclose(g, r, atol=1e-5 * scale, rtol=1e-5, err_msg=name)
 
 
+@pytest.mark.parametrize(
+    "shape, kernel, stride, padding",
+    [
+        ((2, 2), 3, 1, "SAME"),  # VGG's last block on CIFAR
+        ((2, 4), 3, 1, "SAME"),
+        ((1, 1), 3, 1, "SAME"),
+        ((2, 3), 3, 2, "SAME"),
+        ((1, 7), 2, 1, "SAME"),  # even kernel: padding (0, 1)
+        ((2, 2), 3, 1, ((2, 0), (1, 2))),  # explicit, asymmetric
+        ((2, 2), 1, 1, "SAME"),  # 1x1 kernel: lax's own convolution
+        ((3, 3), 3, 1, "SAME"),  # 9 pixels: lax's own convolution
+    ],
+)
+def test_small_input_convolution_matches_lax(shape, kernel, stride, padding):
+    """:func:`cpu.conv_general_dilated` against ``lax.conv_general_dilated``: output, both
+    gradients and a Hessian-vector product (forward over reverse, as GraSP takes it) within
+    float32 rounding; inputs of at most 8 pixels under a wider kernel compile without a
+    convolution op (the slices + matmul path), the others to lax's program."""
+    rng = np.random.default_rng(sum(shape) * 10 + kernel)
+    x = jnp.asarray(rng.normal(size=(6, *shape, 24)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(kernel, kernel, 24, 20)).astype(np.float32) / kernel)
+
+    def loss(conv):
+        def f(x, w):
+            y = conv(x, w, (stride, stride), padding, dimension_numbers=DN)
+            return jnp.sum(jnp.tanh(y) * jnp.arange(y.size).reshape(y.shape) / y.size)
+
+        return f
+
+    def outputs(conv):
+        f = loss(conv)
+        y = conv(x, w, (stride, stride), padding, dimension_numbers=DN)
+        gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
+        hvp = jax.jvp(lambda w: jax.grad(f, argnums=1)(x, w), (w,), (jnp.cos(w),))[1]
+        return y, gx, gw, hvp
+
+    want = jax.jit(lambda: outputs(lax.conv_general_dilated))()
+    got = jax.jit(lambda: outputs(cpu.conv_general_dilated))()
+    for name, g, r in zip(("output", "input grad", "kernel grad", "hvp"), got, want):
+        assert g.shape == r.shape, name
+        scale = float(np.max(np.abs(r)))
+        assert scale > 0, name
+        np.testing.assert_allclose(g, r, atol=2e-5 * scale, rtol=1e-4, err_msg=name)
+    hlo = jax.jit(lambda x, w: outputs(cpu.conv_general_dilated)).lower(x, w).as_text("hlo")
+    small = shape[0] * shape[1] <= cpu.SMALL_INPUT and kernel > 1
+    assert ("convolution(" not in hlo) == small
+
+
+def test_small_input_convolution_is_lax_when_switched_off(monkeypatch):
+    """``JPANNING_CPU_FAST=0`` gives lax's convolution for every shape, through the models'
+    :func:`models.conv` too."""
+    layer = models.conv(8, 3)
+    x = jnp.ones((2, 2, 2, 4))
+    variables = layer.init(jax.random.key(0), x)
+
+    def hlo():
+        return jax.jit(layer.apply).lower(variables, x).as_text("hlo")
+
+    assert "convolution(" not in hlo()
+    monkeypatch.setenv(cpu.ENV_SWITCH, "0")
+    assert "convolution(" in hlo()
+
+
 class _UserNet(nn.Module):
     """A user's own Flax model, wider than YNNPACK's 16-channel threshold."""
 
