@@ -278,6 +278,26 @@ def test_targets_follow_the_configured_mixture(tiny_env):
         params.with_targets(((0.5, 0.8, 1.0),))
 
 
+def test_the_pool_holds_each_batch_s_dense_maps_in_order(net, tiny_env):
+    """Entry b of the pool (scored batch by batch) is ``dense_batch`` of pool batch b, for
+    every batch, maps, loss and ‖g‖²; the batches give different values."""
+    env, pooled = tiny_env
+    assert pooled.dense_loss.shape == (3,)
+    losses = []
+    for b in range(3):
+        want = env.dense_batch(net["params"], (pooled.inputs[b], pooled.labels[b]))
+        got = (
+            jax.tree.map(lambda x: x[b], pooled.snip),
+            jax.tree.map(lambda x: x[b], pooled.grasp),
+            pooled.dense_loss[b],
+            pooled.dense_grad_norm[b],
+        )
+        for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+            np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-6)
+        losses.append(float(want[2]))
+    assert len(set(losses)) == 3
+
+
 def test_recomputing_the_dense_maps_every_step_gives_the_pooled_step(net, tiny_env):
     env, pooled = tiny_env
     ds = net["dataset"]
