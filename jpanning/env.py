@@ -213,8 +213,8 @@ class PanningEnv:
     ) -> EnvParams:
         """Score the pool of scoring batches once: one jitted call per batch from a host loop
         (one batch alive at a time). Not a ``lax.map``: XLA:CPU runs the gradient's
-        convolutions inside a loop body without their fast path (ResNet-20, a pool of 2
-        batches of 100: 169 s in a ``lax.map``, 2 s per batch as separate calls).
+        convolutions inside a loop body without their fast path (one layer's kernel gradient
+        72x slower, ``python -m benchmarks.loop_body_conv``).
 
         Args:
             net_params: θ.

@@ -172,11 +172,11 @@ def _chunked_mean(fn: Callable[[Any], PyTree], batch, chunk_size: Optional[int])
     The batch is cut into ``chunk_size`` pieces (the last one may be smaller); ``fn`` of each
     is weighted by its share of the examples and summed with ``lax.scan``, so only one chunk's
     activations are alive at a time. On XLA:CPU the scan costs speed: its loop body runs the
-    backward convolutions off their fast path (ResNet-20 SNIP, batch 200 in chunks of 25:
-    27 s against 1.6 s unchunked; unrolling the scan restores the speed but keeps every
-    chunk's activations alive, 309 MiB against 39). Exact when ``fn`` is a mean over independent examples
-    (the default loss with an ``apply_fn`` in eval mode); with train-mode BatchNorm each chunk
-    is normalised with its own statistics, as a smaller batch would be.
+    backward convolutions off their fast path (``python -m benchmarks.loop_body_conv``);
+    unrolling the scan restores the speed but XLA then keeps every chunk's activations
+    alive, which defeats the chunking. Exact when ``fn`` is a mean over independent
+    examples (the default loss with an ``apply_fn`` in eval mode); with train-mode BatchNorm
+    each chunk is normalised with its own statistics, as a smaller batch would be.
     """
     n = np.shape(batch[0])[0]
     if chunk_size is None or chunk_size >= n:

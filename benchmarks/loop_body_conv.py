@@ -1,0 +1,107 @@
+"""One convolution layer's forward pass and gradients inside a loop body against outside one.
+
+        python -m benchmarks.loop_body_conv            # 3x3, 16x16x32, batch 100, 2 batches
+
+Each part (forward; input gradient; kernel gradient of ``sum(tanh(conv(x, w)))``) runs over
+``--batches`` batches either in one ``lax.map`` (a while loop) or as the same calls unrolled
+in one program; medians of ``--repeats`` calls. On XLA:CPU the backward convolutions in a
+loop body do not get the layouts of its fast convolution path (why jpanning's rounds,
+environment steps and scoring pool run from host loops). Uses ``lax.conv_general_dilated``
+under jpanning's process setting. Writes ``benchmarks/results/loop_body_conv_<device>.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import jpanning  # noqa: F401  (the CPU setting, before JAX starts)
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jpanning import report
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results")
+DN = ("NHWC", "HWIO", "NHWC")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--size", type=int, default=16, help="input height and width")
+    p.add_argument("--channels", type=int, default=32)
+    p.add_argument("--batches", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--out", default=RESULTS)
+    args = p.parse_args(argv)
+    argv = list(argv if argv is not None else sys.argv[1:])
+    rng = np.random.default_rng(0)
+    shape = (args.batches, args.batch_size, args.size, args.size, args.channels)
+    xs = jnp.asarray(rng.normal(size=shape).astype(np.float32))
+    w = jnp.asarray(0.1 * rng.normal(size=(3, 3, args.channels, args.channels)), jnp.float32)
+
+    def loss(x, w):
+        return jnp.sum(
+            jnp.tanh(lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=DN))
+        )
+
+    parts = {
+        "forward": loss,
+        "input gradient": jax.grad(loss, argnums=0),
+        "kernel gradient": jax.grad(loss, argnums=1),
+    }
+    rows = {}
+    for name, f in parts.items():
+        variants = {
+            "unrolled": lambda xs, w, f=f: [f(xs[i], w) for i in range(args.batches)],
+            "lax.map": lambda xs, w, f=f: lax.map(lambda x: f(x, w), xs),
+        }
+        rows[name] = {}
+        for label, g in variants.items():
+            compiled = jax.jit(g).lower(xs, w).compile()
+            jax.block_until_ready(compiled(xs, w))
+            times = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                jax.block_until_ready(compiled(xs, w))
+                times.append(time.perf_counter() - start)
+            rows[name][label] = 1e3 * statistics.median(times)
+        rows[name]["lax.map / unrolled"] = rows[name]["lax.map"] / rows[name]["unrolled"]
+        print(name, rows[name], flush=True)
+    env = report.environment()
+    tag = env["device"]["platform"]
+    result = {"benchmark": "loop_body_conv", "settings": vars(args) | {"out": None}, **env}
+    result |= {"argv": argv, "results_ms": rows}
+    os.makedirs(args.out, exist_ok=True)
+    report.write_json(os.path.join(args.out, f"loop_body_conv_{tag}.json"), result)
+    md = [
+        f"# One 3x3 convolution in a loop body, {args.batches} batches of "
+        f"{args.batch_size} x {args.size}x{args.size}x{args.channels}",
+        "",
+        f"Command: `{' '.join(['python -m benchmarks.loop_body_conv', *argv])}`  ",
+        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
+        f"{env['device']['kind']} ({env['device']['platform']}); jax {env['versions']['jax']}; "
+        f"{env['date']}",
+        "",
+        f"Medians of {args.repeats} calls, ms for all {args.batches} batches.",
+        "",
+        "| part | unrolled ms | lax.map ms | lax.map / unrolled |",
+        "|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        md.append(
+            f"| {name} | {r['unrolled']:.1f} | {r['lax.map']:.1f} | {r['lax.map / unrolled']:.1f} |"
+        )
+    report.atomic_write_bytes(
+        os.path.join(args.out, f"loop_body_conv_{tag}.md"), ("\n".join(md) + "\n").encode()
+    )
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
