@@ -25,8 +25,8 @@ demo: setup data
 
 # The default test suite (under 10 minutes on 2 cores).
 test: setup data
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q -m "not slow" --durations=10
 
 # Tests marked slow; exit code 5 (none selected) is not a failure.
 test-slow: setup data
-	$(PY) -m pytest -q -m slow; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
+	$(PY) -m pytest -q -m slow --durations=5; rc=$$?; if [ $$rc -eq 5 ]; then exit 0; else exit $$rc; fi
