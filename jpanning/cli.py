@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=None,
         help="score the scoring batch in chunks of this many examples (bounded memory; "
-        "on a CPU ~10-20x slower, see jpanning.scores)",
+        "on a CPU many times slower, see jpanning.scores)",
     )
     p.add_argument(
         "--preset",

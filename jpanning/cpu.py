@@ -16,13 +16,14 @@ in ``benchmarks/results/cpu_conv_cpu.md``:
   slower for GraSP's Hessian-vector product, so it is given only to jpanning's own training
   step (:func:`train_options`, a per-compilation option).
 
-One convolution shape defeats both of XLA:CPU's convolution libraries: a kernel wider than 1
-over an input of at most :data:`SMALL_INPUT` pixels with padding, such as VGG's 3x3 layers on
-the 2x2 maps of its last block on CIFAR. There Eigen and YNNPACK run at ~1 GFLOP/s (a
-forward pass 50x slower than an im2col matmul). :func:`conv_general_dilated`, the convolution
-every jpanning model uses, computes those as shifted slices of the padded input and one matmul
-(its gradients are then matmuls too) on a CPU backend, and calls ``lax.conv_general_dilated``
-for everything else and on other backends.
+One convolution shape defeats both of XLA:CPU's convolution libraries: a padded 3x3 kernel
+over a 2x2 or 2x4 input, such as VGG's 3x3 layers on the 2x2 maps of its last block on
+CIFAR. There Eigen and YNNPACK run at ~1 GFLOP/s, a forward pass 50-90x slower than an
+im2col matmul (``benchmarks/results/cpu_conv_cpu.md``). Every kernel wider than 1 over an
+input of at most :data:`SMALL_INPUT` pixels takes the matmul path of
+:func:`conv_general_dilated`, the convolution every jpanning model uses: shifted slices of
+the padded input and one matmul (its gradients are then matmuls too) on a CPU backend;
+``lax.conv_general_dilated`` for everything else and on other backends.
 
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
