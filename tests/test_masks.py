@@ -39,7 +39,9 @@ def scored_tree(draw):
     return _tree(shapes, values), sparsity
 
 
-@settings(max_examples=60, deadline=None)
+# 30 examples: each new shape compiles the top-k's bisection (45 s for 60 on 2 cores); the
+# exact-order tests below compare every k against a stable sort.
+@settings(max_examples=30, deadline=None)
 @given(scored_tree())
 def test_global_topk_is_exact_and_keeps_the_highest(case):
     scores, sparsity = case
