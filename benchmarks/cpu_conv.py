@@ -171,12 +171,6 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
     return rows
 
 
-def cpu_small_input() -> int:
-    from jpanning import cpu
-
-    return cpu.SMALL_INPUT
-
-
 def _median_s(runs: dict, repeats: int) -> dict:
     """Median seconds per call of each ``fn`` in ``runs`` (warmed up, timed in alternation by
     :func:`benchmarks.scorers.time_all`)."""
@@ -403,7 +397,7 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         "",
         f"`{JPANNING}`: `jpanning.cpu.conv_general_dilated` (what the models call): "
         "`lax.conv_general_dilated` under jpanning's process setting, slices + matmul on inputs "
-        f"of at most {cpu_small_input()} pixels; "
+        f"of at most {cpu.SMALL_INPUT} pixels; "
         f"`{XLA}`: `lax.conv_general_dilated` with XLA's default fusions; `patches`, `slices`, `grouped`: "
         "alternatives tried (see the module docstring). `cores`: CPU time / wall time over the "
         "timed calls. `ynn`: whether the compiled forward program holds a YNNPACK fusion.",
