@@ -5,8 +5,12 @@
 One round is a SNIP score of the masked network (train-mode BatchNorm, scoring batch of
 ``--batch-size`` CIFAR-shaped examples) and a global top-k, as in ``iter_snip``/``force``.
 Both variants run the same ``--rounds`` rounds from the same masks; medians over
-``--repeats``. XLA:CPU runs the convolutions inside a loop body much slower, which is why
-``jpanning.pruning.iterative_masks`` and ``jpanning.panning.panning`` loop on the host.
+``--repeats``. XLA:CPU runs ``lax.conv_general_dilated``'s backward convolutions inside a
+loop body off its fast path (``benchmarks/loop_body_conv.py``); the models' convolution,
+``jpanning.cpu.conv_general_dilated``, has custom derivatives that keep them on it, and this
+benchmark checks that a scan over whole rounds costs no more than the host loop that
+``jpanning.pruning.iterative_masks`` and ``jpanning.panning.panning`` use (for progress
+reporting and early stops).
 Writes ``benchmarks/results/scan_vs_loop_<device>.{json,md}``.
 """
 
@@ -109,13 +113,15 @@ def main(argv=None):
         "",
         f"lax.scan / host loop: {result['scan/loop']:.2f} ({args.rounds} rounds, "
         f"{args.repeats} repeats; mask entries that differ between the two: {differ} of {total}).",
-        "",
-        "The two programs round the convolutions differently; where that flips a weight at the "
-        "top-k threshold, the next rounds rescore a different network and the flips multiply "
-        "(ResNet-20, batch 100: identical masks after round 1, 2 entries differ after round 2), "
-        "so iterative masks are reproducible for one compiled program on one device, not "
-        "across programs or devices.",
     ]
+    if differ:
+        md += [
+            "",
+            "The two programs round the convolutions differently; where that flips a weight at "
+            "the top-k threshold, the next rounds rescore a different network and the flips "
+            "multiply, so iterative masks are reproducible for one compiled program on one "
+            "device, not across programs or devices.",
+        ]
     os.makedirs(args.out, exist_ok=True)
     report.write_json(os.path.join(args.out, f"scan_vs_loop_{tag}.json"), result)
     report.atomic_write_bytes(

@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive(int),
         default=None,
         help="score the scoring batch in chunks of this many examples (bounded memory; "
-        "on a CPU many times slower, see jpanning.scores)",
+        "train-mode BatchNorm then normalises each chunk by its own statistics)",
     )
     p.add_argument(
         "--preset",

@@ -25,6 +25,17 @@ input of at most :data:`SMALL_INPUT` pixels takes the matmul path of
 the padded input and one matmul (its gradients are then matmuls too) on a CPU backend;
 ``lax.conv_general_dilated`` for everything else and on other backends.
 
+The backward convolutions of a gradient taken inside a loop body (``lax.scan``, ``lax.map``,
+``fori_loop``) lose XLA:CPU's fast path too: outside a loop XLA transposes their operands into
+the layout of its fast convolution, inside one it does not (a 3x3 layer's kernel gradient ran
+~70x slower, ``benchmarks/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
+therefore gives every other CPU convolution of the same kind a ``jax.custom_jvp`` whose
+tangent maps read pre-transposed operands (the kernel as HWOI, the input as CHWN, the output
+written HWNC), chosen so that JAX's transposes of them, the input and kernel gradients, are
+convolutions in that canonical layout with the transposes written out: the same arithmetic
+and program outside a loop, the fast path inside one. Forward mode (``jax.jvp``) and second
+derivatives (GraSP's Hessian-vector product) work as with ``lax``.
+
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
 (``tests/test_cpu.py``). Opt out with ``JPANNING_CPU_FAST=0``; a
@@ -152,18 +163,84 @@ def _nhwc(dimension_numbers, ndim: int) -> bool:
     return dn == lax.conv_dimension_numbers((1,) * 4, (1,) * 4, ("NHWC", "HWIO", "NHWC"))
 
 
-def _small_input(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> bool:
-    """Whether :func:`conv_general_dilated` takes the slices + matmul path for these
-    arguments: CPU backend, setting not switched off, NHWC/HWIO, no dilation or groups, a
-    kernel wider than 1 over at most :data:`SMALL_INPUT` input pixels."""
+def _path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> str:
+    """Which way :func:`conv_general_dilated` computes these arguments: ``"lax"`` (another
+    backend, the setting switched off, a layout other than NHWC/HWIO, dilation or groups),
+    else ``"small"`` (slices + matmul: a kernel wider than 1 over at most
+    :data:`SMALL_INPUT` input pixels) or ``"canonical"`` (:func:`_canonical_conv`)."""
     import jax
 
     if os.environ.get(ENV_SWITCH, "1") == "0" or not _nhwc(dimension_numbers, lhs.ndim):
-        return False
+        return "lax"
     if any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ()))) or groups != (1, 1):
-        return False
+        return "lax"
+    if jax.default_backend() != "cpu":
+        return "lax"
     small = lhs.shape[1] * lhs.shape[2] <= SMALL_INPUT and rhs.shape[0] * rhs.shape[1] > 1
-    return small and jax.default_backend() == "cpu"
+    return "small" if small else "canonical"
+
+
+def _canonical_conv():
+    """The NHWC/HWIO convolution ``f(x, w, strides, padding, precision, preferred)`` with a
+    ``jax.custom_jvp`` (built on first use, so importing jpanning does not import JAX).
+
+    Its tangent is ``conv(dx, w) + conv(x, dw)`` written on transposed operands: ``w`` read
+    as HWOI, so JAX's transpose for ``dx`` (the input gradient) reads it back as HWIO; ``x``
+    as CHWN, ``dw`` as IHWO and the output as HWNC, so JAX's transpose for ``dw`` (the kernel
+    gradient) is a convolution of ``x`` in [C, H, W, N] with the output gradient in
+    [H, W, N, C], written [I, H, W, O]: every backward convolution is in XLA:CPU's canonical
+    layout, with the operand transposes as explicit ops XLA cannot leave out inside a loop
+    body. Zero tangents are symbolic, so a gradient with respect to the kernel only does not
+    compute ``conv(0, w)``."""
+    global _CANONICAL
+    if _CANONICAL is not None:
+        return _CANONICAL
+    import functools
+
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    from jax.custom_derivatives import SymbolicZero
+
+    def conv(x, w, strides, padding, precision, preferred, dn=("NHWC", "HWIO", "NHWC")):
+        return lax.conv_general_dilated(
+            x,
+            w,
+            strides,
+            padding,
+            dimension_numbers=dn,
+            precision=precision,
+            preferred_element_type=preferred,
+        )
+
+    @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3, 4, 5))
+    def canonical(x, w, strides, padding, precision, preferred):
+        return conv(x, w, strides, padding, precision, preferred)
+
+    @functools.partial(canonical.defjvp, symbolic_zeros=True)
+    def _jvp(strides, padding, precision, preferred, primals, tangents):
+        x, w = primals
+        dx, dw = tangents
+        y = conv(x, w, strides, padding, precision, preferred)
+        parts = []
+        if type(dx) is not SymbolicZero:
+            w_hwoi = jnp.transpose(w, (0, 1, 3, 2))
+            dn = ("NHWC", "HWOI", "NHWC")
+            parts.append(conv(dx, w_hwoi, strides, padding, precision, preferred, dn))
+        if type(dw) is not SymbolicZero:
+            x_chwn = jnp.transpose(x, (3, 1, 2, 0))
+            dw_ihwo = jnp.transpose(dw, (2, 0, 1, 3))
+            dn = ("CHWN", "IHWO", "HWNC")
+            t = conv(x_chwn, dw_ihwo, strides, padding, precision, preferred, dn)
+            parts.append(jnp.transpose(t, (2, 0, 1, 3)))
+        dy = functools.reduce(jnp.add, parts) if parts else jnp.zeros_like(y)
+        return y, dy
+
+    _CANONICAL = canonical
+    return canonical
+
+
+_CANONICAL = None
 
 
 def conv_general_dilated(
@@ -179,11 +256,14 @@ def conv_general_dilated(
     precision=None,
     preferred_element_type=None,
 ):
-    """``lax.conv_general_dilated`` with the same arguments and results, except that on a CPU
-    backend a convolution over a small input (see the module docstring) is computed as shifted
-    slices of the padded input, concatenated in the kernel's (h, w, in) order, times the
-    kernel reshaped to ``[kh*kw*in, out]``. Equal within float32 rounding; differentiable
-    (the gradients are slices, pads and matmuls)."""
+    """``lax.conv_general_dilated`` with the same arguments and results. On a CPU backend,
+    for NHWC/HWIO without dilation or groups (see the module docstring): a convolution over a
+    small input is computed as shifted slices of the padded input, concatenated in the
+    kernel's (h, w, in) order, times the kernel reshaped to ``[kh*kw*in, out]`` (its
+    gradients are slices, pads and matmuls); any other is ``lax.conv_general_dilated`` with
+    :func:`_canonical_conv`'s derivatives, whose backward convolutions keep XLA:CPU's fast
+    layout inside loop bodies. Equal within float32 rounding, derivatives of any order and
+    forward mode included."""
     import jax.numpy as jnp
     from jax import lax
 
@@ -197,12 +277,17 @@ def conv_general_dilated(
         preferred_element_type=preferred_element_type,
     )
     groups = (feature_group_count, batch_group_count)
-    if not _small_input(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups):
+    path = _path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups)
+    if path == "lax":
         return lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kwargs)
     kh, kw, cin, cout = rhs.shape
     sh, sw = window_strides
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
+    padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    if path == "canonical":
+        conv = _canonical_conv()
+        return conv(lhs, rhs, (sh, sw), padding, precision, preferred_element_type)
     (top, bottom), (left, right) = padding
     x = lax.pad(
         lhs, jnp.zeros((), lhs.dtype), ((0, 0, 0), (top, bottom, 0), (left, right, 0), (0, 0, 0))

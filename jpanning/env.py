@@ -212,9 +212,10 @@ class PanningEnv:
         recompute_dense: bool = False,
     ) -> EnvParams:
         """Score the pool of scoring batches once: one jitted call per batch from a host loop
-        (one batch alive at a time). Not a ``lax.map``: XLA:CPU runs the gradient's
-        convolutions inside a loop body without their fast path (one layer's kernel gradient
-        72x slower, ``python -m benchmarks.loop_body_conv``).
+        (one batch alive at a time). Not a ``lax.map``: for a network whose convolutions are
+        ``lax.conv_general_dilated``, XLA:CPU runs the gradient's convolutions inside a loop
+        body without their fast path (one layer's kernel gradient ~60x slower,
+        ``python -m benchmarks.loop_body_conv``).
 
         Args:
             net_params: θ.

@@ -240,8 +240,9 @@ def panning(
         new = select(fused, s)
         return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
 
-    # Rounds are separate jitted calls in a host loop (masks stay on the device): XLA:CPU runs
-    # convolutions inside a lax.scan body ~27x slower (see jpanning.pruning).
+    # Rounds are separate jitted calls in a host loop (masks stay on the device), as in
+    # jpanning.pruning.iterative_masks (a user's model with lax's convolution would run many
+    # times slower in a lax.scan body on XLA:CPU).
     dense = dense_fn(params, batch)
     masks, trace = masks_lib.ones_like(params), []
     for t, s in enumerate(schedule):

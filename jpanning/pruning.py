@@ -127,9 +127,11 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
 
     Each round is one jitted call (compiled once: the round's sparsity is traced, the top-k
     count is computed inside the graph) and the rounds run in a host loop with the masks kept
-    on the device. A ``lax.scan`` over the rounds is ~27x slower per round on XLA:CPU, whose
-    convolutions inside loop bodies lose their fast path (ResNet-20 SNIP rounds, batch 100:
-    14.6 s in a scan, 0.55 s as separate calls; ``python -m benchmarks.scan_vs_loop``).
+    on the device, so a round's progress can be reported. A ``lax.scan`` over the rounds
+    costs the same with jpanning's models (``python -m benchmarks.scan_vs_loop``), but many
+    times more on XLA:CPU for a model whose convolutions are plain ``lax.conv_general_dilated``
+    (their gradients lose XLA's fast layout in a loop body: ``python -m
+    benchmarks.loop_body_conv``; see ``jpanning.cpu``).
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 

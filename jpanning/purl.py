@@ -237,8 +237,8 @@ class PuRLEnv:
             )
             return state, None
 
-        # unrolled: XLA:CPU runs convolution gradients ~8x slower inside a loop body
-        # (benchmarks/results/scan_vs_loop_cpu.md); the retraining is a few steps
+        # unrolled (a few steps): a user's network with lax's convolution would run its
+        # gradients many times slower inside a loop body on XLA:CPU (see jpanning.cpu)
         state, _ = jax.lax.scan(body, state, index, unroll=True)
         return state.params, state.batch_stats
 

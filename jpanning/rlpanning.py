@@ -12,10 +12,11 @@ more training::
     masks, trace = screen(env, env_params, agent.actor_params, config, 0.95, key)
     save_policy(path, agent.actor_params, config)            # msgpack, written atomically
 
-The search steps run as one jitted call each from a host loop
-(:func:`jpanning.agents.td3.train_loop`): on XLA:CPU the environment's convolutions are
-~27x slower inside a ``lax.scan`` body (``benchmarks/results/scan_vs_loop_cpu.md``); on an
-accelerator ``steps_per_call`` can batch many steps into one scan.
+The search steps run as jitted calls from a host loop
+(:func:`jpanning.agents.td3.train_loop`), ``steps_per_call`` steps per call (a ``lax.scan``
+when more than one), so progress can be reported between calls. The environment's
+convolutions are ``jpanning.cpu.conv_general_dilated``, whose gradients keep XLA:CPU's fast
+path inside a scan body (``python -m benchmarks.loop_body_conv``).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class RLPanningConfig:
             ``agent_steps`` (the authors' 10k of 50k).
         alpha: weight of ``|ρt − ρe|`` in the reward.
         recompute_dense: recompute the dense SNIP/GraSP maps every step (the authors' cost).
-        steps_per_call: agent steps per jitted call (1 on CPU; more on an accelerator).
+        steps_per_call: agent steps per jitted call (a ``lax.scan`` when more than one).
         td3: the agent's settings (``total_steps`` is replaced by ``agent_steps``).
     """
 

@@ -171,10 +171,12 @@ def _chunked_mean(fn: Callable[[Any], PyTree], batch, chunk_size: Optional[int])
 
     The batch is cut into ``chunk_size`` pieces (the last one may be smaller); ``fn`` of each
     is weighted by its share of the examples and summed with ``lax.scan``, so only one chunk's
-    activations are alive at a time. On XLA:CPU the scan costs speed: its loop body runs the
-    backward convolutions off their fast path (``python -m benchmarks.loop_body_conv``);
-    unrolling the scan restores the speed but XLA then keeps every chunk's activations
-    alive, which defeats the chunking. Exact when ``fn`` is a mean over independent
+    activations are alive at a time (unrolled, XLA keeps every chunk's activations alive).
+    On XLA:CPU the scan body keeps the convolutions' fast path only for
+    ``jpanning.cpu.conv_general_dilated`` (the models' convolution), whose custom derivatives
+    do what XLA does not do in a loop body (``python -m benchmarks.loop_body_conv``); a
+    model built on ``lax.conv_general_dilated`` pays up to ~60x for its backward
+    convolutions here. Exact when ``fn`` is a mean over independent
     examples (the default loss with an ``apply_fn`` in eval mode); with train-mode BatchNorm
     each chunk is normalised with its own statistics, as a smaller batch would be.
     """

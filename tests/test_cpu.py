@@ -75,15 +75,20 @@ def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels)
         ((2, 3), 3, 2, "SAME"),
         ((1, 7), 2, 1, "SAME"),  # even kernel: padding (0, 1)
         ((2, 2), 3, 1, ((2, 0), (1, 2))),  # explicit, asymmetric
-        ((2, 2), 1, 1, "SAME"),  # 1x1 kernel: lax's own convolution
-        ((3, 3), 3, 1, "SAME"),  # 9 pixels: lax's own convolution
+        ((2, 2), 1, 1, "SAME"),  # 1x1 kernel: a convolution op (the canonical path)
+        ((3, 3), 3, 1, "SAME"),  # 9 pixels: a convolution op
+        ((7, 9), 3, 2, "SAME"),
+        ((7, 9), 1, 2, "VALID"),  # a ResNet option-B shortcut
+        ((6, 5), 2, 1, ((1, 0), (2, 1))),  # even kernel, explicit asymmetric padding
     ],
 )
-def test_small_input_convolution_matches_lax(shape, kernel, stride, padding):
+def test_convolution_matches_lax(shape, kernel, stride, padding):
     """:func:`cpu.conv_general_dilated` against ``lax.conv_general_dilated``: output, both
-    gradients and a Hessian-vector product (forward over reverse, as GraSP takes it) within
+    gradients, a forward-mode derivative in both arguments (as ``scores.effective_sparsity``
+    takes one) and a Hessian-vector product (forward over reverse, as GraSP takes it) within
     float32 rounding; inputs of at most 8 pixels under a wider kernel compile without a
-    convolution op (the slices + matmul path), the others to lax's program."""
+    convolution op (the slices + matmul path), the others to convolutions (the canonical
+    path's custom derivatives)."""
     rng = np.random.default_rng(sum(shape) * 10 + kernel)
     x = jnp.asarray(rng.normal(size=(6, *shape, 24)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(kernel, kernel, 24, 20)).astype(np.float32) / kernel)
@@ -100,11 +105,13 @@ def test_small_input_convolution_matches_lax(shape, kernel, stride, padding):
         y = conv(x, w, (stride, stride), padding, dimension_numbers=DN)
         gx, gw = jax.grad(f, argnums=(0, 1))(x, w)
         hvp = jax.jvp(lambda w: jax.grad(f, argnums=1)(x, w), (w,), (jnp.cos(w),))[1]
-        return y, gx, gw, hvp
+        jvp = jax.jvp(f, (x, w), (jnp.sin(x), jnp.cos(w)))[1]
+        return y, gx, gw, hvp, jvp
 
     want = jax.jit(lambda: outputs(lax.conv_general_dilated))()
     got = jax.jit(lambda: outputs(cpu.conv_general_dilated))()
-    for name, g, r in zip(("output", "input grad", "kernel grad", "hvp"), got, want):
+    names = ("output", "input grad", "kernel grad", "hvp", "jvp")
+    for name, g, r in zip(names, got, want):
         assert g.shape == r.shape, name
         scale = float(np.max(np.abs(r)))
         assert scale > 0, name
@@ -112,6 +119,37 @@ def test_small_input_convolution_matches_lax(shape, kernel, stride, padding):
     hlo = jax.jit(lambda x, w: outputs(cpu.conv_general_dilated)).lower(x, w).as_text("hlo")
     small = shape[0] * shape[1] <= cpu.SMALL_INPUT and kernel > 1
     assert ("convolution(" not in hlo) == small
+
+
+def test_backward_convolutions_in_a_loop_body_are_canonical():
+    """Inside a ``lax.map`` body, the gradients of :func:`cpu.conv_general_dilated` compile to
+    convolutions in XLA:CPU's canonical layout (``b01f_01io->b01f``, its fast path); those of
+    ``lax.conv_general_dilated`` do not (XLA leaves their operands untransposed there), and
+    both give the same gradients."""
+    rng = np.random.default_rng(3)
+    xs = jnp.asarray(rng.normal(size=(2, 4, 9, 9, 12)).astype(np.float32))
+    w = jnp.asarray(rng.normal(size=(3, 3, 12, 10)).astype(np.float32) / 3)
+
+    def grads(conv):
+        def loss(x, w):
+            return jnp.sum(jnp.tanh(conv(x, w, (1, 1), "SAME", dimension_numbers=DN)))
+
+        return jax.jit(lambda xs, w: lax.map(lambda x: jax.grad(loss, (0, 1))(x, w), xs))
+
+    def labels(f):
+        hlo = f.lower(xs, w).compile().as_text()
+        return [
+            line.split("dim_labels=")[1].split(",")[0]
+            for line in hlo.splitlines()
+            if " convolution(" in line
+        ]
+
+    ours, theirs = grads(cpu.conv_general_dilated), grads(lax.conv_general_dilated)
+    assert len(labels(ours)) == 3  # forward, input gradient, kernel gradient
+    assert set(labels(ours)) == {"b01f_01io->b01f"}
+    assert set(labels(theirs)) != {"b01f_01io->b01f"}
+    for g, r in zip(ours(xs, w), theirs(xs, w)):
+        np.testing.assert_allclose(g, r, atol=1e-5 * float(np.max(np.abs(r))), rtol=1e-4)
 
 
 def test_small_input_convolution_is_lax_when_switched_off(monkeypatch):

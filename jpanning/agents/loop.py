@@ -3,8 +3,9 @@
 Every agent here (TD3, DQN) is written as ``init(key, env_params) -> carry`` and
 ``step(carry, t, loop_key, env_params) -> (carry, metrics)``, environment step ``t`` taking its
 randomness from ``fold_in(loop_key, t)``. :func:`scanned` runs all steps as one program (vmap it
-over seeds); :func:`host_loop` runs the same steps as jitted calls from Python, for environments
-whose convolutions XLA:CPU runs slowly inside a loop body and for progress reporting. With the
+over seeds); :func:`host_loop` runs the same steps as jitted calls from Python, for progress
+reporting and for environments whose convolutions XLA:CPU runs slowly inside a loop body
+(``lax.conv_general_dilated``'s gradients; not jpanning's models, see ``jpanning.cpu``). With the
 same key both give the same result up to floating-point rounding. :func:`interact` is the part
 of a step every agent shares: step the environment, store the transition, reset on episode end.
 """

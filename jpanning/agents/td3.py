@@ -10,8 +10,9 @@ pure ``train(key)`` whose whole loop (act, step, store, update) is one ``lax.sca
     agent_state, metrics = jax.jit(train)(jax.random.key(0))
 
 :func:`train_loop` runs the same steps (same key, same result up to rounding) as one jitted
-call per step, or per ``steps_per_call`` steps, from a host loop: for environments whose
-convolutions XLA:CPU runs slowly inside a loop body, and for progress reporting.
+call per step, or per ``steps_per_call`` steps, from a host loop: for progress reporting, and
+for environments whose convolutions XLA:CPU runs slowly inside a loop body (those built on
+``lax.conv_general_dilated``; jpanning's models are not, see ``jpanning.cpu``).
 
 The environment follows gymnax's functional API with ``terminated`` and ``truncated`` kept
 apart (``jpanning.env.PanningEnv``): ``env.reset(key, params) -> (obs, state)`` and
@@ -457,10 +458,11 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
     """Build a pure ``train(key) -> (agent_state, metrics)`` running TD3 on ``env``.
 
     ``config.total_steps`` steps of :func:`make_step` in one ``lax.scan``, so the whole
-    search is one program that ``jax.vmap`` runs over seeds. Use it where the environment is
-    cheap (an MLP task) or on an accelerator; on XLA:CPU an environment with convolutions is
-    much slower inside a loop body (``benchmarks/results/scan_vs_loop_cpu.md``), and
-    :func:`train_loop` drives the same steps from the host instead.
+    search is one program that ``jax.vmap`` runs over seeds. :func:`train_loop` drives the
+    same steps from the host (progress bars). On XLA:CPU an environment whose convolutions
+    are ``lax.conv_general_dilated`` is many times slower inside the scan
+    (``python -m benchmarks.loop_body_conv``); with jpanning's models it is not
+    (``jpanning.cpu``).
 
     Args:
         env: an object with gymnax-style ``reset`` and ``step`` (module docstring).
