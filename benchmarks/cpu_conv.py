@@ -7,7 +7,8 @@ one process, medians, alternating variants.
 Part 1, issue 9's table: ResNet-20 (random 95%-sparse mask) training step at batch 128
 (images/s), SNIP and fused (SynFlow+SNIP+GraSP) scores at batch 256 (s), the eval forward pass
 at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` compiles every
-program with XLA's default YNNPACK fusion types (what JAX does without jpanning), ``jpanning``
+program with XLA's default YNNPACK fusion types and the models' convolution as plain
+``lax.conv_general_dilated`` (what JAX does without jpanning), ``jpanning``
 with jpanning's settings (the process flag set at import; the training step's own options),
 both chosen per compilation (``compiler_options``), so they share the process; ``torch`` is
 the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and threads.
@@ -30,6 +31,7 @@ Writes ``benchmarks/results/cpu_conv_<platform>.{json,md}``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import statistics
@@ -179,6 +181,23 @@ def _median_s(runs: dict, repeats: int) -> dict:
     return {k: statistics.median(v) for k, v in time_all(runs, repeats).items()}
 
 
+@contextlib.contextmanager
+def _lax_convolutions():
+    """Programs traced inside get ``lax.conv_general_dilated`` from the models' convolution
+    (``jpanning.cpu``'s switch, read when a convolution is traced), as JAX without jpanning."""
+    from jpanning import cpu
+
+    before = os.environ.get(cpu.ENV_SWITCH)
+    os.environ[cpu.ENV_SWITCH] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[cpu.ENV_SWITCH]
+        else:
+            os.environ[cpu.ENV_SWITCH] = before
+
+
 def _workloads(args) -> dict:
     """Issue 9's table: per workload, per variant, the median (images/s, s or GFLOP/s)."""
     import jax
@@ -205,6 +224,8 @@ def _workloads(args) -> dict:
         )
         for k, (step_options, _) in variants.items()
     }
+    with _lax_convolutions():
+        runners[XLA](1)  # traced and compiled here: lax's convolution, whatever jpanning's path
     try:
         import torch
 
@@ -230,7 +251,11 @@ def _workloads(args) -> dict:
     runs = {name: {} for name in programs}
     for name, f in programs.items():
         for k, (_, options) in variants.items():
-            compiled = jax.jit(f, compiler_options=options).lower(params, batch).compile()
+            # a new function per variant: jit's trace cache would hand one variant's program
+            # (traced with or without lax's convolution) to the other
+            g = functools.partial(lambda f, p, b: f(p, b), f)
+            with _lax_convolutions() if k == XLA else contextlib.nullcontext():
+                compiled = jax.jit(g, compiler_options=options).lower(params, batch).compile()
             runs[name][k] = functools.partial(
                 lambda c: jax.block_until_ready(c(params, batch)), compiled
             )
@@ -363,10 +388,12 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"{args.repeats} alternating windows of {args.steps} steps (training) or "
         f"{args.repeats} alternating calls (the others), all in one process. `{XLA}`: every "
         f"program compiled with XLA's default YNNPACK fusions (`{cpu.YNN_OPTION}` = "
-        f"{', '.join(cpu.XLA_DEFAULT_TYPES)}), what JAX does without jpanning. `{JPANNING}`: "
+        f"{', '.join(cpu.XLA_DEFAULT_TYPES)}) and `lax.conv_general_dilated`, what JAX does "
+        f"without jpanning. `{JPANNING}`: "
         f"the process setting jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}; "
         f"convolutions in XLA's multi-threaded Eigen) and, for the training step, "
-        f"{', '.join(cpu.TRAIN_TYPES)} (see `jpanning/cpu.py`).",
+        f"{', '.join(cpu.TRAIN_TYPES)}, with the models' convolution "
+        f"`jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`).",
         "",
     ]
     cols = [XLA, JPANNING, "torch"]

@@ -27,8 +27,8 @@ the padded input and one matmul (its gradients are then matmuls too) on a CPU ba
 
 The backward convolutions of a gradient taken inside a loop body (``lax.scan``, ``lax.map``,
 ``fori_loop``) lose XLA:CPU's fast path too: outside a loop XLA transposes their operands into
-the layout of its fast convolution, inside one it does not (a 3x3 layer's kernel gradient ran
-~70x slower, ``benchmarks/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
+the layout of its fast convolution, inside one it does not (a 3x3 layer's gradients ran
+~60x slower, ``benchmarks/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
 therefore gives every other CPU convolution of the same kind a ``jax.custom_jvp`` whose
 tangent maps read pre-transposed operands (the kernel as HWOI, the input as CHWN, the output
 written HWNC), chosen so that JAX's transposes of them, the input and kernel gradients, are
