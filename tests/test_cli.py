@@ -73,7 +73,19 @@ def test_smoke_run_writes_exact_sparsity_and_zeroed_params(tmp_path):
     assert results["collapsed_layers"] == []
 
 
-@pytest.mark.parametrize("method", ["snip", "grasp", "synflow", "iter_snip", "force", "panning"])
+# snip (one shot) and panning (rounds fusing SNIP, GraSP and SynFlow) in the default suite; the
+# other methods in the slow one (the default suite's 10-minute budget).
+@pytest.mark.parametrize(
+    "method",
+    [
+        "snip",
+        "panning",
+        *(
+            pytest.param(m, marks=pytest.mark.slow)
+            for m in ("grasp", "synflow", "iter_snip", "force")
+        ),
+    ],
+)
 def test_every_scoring_method_runs_end_to_end(tmp_path, method, capsys):
     from jpanning import cli  # in-process: the subprocess smoke test above covers run.py itself
 

@@ -171,6 +171,7 @@ def _cli(*args):
     )
 
 
+@pytest.mark.slow  # ~25 s end to end; the default suite keeps the unit tests of PuRL above
 def test_cli_purl_pretrains_reports_alphas_and_its_network_is_the_dense_run(tmp_path, capsys):
     import json
 
