@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.reference import torch_device
 from benchmarks.scorers import time_all
 from jpanning import env as env_lib, masks as masks_lib, models, panning, report, scores
 
@@ -122,15 +123,16 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     return run, info, case
 
 
-def torch_variant(name: str, case: dict, threads: int):
+def torch_variant(name: str, case: dict, threads: int, device: str = "cpu"):
     """The PyTorch step (``benchmarks/reference/torch_panning.py``) on the same weights, masks
-    and batch as jpanning's recompute-dense step, and how far its outputs are from jpanning's."""
+    and batch as jpanning's recompute-dense step, on ``device``, and how far its outputs are
+    from jpanning's."""
     import torch
 
     from benchmarks.reference import torch_models, torch_panning
 
     torch.set_num_threads(threads)
-    model = torch_models.from_flax(name, jax.device_get(case["params"]), NUM_CLASSES)
+    model = torch_models.from_flax(name, jax.device_get(case["params"]), NUM_CLASSES).to(device)
 
     def to_torch(tree):
         return [
@@ -139,19 +141,21 @@ def torch_variant(name: str, case: dict, threads: int):
             if kind != "bn"
         ]
 
-    x = torch.from_numpy(case["images"].transpose(0, 3, 1, 2).copy())
-    y = torch.from_numpy(case["labels"].astype(np.int64))
-    masks = to_torch(case["masks"])
-    weights = torch.from_numpy(case["weights"])
+    x = torch.from_numpy(case["images"].transpose(0, 3, 1, 2).copy()).to(device)
+    y = torch.from_numpy(case["labels"].astype(np.int64)).to(device)
+    masks = [m.to(device) for m in to_torch(case["masks"])]
+    weights = torch.tensor(case["weights"], device=device)
 
-    def run():
+    def step():
         return torch_panning.env_step(
             model, masks, x, y, weights, case["sparsity"], case["temperature"]
         )
 
+    run = torch_device.synchronized(step, device)
+
     got, state = run(), case["result"][1]
     kept_jax = np.concatenate([np.ravel(m.numpy()) for m in to_torch(state.masks)]) != 0
-    kept_torch = np.concatenate([np.ravel(m.numpy()) for m in got["masks"]]) != 0
+    kept_torch = np.concatenate([np.ravel(m.cpu().numpy()) for m in got["masks"]]) != 0
     check = {
         "kept": int(kept_jax.sum()),
         "kept_torch": int(kept_torch.sum()),
@@ -165,7 +169,7 @@ def torch_variant(name: str, case: dict, threads: int):
             for k in ("loss", "grad_norm", "sparse_loss", "sparse_grad_norm")
         },
     }
-    return torch.__version__, run, check
+    return torch_device.describe(device), run, check
 
 
 def main(argv=None):
@@ -185,6 +189,12 @@ def main(argv=None):
     p.add_argument(
         "--no-torch", action="store_true", help="skip the PyTorch step (no torch installed)"
     )
+    p.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=torch_device.CHOICES,
+        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
+    )
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--rewrite", action="store_true", help="only redo ratios/markdown from JSON")
     p.add_argument(
@@ -195,6 +205,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rewrite:
         return rewrite(args, argv)
+    if not args.no_torch:
+        args.torch_device = torch_device.resolve(args.torch_device)
     env = report.environment()
     results = {}
     if args.update:
@@ -209,7 +221,7 @@ def main(argv=None):
         run, info, case = setup(name, args.batch_size, args.pool, args.envs, batched)
         if not args.no_torch and name in TORCH_MODELS:
             info["torch"], run[TORCH_STEP], info["jax_vs_torch"] = torch_variant(
-                name, case, args.threads
+                name, case, args.threads, args.torch_device
             )
             print(name, "jpanning vs torch:", info["jax_vs_torch"], flush=True)
         times = time_all(run, args.repeats)
@@ -277,6 +289,13 @@ def write(args, env, results, argv) -> None:
     print("\n".join(md))
 
 
+def _torch_words(info) -> str:
+    """How PyTorch ran; results written before 2026-11-26 hold only its version (2 threads)."""
+    if isinstance(info, dict):
+        return torch_device.label(info)
+    return f"PyTorch {info} (2 threads)"
+
+
 def markdown(args, env, results, argv) -> list[str]:
     md = [
         f"# Panning environment step, scoring batch {args.batch_size} x {INPUT_SHAPE}",
@@ -291,9 +310,8 @@ def markdown(args, env, results, argv) -> list[str]:
         "SynFlow gradient + masked loss/‖g‖² gradient + effective-sparsity gradient + top-k, "
         "each jitted alone (the step also normalises and fuses the maps; goal: step/floor "
         "<= 1.2). `torch step (recompute dense)`: the same step in PyTorch "
-        f"(`benchmarks/reference/torch_panning.py`, {getattr(args, 'threads', '?')} "
-        "threads), recomputing the dense maps every step as the authors' code does, from the "
-        "same weights, masks and batch. The authors' own figure, 5.66 s per step of their ResNet-20 (width 32, "
+        "(`benchmarks/reference/torch_panning.py`), recomputing the dense maps every step as "
+        "the authors' code does, from the same weights, masks and batch. The authors' own figure, 5.66 s per step of their ResNet-20 (width 32, "
         "`resnet20_panning`) on a CPU like this one, is quoted from issue 4, not measured "
         "here.",
         "",
@@ -325,7 +343,7 @@ def markdown(args, env, results, argv) -> list[str]:
         if "jax_vs_torch" in r:
             c = r["jax_vs_torch"]
             md += [
-                f"PyTorch {r['torch']} against jpanning's recompute-dense step from the same "
+                f"{_torch_words(r['torch'])} against jpanning's recompute-dense step from the same "
                 f"state: kept {c['kept']:,} vs {c['kept_torch']:,}, of which "
                 f"{c['kept_by_both / kept']:.4f} by both; effective sparsity "
                 f"{c['effective']:.4f} vs {c['effective_torch']:.4f}; relative differences "

@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.reference import torch_device
 from jpanning import masks as masks_lib, models, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -91,15 +92,15 @@ def jax_variants(name: str, batch_size: int, chunk_size):
     return params, images, labels, {k: _blocking(f) for k, f in run.items()}
 
 
-def torch_variants(name: str, params, images, labels, threads: int):
+def torch_variants(name: str, params, images, labels, threads: int, device: str = "cpu"):
     import torch
 
     from benchmarks.reference import torch_models, torch_scorers
 
     torch.set_num_threads(threads)
-    model = torch_models.from_flax(name, jax.device_get(params), NUM_CLASSES)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    y = torch.from_numpy(labels.astype(np.int64))
+    model = torch_models.from_flax(name, jax.device_get(params), NUM_CLASSES).to(device)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    y = torch.from_numpy(labels.astype(np.int64)).to(device)
     shape = tuple(x.shape[1:])
     run = {
         "torch/snip": lambda: torch_scorers.snip(model, x, y),
@@ -108,7 +109,8 @@ def torch_variants(name: str, params, images, labels, threads: int):
         "torch/fused": lambda: torch_scorers.fused(model, x, y),
         "torch/forward": lambda: torch_scorers.forward(model, x),
     }
-    return torch.__version__, run
+    run = {k: torch_device.synchronized(fn, device) for k, fn in run.items()}
+    return torch_device.describe(device), run
 
 
 def _blocking(fn):
@@ -132,7 +134,7 @@ def agreement(name: str, jax_scores: dict, torch_scores: dict) -> dict:
             if kind != "bn"
         ]
         a = _flat(torch_models.kernel_to_torch(kind, k) for kind, k in layers)
-        b = _flat(t.numpy() for t in torch_scores[key])
+        b = _flat(t.cpu().numpy() for t in torch_scores[key])
         out[key] = float(np.max(np.abs(a - b)) / np.max(np.abs(b)))
     return out
 
@@ -178,18 +180,27 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=None, help="chunk of the fused scorer")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
+    p.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=torch_device.CHOICES,
+        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
+    )
     p.add_argument("--quick", action="store_true", help="2 repeats, batch 20 (smoke run)")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     if args.quick:
         args.repeats, args.batch_size = 2, 20
+    args.torch_device = torch_device.resolve(args.torch_device)
 
     env = report.environment()
     results = {}
-    torch_version = None
+    torch_info = None
     for name in args.models:
         params, images, labels, run = jax_variants(name, args.batch_size, args.chunk_size)
-        torch_version, torch_run = torch_variants(name, params, images, labels, args.threads)
+        torch_info, torch_run = torch_variants(
+            name, params, images, labels, args.threads, args.torch_device
+        )
         run.update(torch_run)
         check = agreement(name, run["jax/fused"](), run["torch/fused"]())
         times = time_all(run, args.repeats)
@@ -201,7 +212,8 @@ def main(argv=None):
         }
         print(f"{name}: {results[name]['ratios']}", flush=True)
 
-    env["versions"]["torch"] = torch_version
+    env["versions"]["torch"] = torch_info["version"]
+    env["torch"] = torch_info
     result = {
         "benchmark": "scorers",
         "settings": vars(args) | {"out": None},
@@ -229,7 +241,7 @@ def markdown(args, env, results) -> list[str]:
         f"{f' --chunk-size {args.chunk_size}' if args.chunk_size else ''}`  ",
         f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
         f"{env['device']['kind']} ({env['device']['platform']}); jax {v['jax']}, flax "
-        f"{v['flax']}, torch {v['torch']} ({args.threads} threads); {env['date']}",
+        f"{v['flax']}; {torch_device.label(env['torch'])}; {env['date']}",
         "",
         "Medians over the repeats, seconds per call (JAX jitted and compiled beforehand; "
         "PyTorch eager). Floor: one gradient + one HVP (jvp of grad) + one SynFlow gradient, "

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.reference import torch_device
 from jpanning import env as env_lib, masks as masks_lib, models, report
 from jpanning.agents import td3
 from jpanning.agents.pendulum import Pendulum
@@ -95,11 +96,13 @@ def bench_updates(args) -> dict:
     )
     keys = jax.random.split(jax.random.key(3), 8)
     torch.set_num_threads(args.threads)
-    ref = TD3(OBS, ACT, buffer_size=config.buffer_size)
+    ref = TD3(OBS, ACT, buffer_size=config.buffer_size, device=args.torch_device)
 
-    def torch_run():
+    def updates():
         for _ in range(args.updates):
             ref.update()
+
+    torch_run = torch_device.synchronized(updates, args.torch_device)
 
     med = _median_times(
         {
@@ -128,8 +131,7 @@ def bench_updates(args) -> dict:
         "jax/torch rate": per["torch"] / per["jax"],
         "authors_update_ms": AUTHORS_UPDATE_MS,
         "vmap x8 / one (time)": per["jax vmap x8"] / per["jax"],
-        "torch_threads": args.threads,
-        "torch_version": torch.__version__,
+        "torch": torch_device.describe(args.torch_device),
     }
 
 
@@ -220,8 +222,13 @@ def render(result: dict) -> list[str]:
             md += [
                 "",
                 f"## Updates (obs {OBS}, action {ACT}, 256-256, batch 256; medians of "
-                f"{r['repeats']} x {r['updates_per_call']} updates; torch {r['torch_version']}, "
-                f"{r['torch_threads']} threads)",
+                f"{r['repeats']} x {r['updates_per_call']} updates; "
+                + (
+                    torch_device.label(r["torch"])
+                    if "torch" in r  # results before 2026-11-26: PyTorch on the CPU
+                    else f"torch {r['torch_version']}, {r['torch_threads']} threads"
+                )
+                + ")",
                 "",
                 "| variant | updates/s | ms/update |",
                 "|---|---|---|",
@@ -285,13 +292,21 @@ def main(argv=None):
     )
     p.add_argument("--updates", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
+    p.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=torch_device.CHOICES,
+        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
+    )
     p.add_argument("--pendulum-steps", type=int, default=2000)
     p.add_argument("--search-models", nargs="+", default=["resnet20", "resnet20_panning"])
     p.add_argument("--search-steps", type=int, default=12)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
+    if "updates" in args.parts:
+        args.torch_device = torch_device.resolve(args.torch_device)
     argv = list(argv if argv is not None else sys.argv[1:])
     env = report.environment()
     tag = env["device"]["platform"]

@@ -28,7 +28,8 @@ def _mlp(sizes, out_act=None):
 
 
 class TD3:
-    """Actor, twin critics, targets, Adam, a filled random buffer; :meth:`update` is timed."""
+    """Actor, twin critics, targets, Adam, a filled random buffer on ``device``; :meth:`update`
+    is timed."""
 
     def __init__(
         self,
@@ -44,11 +45,12 @@ class TD3:
         noise_clip=0.5,
         policy_delay=2,
         seed=0,
+        device="cpu",
     ):
         torch.manual_seed(seed)
-        self.actor = _mlp((obs_size, *hidden, action_size), nn.Tanh())
-        self.q1 = _mlp((obs_size + action_size, *hidden, 1))
-        self.q2 = _mlp((obs_size + action_size, *hidden, 1))
+        self.actor = _mlp((obs_size, *hidden, action_size), nn.Tanh()).to(device)
+        self.q1 = _mlp((obs_size + action_size, *hidden, 1)).to(device)
+        self.q2 = _mlp((obs_size + action_size, *hidden, 1)).to(device)
         self.actor_t = copy.deepcopy(self.actor)
         self.q1_t, self.q2_t = copy.deepcopy(self.q1), copy.deepcopy(self.q2)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=lr)
@@ -61,6 +63,10 @@ class TD3:
         self.reward = torch.randn(buffer_size, 1, generator=g)
         self.next_obs = torch.randn(buffer_size, obs_size, generator=g)
         self.not_done = (torch.rand(buffer_size, 1, generator=g) > 0.01).float()
+        self.obs, self.action, self.reward, self.next_obs, self.not_done = (
+            t.to(device) for t in (self.obs, self.action, self.reward, self.next_obs, self.not_done)
+        )
+        self.device = device
         self.batch_size, self.gamma, self.tau = batch_size, gamma, tau
         self.policy_noise, self.noise_clip, self.policy_delay = (
             policy_noise,
@@ -76,7 +82,7 @@ class TD3:
 
     def update(self):
         self.steps += 1
-        i = torch.randint(0, self.obs.shape[0], (self.batch_size,))
+        i = torch.randint(0, self.obs.shape[0], (self.batch_size,), device=self.device)
         s, a, r, s2, nd = (
             self.obs[i],
             self.action[i],

@@ -75,7 +75,7 @@ def _input_gradient_network(model, weights: dict, names, input_shape) -> list[to
     model.eval()
     try:
         tensors = _with(model, weights)
-        ones = torch.ones((1, *input_shape))
+        ones = torch.ones((1, *input_shape), device=next(iter(weights.values())).device)
         out = functional_call(model, tensors, (ones,)).sum()
         return list(torch.autograd.grad(out, [tensors[n] for n in names]))
     finally:

@@ -79,7 +79,7 @@ def synflow(model: nn.Module, input_shape) -> list[torch.Tensor]:
             for p in params:
                 p.abs_()
         weights = prunable_weights(model)
-        ones = torch.ones((1, *input_shape), dtype=params[0].dtype)
+        ones = torch.ones((1, *input_shape), dtype=params[0].dtype, device=params[0].device)
         grads = torch.autograd.grad(model(ones).sum(), weights)
         scores = [(w * g).abs().detach() for w, g in zip(weights, grads)]
     finally:
