@@ -233,7 +233,7 @@ def _workloads(args) -> dict:
         runners["torch"] = _torch_runner(variables, masks, images, labels, config, args.threads)
     except ImportError:
         torch = None
-    ips, med = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, _ = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     out = {"train step, batch %d (images/s)" % args.batch_size: med, "train_windows": ips}
 
     params, stats = variables["params"], variables["batch_stats"]

@@ -65,7 +65,7 @@ def main(argv=None):
     runners = {"no mesh": runner(None)}
     for n in args.devices:
         runners[f"{n} device{'s' if n > 1 else ''}"] = runner(parallel.make_mesh(n))
-    ips, med = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, _ = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     one = med[f"{args.devices[0]} device{'s' if args.devices[0] > 1 else ''}"]
     env = report.environment()
     platform = jax.devices()[0].platform

@@ -12,6 +12,7 @@ between the two so that machine noise hits both alike. Writes medians and the ra
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import sys
@@ -83,15 +84,28 @@ def random_masked_setup(model_name: str, input_shape, sparsity: float, batch_siz
     return model, variables, masks, images, labels
 
 
-def alternating_windows(runners: dict, steps: int, repeats: int, batch_size: int):
-    """Warm each ``run(n)`` up, then time ``repeats`` windows of ``steps`` steps per runner,
-    alternating between runners so that machine noise hits all alike.
+def window_steps(run, min_seconds: float = 1.0, at_least: int = 10) -> int:
+    """Steps per timed window so that one lasts about ``min_seconds`` (at least ``at_least``
+    steps): 10 steps of ResNet-20 take seconds on a 2-core CPU but ~35 ms on an H100, too
+    short for the timer and the host's noise."""
+    start = time.perf_counter()
+    run(at_least)
+    seconds = time.perf_counter() - start
+    return max(at_least, math.ceil(at_least * min_seconds / seconds))
+
+
+def alternating_windows(runners: dict, steps: int | None, repeats: int, batch_size: int):
+    """Warm each ``run(n)`` up, then time ``repeats`` windows of ``steps`` steps per runner
+    (``None``: :func:`window_steps` of the first runner), alternating between runners so
+    that machine noise hits all alike.
 
     Returns:
         ``(images_per_second, medians)``: per runner, the windows' rates and their median.
     """
     for run in runners.values():  # compile and warm up
         run(2)
+    if steps is None:
+        steps = window_steps(next(iter(runners.values())))
     times = {k: [] for k in runners}
     for _ in range(repeats):
         for name, run in runners.items():
@@ -99,7 +113,7 @@ def alternating_windows(runners: dict, steps: int, repeats: int, batch_size: int
             run(steps)
             times[name].append(time.perf_counter() - start)
     ips = {k: [steps * batch_size / t for t in v] for k, v in times.items()}
-    return ips, {k: statistics.median(v) for k, v in ips.items()}
+    return ips, {k: statistics.median(v) for k, v in ips.items()}, steps
 
 
 def main(argv=None):
@@ -108,7 +122,12 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--input-shape", type=int, nargs=3, default=(32, 32, 3))
     p.add_argument("--sparsity", type=float, default=0.95)
-    p.add_argument("--steps", type=int, default=10, help="steps per timed window")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="steps per timed window (default: windows of about 1 s, at least 10 steps)",
+    )
     p.add_argument("--repeats", type=int, default=5, help="timed windows per variant")
     p.add_argument("--augment", action="store_true", help="include crop+flip augmentation")
     p.add_argument("--out", default=RESULTS)
@@ -123,12 +142,12 @@ def main(argv=None):
         "dense": make_runner(model, variables, config, None, images, labels, args.augment),
         "masked": make_runner(model, variables, config, masks, images, labels, args.augment),
     }
-    ips, med = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, steps = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     overhead = med["dense"] / med["masked"] - 1
     env = report.environment()
     result = {
         "benchmark": "train_throughput",
-        "settings": vars(args) | {"out": None},
+        "settings": vars(args) | {"out": None, "steps": steps},
         "images_per_second": ips,
         "median_images_per_second": med,
         "masked_overhead": overhead,
@@ -157,7 +176,7 @@ def main(argv=None):
         "",
         f"Masked overhead: {100 * overhead:+.1f}% (goal: at most +5%; "
         f"{'met' if overhead <= 0.05 else 'not met'}), {args.sparsity:.0%} sparse random "
-        f"mask, {args.repeats} windows of {args.steps} steps each, alternating.",
+        f"mask, {args.repeats} windows of {steps} steps each, alternating.",
     ]
     report.atomic_write_bytes(
         os.path.join(args.out, f"train_throughput_{tag}.md"), ("\n".join(md) + "\n").encode()
