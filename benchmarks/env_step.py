@@ -189,12 +189,7 @@ def main(argv=None):
     p.add_argument(
         "--no-torch", action="store_true", help="skip the PyTorch step (no torch installed)"
     )
-    p.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=torch_device.CHOICES,
-        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
-    )
+    torch_device.add_argument(p)
     p.add_argument("--out", default=RESULTS)
     p.add_argument("--rewrite", action="store_true", help="only redo ratios/markdown from JSON")
     p.add_argument(

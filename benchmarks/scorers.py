@@ -180,12 +180,7 @@ def main(argv=None):
     p.add_argument("--chunk-size", type=int, default=None, help="chunk of the fused scorer")
     p.add_argument("--repeats", type=int, default=5, help="timed calls per variant")
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
-    p.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=torch_device.CHOICES,
-        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
-    )
+    torch_device.add_argument(p)
     p.add_argument("--quick", action="store_true", help="2 repeats, batch 20 (smoke run)")
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)

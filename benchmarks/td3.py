@@ -293,12 +293,7 @@ def main(argv=None):
     p.add_argument("--updates", type=int, default=200)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--threads", type=int, default=os.cpu_count(), help="PyTorch threads")
-    p.add_argument(
-        "--torch-device",
-        default="auto",
-        choices=torch_device.CHOICES,
-        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
-    )
+    torch_device.add_argument(p)
     p.add_argument("--pendulum-steps", type=int, default=2000)
     p.add_argument("--search-models", nargs="+", default=["resnet20", "resnet20_panning"])
     p.add_argument("--search-steps", type=int, default=12)

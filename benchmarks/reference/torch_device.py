@@ -64,3 +64,13 @@ def label(info: dict) -> str:
         tf32 = "TF32" if info["tf32_matmul"] and info["tf32_cudnn"] else "full float32"
         return f"torch {info['version']} on {info['name']} ({tf32}, as JAX)"
     return f"torch {info['version']} on the CPU ({info['threads']} threads)"
+
+
+def add_argument(parser) -> None:
+    """The benchmarks' ``--torch-device`` option (pass its value to :func:`resolve`)."""
+    parser.add_argument(
+        "--torch-device",
+        default="auto",
+        choices=CHOICES,
+        help="where PyTorch runs (auto: the GPU when JAX runs on one)",
+    )
