@@ -363,11 +363,8 @@ def main(argv=None):
         "torch": torch_version,
         **env,
     }
-    md = "\n".join(_markdown(args, argv, env, platform, torch_version, layers, work)) + "\n"
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(os.path.join(args.out, f"cpu_conv_{platform}.json"), result)
-    report.atomic_write_bytes(os.path.join(args.out, f"cpu_conv_{platform}.md"), md.encode())
-    print(md)
+    md = _markdown(args, argv, env, platform, torch_version, layers, work)
+    report.write_result(args.out, f"cpu_conv_{platform}", result, md)
 
 
 def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[str]:

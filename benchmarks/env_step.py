@@ -259,7 +259,7 @@ def rewrite(args, argv) -> None:
     saved = _load(args.out)
     for name, r in saved["results"].items():
         r["ratios"] = ratios(name, r["median_seconds"], r["floor_seconds"])
-    env = {k: saved[k] for k in ("versions", "device", "machine", "date") if k in saved}
+    env = {k: saved[k] for k in ("versions", "xla_cpu", "device", "machine", "date") if k in saved}
     settings = argparse.Namespace(**{**saved["settings"], "out": args.out})
     write(settings, env, saved["results"], saved.get("argv", []))
 
@@ -275,13 +275,9 @@ def write(args, env, results, argv) -> None:
     result = {"benchmark": "env_step", "settings": vars(args) | {"out": None}, **env}
     result["argv"] = list(argv if argv is not None else sys.argv[1:])
     result["results"] = results
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(os.path.join(args.out, f"env_step_{tag}.json"), result)
-    md = markdown(args, env, results, result["argv"])
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"env_step_{tag}.md"), ("\n".join(md) + "\n").encode()
+    report.write_result(
+        args.out, f"env_step_{tag}", result, markdown(args, env, results, result["argv"])
     )
-    print("\n".join(md))
 
 
 def _torch_words(info) -> str:
@@ -296,9 +292,7 @@ def markdown(args, env, results, argv) -> list[str]:
         f"# Panning environment step, scoring batch {args.batch_size} x {INPUT_SHAPE}",
         "",
         f"Command: `{' '.join(['python -m benchmarks.env_step', *argv])}`  ",
-        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-        f"{env['device']['kind']} ({env['device']['platform']}); jax "
-        f"{env['versions']['jax']}, flax {env['versions']['flax']}; {env['date']}",
+        report.machine_line(env, ("jax", "flax")),
         "",
         f"Medians of {args.repeats} alternating repeats, seconds. Step at round 50 of 100 "
         f"(target 0.95); `step x {args.envs}` is per environment of a vmapped batch. Floor: "

@@ -80,16 +80,12 @@ def main(argv=None):
     tag = env["device"]["platform"]
     result = {"benchmark": "loop_body_conv", "settings": vars(args) | {"out": None}, **env}
     result |= {"argv": argv, "results_ms": rows}
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(os.path.join(args.out, f"loop_body_conv_{tag}.json"), result)
     md = [
         f"# One 3x3 convolution in a loop body, {args.batches} batches of "
         f"{args.batch_size} x {args.size}x{args.size}x{args.channels}",
         "",
         f"Command: `{' '.join(['python -m benchmarks.loop_body_conv', *argv])}`  ",
-        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-        f"{env['device']['kind']} ({env['device']['platform']}); jax {env['versions']['jax']}; "
-        f"{env['date']}",
+        report.machine_line(env),
         "",
         f"Medians of {args.repeats} calls, ms for all {args.batches} batches.",
         "",
@@ -100,10 +96,7 @@ def main(argv=None):
         md.append(
             f"| {name} | {r['unrolled']:.1f} | {r['lax.map']:.1f} | {r['lax.map / unrolled']:.1f} |"
         )
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"loop_body_conv_{tag}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    report.write_result(args.out, f"loop_body_conv_{tag}", result, md)
 
 
 if __name__ == "__main__":

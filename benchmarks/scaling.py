@@ -80,8 +80,6 @@ def main(argv=None):
         "speedup_vs_first": {k: v / one for k, v in med.items()},
         **env,
     }
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(os.path.join(args.out, f"scaling_{platform}.json"), result)
     command = " ".join(["python -m benchmarks.scaling", *(argv or sys.argv[1:])])
     md = [
         f"# Data-parallel training throughput, {args.model}, global batch {args.batch_size}, "
@@ -114,10 +112,7 @@ def main(argv=None):
             else ""
         ),
     ]
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"scaling_{platform}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    report.write_result(args.out, f"scaling_{platform}", result, md)
 
 
 if __name__ == "__main__":

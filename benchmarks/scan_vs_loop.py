@@ -103,9 +103,7 @@ def main(argv=None):
         f"{args.batch_size} x {tuple(args.input_shape)}",
         "",
         f"Command: `{' '.join(['python -m benchmarks.scan_vs_loop', *argv])}`  ",
-        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-        f"{env['device']['kind']} ({env['device']['platform']}); jax {env['versions']['jax']}; "
-        f"{env['date']}",
+        report.machine_line(env),
         "",
         "| variant | median s per round |",
         "|---|---|",
@@ -122,12 +120,7 @@ def main(argv=None):
             "multiply, so iterative masks are reproducible for one compiled program on one "
             "device, not across programs or devices.",
         ]
-    os.makedirs(args.out, exist_ok=True)
-    report.write_json(os.path.join(args.out, f"scan_vs_loop_{tag}.json"), result)
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"scan_vs_loop_{tag}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    report.write_result(args.out, f"scan_vs_loop_{tag}", result, md)
 
 
 if __name__ == "__main__":

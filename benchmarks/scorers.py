@@ -215,18 +215,11 @@ def main(argv=None):
         "results": results,
         **env,
     }
-    os.makedirs(args.out, exist_ok=True)
     tag = env["device"]["platform"] + ("_quick" if args.quick else "")
-    report.write_json(os.path.join(args.out, f"scorers_{tag}.json"), result)
-    md = markdown(args, env, results)
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"scorers_{tag}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    report.write_result(args.out, f"scorers_{tag}", result, markdown(args, env, results))
 
 
 def markdown(args, env, results) -> list[str]:
-    v = env["versions"]
     md = [
         f"# Scorer timings, scoring batch {args.batch_size} x {INPUT_SHAPE}"
         f"{' (quick)' if args.quick else ''}",
@@ -234,9 +227,7 @@ def markdown(args, env, results) -> list[str]:
         f"Command: `python -m benchmarks.scorers{' --quick' if args.quick else ''} "
         f"--repeats {args.repeats} --batch-size {args.batch_size}"
         f"{f' --chunk-size {args.chunk_size}' if args.chunk_size else ''}`  ",
-        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-        f"{env['device']['kind']} ({env['device']['platform']}); jax {v['jax']}, flax "
-        f"{v['flax']}; {torch_device.label(env['torch'])}; {env['date']}",
+        report.machine_line(env, ("jax", "flax"), torch_device.label(env["torch"])),
         "",
         "Medians over the repeats, seconds per call (JAX jitted and compiled beforehand; "
         "PyTorch eager). Floor: one gradient + one HVP (jvp of grad) + one SynFlow gradient, "

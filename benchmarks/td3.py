@@ -213,9 +213,7 @@ def render(result: dict) -> list[str]:
         md += [
             "",
             f"Command: `{r['command']}`  ",
-            f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-            + f"{env['device']['kind']} ({env['device']['platform']}); "
-            + f"jax {env['versions']['jax']}; {env['date']}",
+            report.machine_line(env),
         ]
         if part == "updates":
             ups = r["updates_per_second"]
@@ -317,7 +315,6 @@ def main(argv=None):
         "pendulum_seeds": lambda: bench_pendulum_seeds(args),
         "search": lambda: {"rows": [bench_search(name, args) for name in args.search_models]},
     }
-    os.makedirs(args.out, exist_ok=True)
     for part in args.parts:
         key = "pendulum_seeds" if part == "seeds" else part
         result[key] = runs[key]() | {
@@ -326,12 +323,8 @@ def main(argv=None):
             "repeats": min(args.repeats, 3) if key == "pendulum_seeds" else args.repeats,
             "environment": environment,
         }
-        md = render(result)  # after every part: nothing measured is lost
-        report.write_json(path, result)
-        report.atomic_write_bytes(
-            os.path.join(args.out, f"td3_{tag}.md"), ("\n".join(md) + "\n").encode()
-        )
-    print("\n".join(md))
+        # After every part: nothing measured is lost.
+        report.write_result(args.out, f"td3_{tag}", result, render(result))
 
 
 if __name__ == "__main__":

@@ -155,17 +155,13 @@ def main(argv=None):
         "goal_met": overhead <= 0.05,
         **env,
     }
-    os.makedirs(args.out, exist_ok=True)
     tag = f"{env['device']['platform']}"
-    report.write_json(os.path.join(args.out, f"train_throughput_{tag}.json"), result)
     md = [
         f"# Training throughput, {args.model}, batch {args.batch_size}, "
         f"input {tuple(args.input_shape)}",
         "",
         f"Command: `{' '.join(['python -m benchmarks.train_throughput', *(argv or sys.argv[1:])])}`  ",
-        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
-        f"{env['device']['kind']} ({env['device']['platform']}); jax "
-        f"{env['versions']['jax']}, flax {env['versions']['flax']}; {env['date']}",
+        report.machine_line(env, ("jax", "flax")),
         "",
         "| variant | median images/s | windows (images/s) |",
         "|---|---|---|",
@@ -178,10 +174,7 @@ def main(argv=None):
         f"{'met' if overhead <= 0.05 else 'not met'}), {args.sparsity:.0%} sparse random "
         f"mask, {args.repeats} windows of {steps} steps each, alternating.",
     ]
-    report.atomic_write_bytes(
-        os.path.join(args.out, f"train_throughput_{tag}.md"), ("\n".join(md) + "\n").encode()
-    )
-    print("\n".join(md))
+    report.write_result(args.out, f"train_throughput_{tag}", result, md)
 
 
 if __name__ == "__main__":

@@ -58,6 +58,29 @@ def write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
+def write_result(out: str, stem: str, result: Any, markdown: list[str]) -> None:
+    """A benchmark's ``<stem>.json`` and ``<stem>.md`` in ``out`` (created if missing),
+    each written atomically; the markdown is printed too."""
+    os.makedirs(out, exist_ok=True)
+    write_json(os.path.join(out, f"{stem}.json"), result)
+    text = "\n".join(markdown) + "\n"
+    atomic_write_bytes(os.path.join(out, f"{stem}.md"), text.encode())
+    print(text, end="")
+
+
+def machine_line(env: dict, packages=("jax",), extra: str = "") -> str:
+    """The ``Machine:`` line of a result's markdown from :func:`environment`'s record: CPU,
+    cores, device, the ``packages``' versions, ``extra`` and the date."""
+    versions = ", ".join(f"{name} {env['versions'][name]}" for name in packages)
+    device = env["device"]
+    return (
+        f"Machine: {env['machine']['cpu']}, {env['machine']['cores']} cores; device "
+        f"{device['kind']} ({device['platform']}); {versions}; "
+        + (f"{extra}; " if extra else "")
+        + env["date"]
+    )
+
+
 def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
     """``{'block/conv/kernel': array}`` for a nested dict pytree."""
     flat = traverse_util.flatten_dict(tree, sep="/")
