@@ -1,9 +1,10 @@
 """XLA:CPU settings that make convolutions fast on a CPU, chosen automatically per backend.
 
-jaxlib 0.10 hands every convolution with more than 16 channels, and the kernel gradient of
-all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread: on a 2-core
-machine half the CPU idles through a network's convolutions (``benchmarks/cpu_conv.py`` shows
-CPU time / wall time of 1.0 for them, 2.0 for XLA's own Eigen convolution). Leaving
+jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the kernel
+gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
+on a 2-core machine half the CPU idles through a network's convolutions
+(``benchmarks/cpu_conv.py`` shows CPU time / wall time of 1.0 for them, 2.0 for XLA's own
+Eigen convolution). Leaving
 convolutions out of YNNPACK (the ``xla_cpu_experimental_ynn_fusion_type`` option without
 ``INDIVIDUAL_CONVOLUTION``) gives them back to Eigen, multi-threaded. Two settings, measured
 in ``benchmarks/results/cpu_conv_cpu.md``:
@@ -41,7 +42,7 @@ come out: a convolution is computed by another library, equal within float32 rou
 (``tests/test_cpu.py``). Opt out with ``JPANNING_CPU_FAST=0``; a
 ``--xla_cpu_experimental_ynn_fusion_type`` already in ``XLA_FLAGS`` is the user's choice and
 is kept. The settings are applied only with the jaxlib they were measured on
-(:data:`MEASURED_JAXLIB`): another version may not know the option (XLA aborts on unknown
+(:data:`MEASURED_JAXLIBS`): another version may not know the option (XLA aborts on unknown
 flags) or may have fixed the single thread.
 """
 
@@ -55,9 +56,11 @@ from typing import Sequence
 
 YNN_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 ENV_SWITCH = "JPANNING_CPU_FAST"  # "0": XLA's own CPU defaults
-MEASURED_JAXLIB = (0, 10)  # major, minor of the jaxlib whose YNNPACK fusions were measured
+# (major, minor) of the jaxlibs the setting was measured on (benchmarks/cpu_conv.py): 0.10.2
+# (benchmarks/results/cpu_conv_cpu.md) and 0.11.2 (benchmarks/results/jaxlib-0.11/).
+MEASURED_JAXLIBS = ((0, 10), (0, 11))
 _PREFIX = "LIBRARY_FUSION_TYPE_"
-XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # jaxlib 0.10.2's
+XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # 0.10.2 and 0.11.2
 PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
 TRAIN_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 SMALL_INPUT = 8  # input pixels (H*W) up to which conv_general_dilated uses slices + matmul
@@ -80,7 +83,7 @@ def _jaxlib_measured() -> bool:
     except metadata.PackageNotFoundError:
         return False
     match = re.match(r"(\d+)\.(\d+)", version)
-    return match is not None and (int(match[1]), int(match[2])) == MEASURED_JAXLIB
+    return match is not None and (int(match[1]), int(match[2])) in MEASURED_JAXLIBS
 
 
 def user_choice() -> bool:

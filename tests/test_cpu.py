@@ -270,7 +270,13 @@ def test_import_sets_the_flag_and_respects_choices():
 
 @pytest.mark.parametrize(
     "version, measured",
-    [("0.10.2", True), ("0.10.0.dev20261101", True), ("0.9.9", False), ("0.11.0", False)],
+    [
+        ("0.10.2", True),
+        ("0.10.0.dev20261101", True),
+        ("0.11.2", True),
+        ("0.9.9", False),
+        ("0.12.0", False),
+    ],
 )
 def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
