@@ -340,7 +340,7 @@ def main(argv=None):
     if not cpu.configure():  # off: the user chose, or another jaxlib
         sys.exit(
             "cpu_conv: jpanning's CPU setting is off (JPANNING_CPU_FAST=0, the option in "
-            "XLA_FLAGS, or an unmeasured jaxlib, cpu.MEASURED_JAXLIBS); nothing to compare"
+            "XLA_FLAGS, or a jaxlib not in cpu.MEASURED_JAXLIBS); nothing to compare"
         )
     import jax
 

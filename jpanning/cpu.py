@@ -4,9 +4,9 @@ jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the 
 gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
 on a 2-core machine half the CPU idles through a network's convolutions
 (``benchmarks/cpu_conv.py`` shows CPU time / wall time of 1.0 for them, 2.0 for XLA's own
-Eigen convolution). Leaving
-convolutions out of YNNPACK (the ``xla_cpu_experimental_ynn_fusion_type`` option without
-``INDIVIDUAL_CONVOLUTION``) gives them back to Eigen, multi-threaded. Two settings, measured
+Eigen convolution). Leaving convolutions out of YNNPACK (the
+``xla_cpu_experimental_ynn_fusion_type`` option without ``INDIVIDUAL_CONVOLUTION``) gives
+them back to Eigen, multi-threaded. Two settings, measured
 in ``benchmarks/results/cpu_conv_cpu.md``:
 
 - :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
