@@ -200,8 +200,8 @@ def main(argv=None):
     args = p.parse_args(argv)
     if args.rewrite:
         return rewrite(args, argv)
-    if not args.no_torch:
-        args.torch_device = torch_device.resolve(args.torch_device)
+    if not args.no_torch and set(args.models) & set(TORCH_MODELS):
+        args.torch_device = torch_device.resolve_or_exit(p, args.torch_device)
     env = report.environment()
     results = {}
     if args.update:
@@ -280,11 +280,12 @@ def write(args, env, results, argv) -> None:
     )
 
 
-def _torch_words(info) -> str:
-    """How PyTorch ran; results written before 2026-11-26 hold only its version (2 threads)."""
+def _torch_words(info, threads) -> str:
+    """How PyTorch ran; results written before 2026-11-26 hold only its version (on the CPU,
+    with ``threads`` threads)."""
     if isinstance(info, dict):
         return torch_device.label(info)
-    return f"PyTorch {info} (2 threads)"
+    return f"PyTorch {info} ({threads} threads)"
 
 
 def markdown(args, env, results, argv) -> list[str]:
@@ -332,7 +333,7 @@ def markdown(args, env, results, argv) -> list[str]:
         if "jax_vs_torch" in r:
             c = r["jax_vs_torch"]
             md += [
-                f"{_torch_words(r['torch'])} against jpanning's recompute-dense step from the same "
+                f"{_torch_words(r['torch'], getattr(args, 'threads', '?'))} against jpanning's recompute-dense step from the same "
                 f"state: kept {c['kept']:,} vs {c['kept_torch']:,}, of which "
                 f"{c['kept_by_both / kept']:.4f} by both; effective sparsity "
                 f"{c['effective']:.4f} vs {c['effective_torch']:.4f}; relative differences "

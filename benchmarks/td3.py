@@ -299,7 +299,7 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     if "updates" in args.parts:
-        args.torch_device = torch_device.resolve(args.torch_device)
+        args.torch_device = torch_device.resolve_or_exit(p, args.torch_device)
     argv = list(argv if argv is not None else sys.argv[1:])
     env = report.environment()
     tag = env["device"]["platform"]
@@ -324,7 +324,8 @@ def main(argv=None):
             "environment": environment,
         }
         # After every part: nothing measured is lost.
-        report.write_result(args.out, f"td3_{tag}", result, render(result))
+        report.write_result(args.out, f"td3_{tag}", result, render(result), echo=False)
+    print("\n".join(render(result)))
 
 
 if __name__ == "__main__":

@@ -100,7 +100,8 @@ def alternating_windows(runners: dict, steps: int | None, repeats: int, batch_si
     that machine noise hits all alike.
 
     Returns:
-        ``(images_per_second, medians)``: per runner, the windows' rates and their median.
+        ``(images_per_second, medians, steps)``: per runner, the windows' rates and their
+        median; the steps per window used.
     """
     for run in runners.values():  # compile and warm up
         run(2)

@@ -6,8 +6,9 @@ on a 2-core machine half the CPU idles through a network's convolutions
 (``benchmarks/cpu_conv.py`` shows CPU time / wall time of 1.0 for them, 2.0 for XLA's own
 Eigen convolution). Leaving convolutions out of YNNPACK (the
 ``xla_cpu_experimental_ynn_fusion_type`` option without ``INDIVIDUAL_CONVOLUTION``) gives
-them back to Eigen, multi-threaded. Two settings, measured
-in ``benchmarks/results/cpu_conv_cpu.md``:
+them back to Eigen, multi-threaded. Two settings, measured in
+``benchmarks/results/cpu_conv_cpu.md`` (jaxlib 0.10.2; the workloads again on 0.11.2 in
+``benchmarks/results/jaxlib-0.11/``):
 
 - :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
   whole process in ``XLA_FLAGS`` when ``jpanning`` is imported, so every model, scorer and

@@ -58,14 +58,17 @@ def write_json(path: str, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
 
 
-def write_result(out: str, stem: str, result: Any, markdown: list[str]) -> None:
+def write_result(
+    out: str, stem: str, result: Any, markdown: list[str], *, echo: bool = True
+) -> None:
     """A benchmark's ``<stem>.json`` and ``<stem>.md`` in ``out`` (created if missing),
-    each written atomically; the markdown is printed too."""
+    each written atomically; the markdown is printed too unless ``echo`` is False."""
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, f"{stem}.json"), result)
     text = "\n".join(markdown) + "\n"
     atomic_write_bytes(os.path.join(out, f"{stem}.md"), text.encode())
-    print(text, end="")
+    if echo:
+        print(text, end="")
 
 
 def machine_line(env: dict, packages=("jax",), extra: str = "") -> str:

@@ -1,30 +1,46 @@
 """Where the PyTorch references run: on the GPU when JAX runs on one, so that both frameworks
 are timed on the same chip, else on the CPU.
 
-On a GPU PyTorch follows JAX's float32 precision: TensorFloat-32 for matrix products and
-convolutions by default, as JAX does with ``jax_default_matmul_precision`` unset (PyTorch's
-own default uses it for cuDNN convolutions only); full float32 when that option is
-``highest`` (``JAX_DEFAULT_MATMUL_PRECISION=highest``).
+On a GPU PyTorch uses TensorFloat-32 for float32 matrix products and convolutions, as JAX
+does with ``jax_default_matmul_precision`` unset (PyTorch's own default uses it for cuDNN
+convolutions only), and full float32 when JAX's setting asks for float32 accuracy
+(:data:`FULL_FLOAT32`, e.g. ``JAX_DEFAULT_MATMUL_PRECISION=highest``). Both settings are
+recorded (:func:`describe`). JAX takes 75% of the GPU's memory at start unless
+``XLA_PYTHON_CLIENT_MEM_FRACTION`` says otherwise; PyTorch gets what is left.
 """
 
 from __future__ import annotations
 
 CHOICES = ("auto", "cpu", "cuda")
+# jax_default_matmul_precision values that ask for float32 accuracy (or better) in products.
+FULL_FLOAT32 = (
+    "highest",
+    "float32",
+    "F32_F32_F32",
+    "F64_F64_F64",
+    "BF16_BF16_F32_X6",
+    "BF16_BF16_F32_X9",
+    "TF32_TF32_F32_X3",
+)
 
 
 def resolve(choice: str = "auto") -> str:
-    """``"cuda"`` or ``"cpu"`` for ``choice`` (``auto``: CUDA when JAX's backend is a GPU)."""
+    """``"cuda"`` or ``"cpu"`` for ``choice`` (``auto``: CUDA when JAX's backend is a GPU).
+
+    Raises:
+        ValueError: an unknown choice, or ``cuda`` where PyTorch sees no CUDA device.
+    """
+    if choice not in CHOICES:
+        raise ValueError(f"torch device {choice!r}; choose from: {', '.join(CHOICES)}")
     import jax
     import torch
 
-    if choice not in CHOICES:
-        raise ValueError(f"torch device {choice!r}; choose from: {', '.join(CHOICES)}")
     if choice == "auto":
         choice = "cuda" if jax.default_backend() == "gpu" and torch.cuda.is_available() else "cpu"
     if choice == "cuda":
         if not torch.cuda.is_available():
             raise ValueError("torch device 'cuda': PyTorch sees no CUDA device")
-        tf32 = jax.config.jax_default_matmul_precision not in ("highest", "float32")
+        tf32 = jax.config.jax_default_matmul_precision not in FULL_FLOAT32
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
     return choice
@@ -45,7 +61,9 @@ def synchronized(fn, device: str):
 
 
 def describe(device: str) -> dict:
-    """PyTorch's version, device and float32 settings, recorded next to its timings."""
+    """PyTorch's version, device and float32 settings, and JAX's precision setting, recorded
+    next to the timings."""
+    import jax
     import torch
 
     out = {"version": torch.__version__, "device": device}
@@ -55,15 +73,21 @@ def describe(device: str) -> dict:
         out["tf32_cudnn"] = torch.backends.cudnn.allow_tf32
     else:
         out["threads"] = torch.get_num_threads()
+    out["jax_backend"] = jax.default_backend()
+    out["jax_matmul_precision"] = jax.config.jax_default_matmul_precision
     return out
 
 
 def label(info: dict) -> str:
     """``describe``'s record in words, for the markdown reports."""
-    if info["device"] == "cuda":
-        tf32 = "TF32" if info["tf32_matmul"] and info["tf32_cudnn"] else "full float32"
-        return f"torch {info['version']} on {info['name']} ({tf32}, as JAX)"
-    return f"torch {info['version']} on the CPU ({info['threads']} threads)"
+    if info["device"] != "cuda":
+        return f"torch {info['version']} on the CPU ({info['threads']} threads)"
+    tf32 = "TF32" if info["tf32_matmul"] and info["tf32_cudnn"] else "full float32"
+    words = f"torch {info['version']} on {info['name']} ({tf32}"
+    if "jax_matmul_precision" in info:  # recorded since 2026-11-26 (the first H100 run lacks it)
+        precision = info["jax_matmul_precision"] or "default"
+        words += f"; JAX's precision setting: {precision}"
+    return words + ")"
 
 
 def add_argument(parser) -> None:
@@ -74,3 +98,16 @@ def add_argument(parser) -> None:
         choices=CHOICES,
         help="where PyTorch runs (auto: the GPU when JAX runs on one)",
     )
+
+
+def resolve_or_exit(parser, choice: str) -> str:
+    """:func:`resolve`, with a missing PyTorch or an unusable device as a usage error."""
+    try:
+        return resolve(choice)
+    except ImportError as e:
+        parser.error(
+            f"PyTorch is needed for the reference timings ({e}); pip install -r "
+            "requirements-bench.txt"
+        )
+    except ValueError as e:
+        parser.error(str(e))

@@ -1,0 +1,78 @@
+"""The benchmarks' timing windows and their record of how PyTorch ran (no PyTorch needed)."""
+
+import pytest
+
+from benchmarks import env_step, train_throughput as tt
+from benchmarks.reference import torch_device
+
+
+class FakeClock:
+    """``time.perf_counter`` stand-in that runners advance by their simulated cost."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(tt.time, "perf_counter", fake)
+    return fake
+
+
+def fake_runner(clock, seconds_per_step, calls, name):
+    def run(n):
+        calls.append((name, n))
+        clock.now += n * seconds_per_step
+
+    return run
+
+
+def test_window_steps_sizes_windows_to_the_requested_seconds(clock):
+    calls = []
+    fast = fake_runner(clock, 0.01, calls, "fast")  # 10 steps: 0.1 s
+    assert tt.window_steps(fast, min_seconds=1.0, at_least=10) == 100
+    slow = fake_runner(clock, 0.5, calls, "slow")  # 10 steps: 5 s, already long enough
+    assert tt.window_steps(slow, min_seconds=1.0, at_least=10) == 10
+    assert calls == [("fast", 10), ("slow", 10)]
+
+
+def test_alternating_windows_alternates_and_reports_rates(clock):
+    calls = []
+    runners = {
+        "a": fake_runner(clock, 0.02, calls, "a"),  # 50 steps/s
+        "b": fake_runner(clock, 0.04, calls, "b"),  # 25 steps/s
+    }
+    ips, med, steps = tt.alternating_windows(runners, None, repeats=2, batch_size=8)
+    assert steps == 50  # about a second of the first runner
+    assert calls == [("a", 2), ("b", 2), ("a", 10)] + [("a", 50), ("b", 50)] * 2
+    assert ips["a"] == pytest.approx([400.0, 400.0]) and med["a"] == pytest.approx(400.0)
+    assert ips["b"] == pytest.approx([200.0, 200.0]) and med["b"] == pytest.approx(200.0)
+    calls.clear()
+    assert tt.alternating_windows(runners, 3, repeats=1, batch_size=8)[2] == 3
+    assert calls == [("a", 2), ("b", 2), ("a", 3), ("b", 3)]
+
+
+def test_torch_device_labels_name_device_and_precision():
+    cuda = {"version": "2.11.0", "device": "cuda", "name": "NVIDIA H100"}
+    tf32 = cuda | {"tf32_matmul": True, "tf32_cudnn": True}
+    assert torch_device.label(tf32) == "torch 2.11.0 on NVIDIA H100 (TF32)"
+    full = cuda | {"tf32_matmul": False, "tf32_cudnn": False, "jax_matmul_precision": "highest"}
+    assert torch_device.label(full) == (
+        "torch 2.11.0 on NVIDIA H100 (full float32; JAX's precision setting: highest)"
+    )
+    unset = tf32 | {"jax_matmul_precision": None}
+    assert torch_device.label(unset).endswith("(TF32; JAX's precision setting: default)")
+    cpu = {"version": "2.13.0+cpu", "device": "cpu", "threads": 2}
+    assert torch_device.label(cpu) == "torch 2.13.0+cpu on the CPU (2 threads)"
+    # Results written before the device was recorded hold PyTorch's version alone.
+    assert env_step._torch_words("2.13.0+cpu", 2) == "PyTorch 2.13.0+cpu (2 threads)"
+    assert env_step._torch_words(cpu, 2) == torch_device.label(cpu)
+
+
+def test_unknown_torch_device_is_refused_before_torch_is_needed():
+    with pytest.raises(ValueError, match="'tpu'; choose from: auto, cpu, cuda"):
+        torch_device.resolve("tpu")
