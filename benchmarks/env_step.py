@@ -280,14 +280,6 @@ def write(args, env, results, argv) -> None:
     )
 
 
-def _torch_words(info, threads) -> str:
-    """How PyTorch ran; results written before 2026-11-26 hold only its version (on the CPU,
-    with ``threads`` threads)."""
-    if isinstance(info, dict):
-        return torch_device.label(info)
-    return f"PyTorch {info} ({threads} threads)"
-
-
 def markdown(args, env, results, argv) -> list[str]:
     md = [
         f"# Panning environment step, scoring batch {args.batch_size} x {INPUT_SHAPE}",
@@ -333,7 +325,7 @@ def markdown(args, env, results, argv) -> list[str]:
         if "jax_vs_torch" in r:
             c = r["jax_vs_torch"]
             md += [
-                f"{_torch_words(r['torch'], getattr(args, 'threads', '?'))} against jpanning's recompute-dense step from the same "
+                f"{torch_device.label(r['torch'], getattr(args, 'threads', '?'))} against jpanning's recompute-dense step from the same "
                 f"state: kept {c['kept']:,} vs {c['kept_torch']:,}, of which "
                 f"{c['kept_by_both / kept']:.4f} by both; effective sparsity "
                 f"{c['effective']:.4f} vs {c['effective_torch']:.4f}; relative differences "

@@ -219,13 +219,6 @@ def main(argv=None):
     report.write_result(args.out, f"scorers_{tag}", result, markdown(args, env, results))
 
 
-def _torch_words(env, args) -> str:
-    """How PyTorch ran; results written before 2026-11-26 hold only its version (CPU)."""
-    if "torch" in env:
-        return torch_device.label(env["torch"])
-    return f"torch {env['versions']['torch']} ({args.threads} threads)"
-
-
 def markdown(args, env, results) -> list[str]:
     md = [
         f"# Scorer timings, scoring batch {args.batch_size} x {INPUT_SHAPE}"
@@ -234,7 +227,11 @@ def markdown(args, env, results) -> list[str]:
         f"Command: `python -m benchmarks.scorers{' --quick' if args.quick else ''} "
         f"--repeats {args.repeats} --batch-size {args.batch_size}"
         f"{f' --chunk-size {args.chunk_size}' if args.chunk_size else ''}`  ",
-        report.machine_line(env, ("jax", "flax"), _torch_words(env, args)),
+        report.machine_line(
+            env,
+            ("jax", "flax"),
+            torch_device.label(env.get("torch", env["versions"]["torch"]), args.threads),
+        ),
         "",
         "Medians over the repeats, seconds per call (JAX jitted and compiled beforehand; "
         "PyTorch eager). Floor: one gradient + one HVP (jvp of grad) + one SynFlow gradient, "

@@ -221,11 +221,7 @@ def render(result: dict) -> list[str]:
                 "",
                 f"## Updates (obs {OBS}, action {ACT}, 256-256, batch 256; medians of "
                 f"{r['repeats']} x {r['updates_per_call']} updates; "
-                + (
-                    torch_device.label(r["torch"])
-                    if "torch" in r  # results before 2026-11-26: PyTorch on the CPU
-                    else f"torch {r['torch_version']}, {r['torch_threads']} threads"
-                )
+                + torch_device.label(r.get("torch", r.get("torch_version")), r.get("torch_threads"))
                 + ")",
                 "",
                 "| variant | updates/s | ms/update |",

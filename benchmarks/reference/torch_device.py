@@ -78,8 +78,12 @@ def describe(device: str) -> dict:
     return out
 
 
-def label(info: dict) -> str:
-    """``describe``'s record in words, for the markdown reports."""
+def label(info, threads=None) -> str:
+    """``describe``'s record in words, for the markdown reports. Results written before
+    2026-11-26 record PyTorch's version alone (a string), from runs on the CPU with
+    ``threads`` threads."""
+    if isinstance(info, str):
+        info = {"version": info, "device": "cpu", "threads": threads}
     if info["device"] != "cuda":
         return f"torch {info['version']} on the CPU ({info['threads']} threads)"
     tf32 = "TF32" if info["tf32_matmul"] and info["tf32_cudnn"] else "full float32"
