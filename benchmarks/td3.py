@@ -36,6 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.reference import torch_device
+from benchmarks.scorers import time_all
 from jpanning import env as env_lib, masks as masks_lib, models, report
 from jpanning.agents import td3
 from jpanning.agents.pendulum import Pendulum
@@ -48,15 +49,8 @@ OBS, ACT = env_lib.OBS_SIZE, env_lib.ACTION_SIZE
 
 
 def _median_times(variants: dict, repeats: int) -> dict:
-    times = {k: [] for k in variants}
-    for fn in variants.values():  # compile / warm up
-        fn()
-    for _ in range(repeats):
-        for name, fn in variants.items():
-            start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+    """Median seconds per variant of :func:`benchmarks.scorers.time_all`'s alternating calls."""
+    return {k: statistics.median(v) for k, v in time_all(variants, repeats).items()}
 
 
 def _filled_buffer(config: td3.TD3Config, key) -> td3.ReplayBuffer:
