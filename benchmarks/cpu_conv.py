@@ -9,9 +9,11 @@ Part 1, issue 9's table: ResNet-20 (random 95%-sparse mask) training step at bat
 at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` compiles every
 program with XLA's default YNNPACK fusion types and the models' convolution as plain
 ``lax.conv_general_dilated`` (what JAX does without jpanning), ``jpanning``
-with jpanning's settings (the process flag set at import; the training step's own options),
-both chosen per compilation (``compiler_options``), so they share the process; ``torch`` is
-the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and threads.
+with jpanning's settings (the process flag set at import; the options jpanning's own jitted
+programs take, :func:`jpanning.cpu.first_order_options`, for the training step, SNIP and the
+eval pass), both chosen per compilation (``compiler_options``), so they share the process;
+``torch`` is the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and
+threads.
 
 Part 2, one 3x3 convolution of each ResNet-20 stage and of VGG's last block on CIFAR (2x2
 maps, 512 channels; batch 128, NHWC for JAX, NCHW for PyTorch), forward and forward+backward
@@ -212,8 +214,16 @@ def _workloads(args) -> dict:
     from jpanning import cpu, models, scores, train
 
     # per variant: the training step's compiler options, and the other programs' options
+    # (jpanning's: what its own jitted programs take, first-order ones and the others)
     xla = cpu.options(cpu.XLA_DEFAULT_TYPES)
-    variants = {XLA: (xla, xla), JPANNING: ("auto", None)}
+    first_order = cpu.first_order_options()
+    variants = {
+        XLA: (xla, {"snip": xla, "fused": xla, "eval": xla, "matmul": xla}),
+        JPANNING: (
+            "auto",
+            {"snip": first_order, "fused": None, "eval": first_order, "matmul": None},
+        ),
+    }
     model, variables, masks, images, labels = random_masked_setup(
         "resnet20", (32, 32, 3), 0.95, args.batch_size
     )
@@ -250,7 +260,8 @@ def _workloads(args) -> dict:
     }
     runs = {name: {} for name in programs}
     for name, f in programs.items():
-        for k, (_, options) in variants.items():
+        for k, (_, program_options) in variants.items():
+            options = program_options[name]
             # a new function per variant: jit's trace cache would hand one variant's program
             # (traced with or without lax's convolution) to the other
             g = functools.partial(lambda f, p, b: f(p, b), f)
@@ -281,7 +292,8 @@ def _workloads(args) -> dict:
     }
     a = jnp.asarray(rng.normal(size=(2048, 2048)).astype(np.float32))
     mm_runs = {}
-    for k, (_, options) in variants.items():
+    for k, (_, program_options) in variants.items():
+        options = program_options["matmul"]
         compiled = jax.jit(lambda a: a @ a, compiler_options=options).lower(a).compile()
         mm_runs[k] = functools.partial(lambda c: jax.block_until_ready(c(a)), compiled)
     if torch is not None:
@@ -388,9 +400,10 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"{', '.join(cpu.XLA_DEFAULT_TYPES)}) and `lax.conv_general_dilated`, what JAX does "
         f"without jpanning. `{JPANNING}`: "
         f"the process setting jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}; "
-        f"convolutions in XLA's multi-threaded Eigen) and, for the training step, "
-        f"{', '.join(cpu.TRAIN_TYPES)}, with the models' convolution "
-        f"`jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`).",
+        f"convolutions in XLA's multi-threaded Eigen) and, for the programs with first "
+        f"derivatives only (training step, SNIP, eval forward; not the fused scores, which "
+        f"hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}, with the "
+        f"models' convolution `jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`).",
         "",
     ]
     cols = [XLA, JPANNING, "torch"]

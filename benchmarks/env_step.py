@@ -15,6 +15,10 @@ machine noise hits them alike, medians over ``--repeats``:
 * the floor: the bare passes a pool-mode step needs, each jitted alone: the SynFlow gradient of
   the masked |θ|-network, the masked network's loss and ‖g‖² (one gradient), the effective
   sparsity (one more gradient of the |θ|-network) and the global top-k;
+
+each compiled as jpanning compiles it (:meth:`jpanning.env.PanningEnv.compiler_options`: on a
+CPU, the pool-mode step and its floor passes take :func:`jpanning.cpu.first_order_options`,
+the recompute-dense step the process's setting);
 * ``torch step (recompute dense)``: the recompute-dense step in PyTorch
   (``benchmarks/reference/torch_panning.py``, ``pip install -r requirements-bench.txt``;
   ``--no-torch`` skips it), from the same weights, masks and scoring batch, with how far its
@@ -67,7 +71,9 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     fresh_params = env.make_params(params, xs, ys, recompute_dense=True)
     action = jnp.array([0.0, 0.2, -0.3])
     _, state = env.reset(jax.random.key(0), env_params, target=0.95)
-    step = jax.jit(env.step)
+    options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
+    step = jax.jit(env.step, compiler_options=options)
+    fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
     # A mid-episode state (round 50 of 100, sparsity ~0.78), as most steps see.
     state = state.replace(round=jnp.int32(50))
     key = jax.random.key(1)
@@ -76,39 +82,38 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     _, states = jax.vmap(env.reset, in_axes=(0, None, None))(keys, env_params, 0.95)
     states = states.replace(round=jnp.full((envs,), 50, jnp.int32))
     actions = jnp.tile(action, (envs, 1))
-    vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
+    vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)), compiler_options=options)
 
     masks = step(key, state, action, env_params)[1].masks
     batch = (jnp.asarray(xs[0]), jnp.asarray(ys[0]))
-    flow = jax.jit(lambda p, m: scores.synflow(eval_fn, p, batch, masks=m, prunable=prunable))
-    masked = jax.jit(
-        lambda p, m: scores.loss_and_grad_norm(train_fn, p, batch, m, prunable=prunable)
-    )
-    effective = jax.jit(
-        lambda m: scores.effective_sparsity(eval_fn, m, INPUT_SHAPE, prunable=prunable)
-    )
-    topk = jax.jit(functools.partial(masks_lib.global_topk, prunable=prunable))
-    fused = panning.normalise(flow(params, masks), prunable)
+    jit = functools.partial(jax.jit, compiler_options=options)
+    # the scoring batch is an argument, as in the step, not a constant baked into the program
+    flow = jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
+    masked = jit(lambda p, m, b: scores.loss_and_grad_norm(train_fn, p, b, m, prunable=prunable))
+    effective = jit(lambda m: scores.effective_sparsity(eval_fn, m, INPUT_SHAPE, prunable=prunable))
+    topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable))
+    fused = panning.normalise(flow(params, masks, batch), prunable)
 
     def blocking(fn):
         return lambda: jax.block_until_ready(fn())
 
     run = {
         "step": blocking(lambda: step(key, state, action, env_params)),
-        "step (recompute dense)": blocking(lambda: step(key, state, action, fresh_params)),
-        "floor/synflow_grad": blocking(lambda: flow(params, masks)),
-        "floor/masked_loss_grad": blocking(lambda: masked(params, masks)),
+        "step (recompute dense)": blocking(lambda: fresh_step(key, state, action, fresh_params)),
+        "floor/synflow_grad": blocking(lambda: flow(params, masks, batch)),
+        "floor/masked_loss_grad": blocking(lambda: masked(params, masks, batch)),
         "floor/effective_grad": blocking(lambda: effective(masks)),
         "floor/topk": blocking(lambda: topk(fused, jnp.float32(0.8))),
     }
     if batched:
         run[f"step x {envs}"] = blocking(lambda: vstep(keys, states, actions, env_params))
     info = {
+        "step_compiler_options": options,  # pool-mode step and floor; None: the process's
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
     # What the recompute-dense step does from ``state``, for the PyTorch reference to redo.
-    result = step(key, state, action, fresh_params)
+    result = fresh_step(key, state, action, fresh_params)
     b = int(result[1].batch)  # the scoring batch the step drew
     case = {
         "params": params,
@@ -306,6 +311,18 @@ def markdown(args, env, results, argv) -> list[str]:
                 f"From an earlier run: {r['date']}, command `"
                 + " ".join(["python -m benchmarks.env_step", *r.get("argv", [])])
                 + "`.",
+                "",
+            ]
+        if "step_compiler_options" in r:  # absent from earlier runs (the process setting)
+            options = r["step_compiler_options"]
+            md += [
+                "Step, `step x E` and floor compiled with "
+                + (
+                    ", ".join(f"`{k}={v}`" for k, v in options.items())
+                    if options
+                    else "the process's settings"
+                )
+                + "; the recompute-dense step with the process's settings.",
                 "",
             ]
         md += [

@@ -14,9 +14,14 @@ them back to Eigen, multi-threaded. Two settings, measured in
   whole process in ``XLA_FLAGS`` when ``jpanning`` is imported, so every model, scorer and
   user-written ``jax.jit`` gets it without code changes. It is never slower than XLA's
   default on the benchmark's workloads.
-- :data:`TRAIN_TYPES` adds elementwise fusions; faster again for a training step and SNIP,
-  slower for GraSP's Hessian-vector product, so it is given only to jpanning's own training
-  step (:func:`train_options`, a per-compilation option).
+- :data:`FIRST_ORDER_TYPES` adds elementwise fusions: faster again for programs whose
+  derivatives are at most first order (a training step, an evaluation pass, SNIP, a masked
+  network's loss and gradient norm), slower for second-order ones (GraSP's Hessian-vector
+  product, the GradNorm score's gradient of ‖g‖²). jpanning's own jitted programs of the
+  first kind get it per compilation (:func:`first_order_options`): the training and
+  evaluation steps, SNIP, iterative SNIP and FORCE rounds, the Panning environment's step in
+  pool mode with everything jitted around it (RL Panning's search and screening), and PuRL's
+  steps (retraining and evaluation).
 
 One convolution shape defeats both of XLA:CPU's convolution libraries: a padded 3x3 kernel
 over a 2x2 or 2x4 input, such as VGG's 3x3 layers on the 2x2 maps of its last block on
@@ -63,7 +68,7 @@ MEASURED_JAXLIBS = ((0, 10), (0, 11))
 _PREFIX = "LIBRARY_FUSION_TYPE_"
 XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # 0.10.2 and 0.11.2
 PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
-TRAIN_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
+FIRST_ORDER_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 SMALL_INPUT = 8  # input pixels (H*W) up to which conv_general_dilated uses slices + matmul
 
 
@@ -133,15 +138,16 @@ def configure() -> bool:
     return True
 
 
-def train_options() -> dict[str, str] | None:
-    """``compiler_options`` for jpanning's jitted training step: :data:`TRAIN_TYPES` on a CPU
-    backend with the measured jaxlib, unless the user chose; None (XLA's settings) otherwise.
-    Starts JAX's backends (to ask which is the default)."""
+def first_order_options() -> dict[str, str] | None:
+    """``compiler_options`` for a jitted program whose derivatives are at most first order
+    (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
+    jaxlib, unless the user chose; None (the process's settings) otherwise. Starts JAX's
+    backends (to ask which is the default)."""
     import jax
 
     if user_choice() or not _jaxlib_measured() or jax.default_backend() != "cpu":
         return None
-    return options(TRAIN_TYPES)
+    return options(FIRST_ORDER_TYPES)
 
 
 def describe() -> dict:
@@ -153,7 +159,7 @@ def describe() -> dict:
     return {
         "ynn_fusion_types": value if value is not None else "XLA default",
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
-        "train_step": (train_options() or {}).get(YNN_OPTION, "process setting"),
+        "first_order_programs": (first_order_options() or {}).get(YNN_OPTION, "process setting"),
     }
 
 

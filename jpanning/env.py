@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import masks as masks_lib, panning, scores
+from jpanning import cpu, masks as masks_lib, panning, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -308,6 +308,14 @@ class PanningEnv:
             effective=jnp.float32(0.0),
         )
         return self.observation(state, params), state
+
+    @staticmethod
+    def compiler_options(params: EnvParams) -> dict | None:
+        """XLA's ``compiler_options`` for a jitted program around :meth:`step`: in pool mode
+        a step takes first derivatives only (:func:`jpanning.cpu.first_order_options`);
+        ``recompute_dense`` adds GraSP's Hessian-vector product, which those options slow
+        down, so it keeps the process's settings (None)."""
+        return None if params.recompute_dense else cpu.first_order_options()
 
     def step(self, key, state: EnvState, action: jax.Array, params: EnvParams):
         """One Panning round with fusion weights ``p = (clip(a, −1, 1) + 1) / 2``.

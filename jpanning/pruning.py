@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jpanning import masks as masks_lib, models, panning as panning_lib, scores
+from jpanning import cpu, masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
 
 
@@ -113,7 +113,9 @@ def eval_apply_fn(problem: PruneProblem):
 exponential_schedule = masks_lib.exponential_schedule
 
 
-def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool):
+def iterative_masks(
+    score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool, compiler_options=None
+):
     """Prune over ``rounds`` rounds of the exponential schedule, rescoring each round.
 
     Args:
@@ -122,6 +124,7 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
         rounds: T, the number of rounds.
         keep_pruned: True: a weight pruned in one round stays pruned (its score is -inf);
             False: every weight competes every round, so pruned weights can come back.
+        compiler_options: XLA's ``compiler_options`` for the round (None: the process's).
     Returns:
         The final masks, at exactly ``problem.sparsity``.
 
@@ -135,7 +138,7 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=compiler_options)
     def one_round(params, masks, sparsity):  # params are arguments, not baked-in constants
         s = score_fn(params, masks)
         if keep_pruned:
@@ -160,7 +163,8 @@ def _chunk(problem: PruneProblem):
 def snip(problem: PruneProblem):
     """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
     score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=_chunk(problem))
-    return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
+    score = jax.jit(score, compiler_options=cpu.first_order_options())
+    return masks_from_scores(score(problem.params, problem.batch), problem)
 
 
 @register_method("grasp")
@@ -208,7 +212,13 @@ def iter_snip(problem: PruneProblem):
     def score_fn(params, masks):
         return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
 
-    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=True)
+    return iterative_masks(
+        score_fn,
+        problem,
+        _rounds(problem, 100),
+        keep_pruned=True,
+        compiler_options=cpu.first_order_options(),
+    )
 
 
 @register_method("force")
@@ -224,7 +234,13 @@ def force(problem: PruneProblem):
     def score_fn(params, masks):
         return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
 
-    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=False)
+    return iterative_masks(
+        score_fn,
+        problem,
+        _rounds(problem, 100),
+        keep_pruned=False,
+        compiler_options=cpu.first_order_options(),
+    )
 
 
 @register_method("panning")

@@ -22,6 +22,7 @@ path inside a scan body (``python -m benchmarks.loop_body_conv``).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -181,6 +182,7 @@ def search(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
+        compiler_options=env.compiler_options(env_params),
     )
 
 
@@ -216,7 +218,7 @@ def screen(
     k_reset, k_steps = jax.random.split(key)
     obs, state = jax.jit(env.reset)(k_reset, env_params, jnp.float32(target))
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=env.compiler_options(env_params))
     def one_round(obs, state, k, env_params):
         action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
         obs, state, reward, terminated, _, info = env.step(k, state, action, env_params)

@@ -129,11 +129,11 @@ def make_train_step(
 
     Args:
         compiler_options: XLA's ``compiler_options`` for the step; ``"auto"`` takes
-            :func:`jpanning.cpu.train_options` (the fastest measured setting on a CPU, nothing
-            on GPUs and TPUs), None compiles with the process's settings.
+            :func:`jpanning.cpu.first_order_options` (the fastest measured setting on a CPU,
+            nothing on GPUs and TPUs), None compiles with the process's settings.
     """
     if compiler_options == "auto":
-        compiler_options = cpu.train_options()
+        compiler_options = cpu.first_order_options()
     return jax.jit(
         train_step_fn(model, tx, augment=augment),
         donate_argnums=0,
@@ -159,8 +159,8 @@ def eval_step_fn(model: nn.Module) -> Callable:
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """:func:`eval_step_fn` jitted."""
-    return jax.jit(eval_step_fn(model))
+    """:func:`eval_step_fn` jitted, with :func:`jpanning.cpu.first_order_options`."""
+    return jax.jit(eval_step_fn(model), compiler_options=cpu.first_order_options())
 
 
 def evaluate(

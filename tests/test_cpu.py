@@ -15,7 +15,7 @@ from flax import linen as nn
 import pytest
 from jax import lax
 
-from jpanning import cpu, models, train
+from jpanning import cpu, models, scores, train
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu" or cpu.user_choice() or not cpu._jaxlib_measured(),
@@ -56,7 +56,7 @@ def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels)
     ref_text, want = run(cpu.options(cpu.XLA_DEFAULT_TYPES))
     if c_in > 16:  # XLA's default sends these convolutions to YNNPACK, so the programs differ
         assert "__ynn_fusion" in ref_text
-    for options in (None, cpu.train_options()):
+    for options in (None, cpu.first_order_options()):
         text, got = run(options)
         if c_in > 16:
             assert text != ref_text  # another program: the comparison is not vacuous
@@ -205,7 +205,7 @@ def test_train_step_options_give_the_same_training():
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(16, 8, 8, 3)).astype(np.float32))
     y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
-    assert cpu.train_options() == cpu.options(cpu.TRAIN_TYPES)
+    assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
     results = []
     for options in ("auto", None):
         step = train.make_train_step(model, tx, augment=False, compiler_options=options)
@@ -223,6 +223,31 @@ def test_train_step_options_give_the_same_training():
     )
 
 
+def test_first_order_options_give_the_same_scores():
+    """SNIP (a forward and a backward pass with train-mode BatchNorm) compiled with
+    :func:`cpu.first_order_options` is another program than under the process setting
+    (elementwise fusions in YNNPACK) with the same scores (float32 rounding)."""
+    model = models.create_model("tinycnn", 10)
+    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
+    params, stats = variables["params"], variables["batch_stats"]
+    apply_fn = models.make_apply_fn(model, stats, train=True)
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(16, 8, 8, 3)).astype(np.float32))
+    y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
+    assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
+
+    def snip(p, x, y):
+        return scores.snip(apply_fn, p, (x, y))
+
+    runs = []
+    for options in (None, cpu.first_order_options()):
+        compiled = jax.jit(snip, compiler_options=options).lower(params, x, y).compile()
+        runs.append((compiled.as_text(), jax.device_get(compiled(params, x, y))))
+    (plain_text, plain), (text, got) = runs
+    assert text != plain_text  # another program: the comparison is not vacuous
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), got, plain)
+
+
 _PROBE = """
 import json, os, sys
 if sys.argv[1] == "started":
@@ -231,7 +256,7 @@ if sys.argv[1] == "started":
 import jpanning
 from jpanning import cpu
 print(json.dumps({"flags": os.environ.get("XLA_FLAGS"), "user": cpu.user_choice(),
-                  "train": cpu.train_options()}))
+                  "train": cpu.first_order_options()}))
 """
 
 
@@ -255,7 +280,7 @@ def test_import_sets_the_flag_and_respects_choices():
     value = cpu.fusion_types(cpu.PROCESS_TYPES)
     fresh = _probe("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false")
     assert fresh["flags"] == f"--xla_cpu_enable_fast_math=false --{cpu.YNN_OPTION}={value}"
-    assert fresh["user"] is False and fresh["train"] == cpu.options(cpu.TRAIN_TYPES)
+    assert fresh["user"] is False and fresh["train"] == cpu.options(cpu.FIRST_ORDER_TYPES)
 
     off = _probe("fresh", JPANNING_CPU_FAST="0")
     assert off == {"flags": None, "user": True, "train": None}
@@ -281,4 +306,4 @@ def test_import_sets_the_flag_and_respects_choices():
 def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
     assert cpu._jaxlib_measured() is measured
-    assert (cpu.train_options() is not None) is measured
+    assert (cpu.first_order_options() is not None) is measured

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import data, masks as M, panning, pruning, rlpanning
+from jpanning import cpu, data, masks as M, panning, pruning, rlpanning
 from jpanning.agents import td3
 from jpanning.errors import JPanningError
 
@@ -86,12 +86,19 @@ def test_the_policy_file_round_trips_and_bad_files_are_refused(tmp_path, problem
         rlpanning.load_policy(str(tmp_path / "missing"))
 
 
-def test_search_switches_to_the_late_targets_and_screens(problem):
+@pytest.fixture(scope="module")
+def pool_env(problem):
+    """``(pool, env, env_params)``: two scoring batches of the tiny problem's data."""
     prob, dataset = problem
     pool = rlpanning.score_pool(dataset, 2, 2, seed=0)
+    return (pool, *rlpanning.build_env(prob, pool, CONFIG))
+
+
+def test_search_switches_to_the_late_targets_and_screens(problem, pool_env):
+    _, dataset = problem
+    pool, env, env_params = pool_env
     assert pool[0].shape == (2, 20, *dataset.input_shape)
     np.testing.assert_array_equal(pool[0][0], data.scoring_batch(dataset, 2, seed=0)[0])
-    env, env_params = rlpanning.build_env(prob, pool, CONFIG)
     seen = []
     agent, metrics = rlpanning.search(
         env, env_params, CONFIG, jax.random.key(0), callback=lambda t, m: seen.append(t)
@@ -108,6 +115,22 @@ def test_search_switches_to_the_late_targets_and_screens(problem):
     np.testing.assert_array_equal(steps, np.arange(3, 25, 3))
     assert np.all(returns < 0)
     assert int(agent.step) == 24 - 8
+
+
+def test_search_and_screening_compile_with_the_environments_options(pool_env, monkeypatch):
+    # In pool mode the search and the screening rounds compile with cpu.first_order_options
+    # (an option XLA rejects reaches the compiler); recomputing the dense maps every step
+    # (GraSP's Hessian-vector product) keeps the process's settings.
+    _, env, env_params = pool_env
+    bogus = {"jpanning_no_such_option": "1"}
+    monkeypatch.setattr(cpu, "first_order_options", lambda: bogus)
+    assert env.compiler_options(env_params) == bogus
+    actor = _constant_actor([0.0, 0.0, 0.0])
+    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
+        rlpanning.search(env, env_params, CONFIG, jax.random.key(0))
+    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
+        rlpanning.screen(env, env_params, actor, CONFIG, 0.9, jax.random.key(0))
+    assert env.compiler_options(env_params.replace(recompute_dense=True)) is None
 
 
 def test_unknown_preset_and_bad_budget_are_refused():
