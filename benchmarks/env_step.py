@@ -314,14 +314,9 @@ def markdown(args, env, results, argv) -> list[str]:
                 "",
             ]
         if "step_compiler_options" in r:  # absent from earlier runs (the process setting)
-            options = r["step_compiler_options"]
             md += [
                 "Step, `step x E` and floor compiled with "
-                + (
-                    ", ".join(f"`{k}={v}`" for k, v in options.items())
-                    if options
-                    else "the process's settings"
-                )
+                + report.options_text(r["step_compiler_options"])
                 + "; the recompute-dense step with the process's settings.",
                 "",
             ]

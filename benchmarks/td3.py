@@ -270,15 +270,10 @@ def render(result: dict) -> list[str]:
                 ),
             ]
             if "compiler_options" in rows[0]:  # absent from earlier runs (the process setting)
-                options = rows[0]["compiler_options"]
                 md += [
                     "",
                     "Compiled as `rlpanning.search` compiles it: "
-                    + (
-                        ", ".join(f"`{k}={v}`" for k, v in options.items())
-                        if options
-                        else "the process's settings"
-                    )
+                    + report.options_text(rows[0]["compiler_options"])
                     + ".",
                 ]
     return md

@@ -203,10 +203,9 @@ def synflow(problem: PruneProblem):
     return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=True)
 
 
-@register_method("iter_snip")
-def iter_snip(problem: PruneProblem):
-    """Iterative SNIP (de Jorge et al. 2021): SNIP rescored at the pruned network each round;
-    pruned weights stay pruned. T=100 rounds by default."""
+def _snip_rounds(problem: PruneProblem, *, keep_pruned: bool):
+    """SNIP rescored at the pruned network each round (first derivatives only, so the rounds
+    compile with :func:`jpanning.cpu.first_order_options`)."""
     apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
 
     def score_fn(params, masks):
@@ -216,9 +215,16 @@ def iter_snip(problem: PruneProblem):
         score_fn,
         problem,
         _rounds(problem, 100),
-        keep_pruned=True,
+        keep_pruned=keep_pruned,
         compiler_options=cpu.first_order_options(),
     )
+
+
+@register_method("iter_snip")
+def iter_snip(problem: PruneProblem):
+    """Iterative SNIP (de Jorge et al. 2021): SNIP rescored at the pruned network each round;
+    pruned weights stay pruned. T=100 rounds by default."""
+    return _snip_rounds(problem, keep_pruned=True)
 
 
 @register_method("force")
@@ -229,18 +235,7 @@ def force(problem: PruneProblem):
     pruned, is scored by ``|θ ⊙ ∂L/∂w|`` (the derivative with respect to its mask entry), so
     a weight pruned in one round can come back in the next. T=100 rounds by default.
     """
-    apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
-
-    def score_fn(params, masks):
-        return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
-
-    return iterative_masks(
-        score_fn,
-        problem,
-        _rounds(problem, 100),
-        keep_pruned=False,
-        compiler_options=cpu.first_order_options(),
-    )
+    return _snip_rounds(problem, keep_pruned=False)
 
 
 @register_method("panning")
