@@ -15,14 +15,14 @@ machine noise hits them alike, medians over ``--repeats``:
 * the floor: the bare passes a pool-mode step needs, each jitted alone: the SynFlow gradient of
   the masked |θ|-network, the masked network's loss and ‖g‖² (one gradient), the effective
   sparsity (one more gradient of the |θ|-network) and the global top-k;
-
-each compiled as jpanning compiles it (:meth:`jpanning.env.PanningEnv.compiler_options`: on a
-CPU, the pool-mode step and its floor passes take :func:`jpanning.cpu.first_order_options`,
-the recompute-dense step the process's setting);
 * ``torch step (recompute dense)``: the recompute-dense step in PyTorch
   (``benchmarks/reference/torch_panning.py``, ``pip install -r requirements-bench.txt``;
   ``--no-torch`` skips it), from the same weights, masks and scoring batch, with how far its
   masks, losses and ‖g‖² are from jpanning's.
+
+The JAX programs are compiled with :meth:`jpanning.env.PanningEnv.compiler_options`, as RL
+Panning compiles its step: on a CPU, the pool-mode step, ``step x E`` and the floor passes
+take :func:`jpanning.cpu.first_order_options`, the recompute-dense step the process's setting.
 
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
