@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.env_step import mid_episode
 from benchmarks.scorers import time_all
 from benchmarks.train_throughput import random_masked_setup
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, report, scores
@@ -57,20 +58,8 @@ def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
     env = env_lib.PanningEnv(train_fn, eval_fn, prunable, shape)
     pool = env.make_params(params, x[None], y[None])
     fresh = env.make_params(params, x[None], y[None], recompute_dense=True)
-    _, state = env.reset(jax.random.key(0), pool, target=0.95)
-    state = state.replace(round=jnp.int32(50))
-    action = jnp.array([0.0, 0.2, -0.3])
-    step_args = (jax.random.key(1), state, action)
     envs = 4
-    _, states = jax.vmap(env.reset, in_axes=(0, None, None))(
-        jax.random.split(jax.random.key(0), envs), pool, 0.95
-    )
-    batched_args = (
-        jax.random.split(jax.random.key(1), envs),
-        states.replace(round=jnp.full((envs,), 50, jnp.int32)),
-        jnp.tile(action, (envs, 1)),
-        pool,
-    )
+    step_args, batched_args = mid_episode(env, pool, envs)
     return {
         "eval forward": (lambda p, b: eval_fn(p, b[0]), (params, batch)),
         "synflow": (
@@ -88,7 +77,7 @@ def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
         "env step (recompute dense)": (env.step, (*step_args, fresh)),
         f"env step x {envs} (vmap, pool)": (
             jax.vmap(env.step, in_axes=(0, 0, 0, None)),
-            batched_args,
+            (*batched_args, pool),
         ),
     }
 

@@ -56,6 +56,20 @@ TORCH_MODELS = ("resnet20", "resnet20_panning", "vgg19")  # benchmarks/reference
 TORCH_STEP = "torch step (recompute dense)"
 
 
+def mid_episode(env: env_lib.PanningEnv, env_params, envs: int):
+    """A mid-episode step's arguments, as most steps see: round 50 of 100 of an episode with
+    target 0.95 (sparsity ~0.78) and a fixed action; ``(key, state, action)`` for one
+    environment and ``(keys, states, actions)`` for ``envs`` vmapped ones."""
+    action = jnp.array([0.0, 0.2, -0.3])
+    _, state = env.reset(jax.random.key(0), env_params, target=0.95)
+    state = state.replace(round=jnp.int32(50))
+    key = jax.random.key(1)
+    keys = jax.random.split(key, envs)
+    _, states = jax.vmap(env.reset, in_axes=(0, None, None))(keys, env_params, 0.95)
+    states = states.replace(round=jnp.full((envs,), 50, jnp.int32))
+    return (key, state, action), (keys, states, jnp.tile(action, (envs, 1)))
+
+
 def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     model = models.create_model(name, NUM_CLASSES)
     variables = models.init_variables(model, jax.random.key(0), INPUT_SHAPE)
@@ -69,19 +83,10 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     ys = np.tile(np.arange(batch_size) % NUM_CLASSES, (pool, 1)).astype(np.int32)
     env_params = env.make_params(params, xs, ys)
     fresh_params = env.make_params(params, xs, ys, recompute_dense=True)
-    action = jnp.array([0.0, 0.2, -0.3])
-    _, state = env.reset(jax.random.key(0), env_params, target=0.95)
+    (key, state, action), (keys, states, actions) = mid_episode(env, env_params, envs)
     options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
     step = jax.jit(env.step, compiler_options=options)
     fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
-    # A mid-episode state (round 50 of 100, sparsity ~0.78), as most steps see.
-    state = state.replace(round=jnp.int32(50))
-    key = jax.random.key(1)
-
-    keys = jax.random.split(key, envs)
-    _, states = jax.vmap(env.reset, in_axes=(0, None, None))(keys, env_params, 0.95)
-    states = states.replace(round=jnp.full((envs,), 50, jnp.int32))
-    actions = jnp.tile(action, (envs, 1))
     vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)), compiler_options=options)
 
     masks = step(key, state, action, env_params)[1].masks
