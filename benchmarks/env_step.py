@@ -21,8 +21,10 @@ machine noise hits them alike, medians over ``--repeats``:
   masks, losses and ‖g‖² are from jpanning's.
 
 The JAX programs are compiled with :meth:`jpanning.env.PanningEnv.compiler_options`, as RL
-Panning compiles its step: on a CPU, the pool-mode step, ``step x E`` and the floor passes
-take :func:`jpanning.cpu.first_order_options`, the recompute-dense step the process's setting.
+Panning compiles its step: on a CPU, the pool-mode step and the floor passes take
+:func:`jpanning.cpu.first_order_options`; ``step x E`` and the recompute-dense step the
+process's setting (the options make a vmapped step slower,
+``benchmarks/results/cpu_options_cpu.md``).
 
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
@@ -87,7 +89,9 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
     step = jax.jit(env.step, compiler_options=options)
     fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
-    vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)), compiler_options=options)
+    # the vmapped step with the process's setting: the first-order options make it slower
+    # (benchmarks/results/cpu_options_cpu.md), and jpanning never compiles one itself
+    vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
 
     masks = step(key, state, action, env_params)[1].masks
     batch = (jnp.asarray(xs[0]), jnp.asarray(ys[0]))
@@ -114,6 +118,7 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
         run[f"step x {envs}"] = blocking(lambda: vstep(keys, states, actions, env_params))
     info = {
         "step_compiler_options": options,  # pool-mode step and floor; None: the process's
+        "vmapped_step_compiler_options": None,
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
@@ -318,7 +323,14 @@ def markdown(args, env, results, argv) -> list[str]:
                 + "`.",
                 "",
             ]
-        if "step_compiler_options" in r:  # absent from earlier runs (the process setting)
+        if "vmapped_step_compiler_options" in r:
+            md += [
+                "Step and floor compiled with "
+                + report.options_text(r["step_compiler_options"])
+                + "; `step x E` and the recompute-dense step with the process's settings.",
+                "",
+            ]
+        elif "step_compiler_options" in r:  # absent from earlier runs (the process setting)
             md += [
                 "Step, `step x E` and floor compiled with "
                 + report.options_text(r["step_compiler_options"])

@@ -43,6 +43,14 @@ convolutions in that canonical layout with the transposes written out: the same 
 and program outside a loop, the fast path inside one. Forward mode (``jax.jvp``) and second
 derivatives (GraSP's Hessian-vector product) work as with ``lax``.
 
+XLA:CPU allocates each execution's temporary buffer anew, and glibc's malloc maps a buffer
+that large fresh from the kernel and unmaps it when it is freed, so every execution
+page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~0.9 GB, a
+quarter of a million faults and ~0.8 s of kernel time per call on 2 cores).
+:func:`configure_allocator`, also run by ``import jpanning`` where JAX will run on the CPU,
+has glibc keep freed memory for the next execution (``benchmarks/allocator.py``,
+``benchmarks/results/allocator_cpu.md``).
+
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
 (``tests/test_cpu.py``). Opt out with ``JPANNING_CPU_FAST=0``; a
@@ -138,6 +146,82 @@ def configure() -> bool:
     return True
 
 
+# glibc's mallopt parameters (malloc.h) and jpanning's values for them: one arena, no mmap'd
+# chunks, never trim the heap.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
+MALLOC_SETTING = (
+    ("arena_max", _M_ARENA_MAX, 1),
+    ("mmap_max", _M_MMAP_MAX, 0),
+    ("trim_threshold", _M_TRIM_THRESHOLD, 2**31 - 1),
+)
+# A user who set any of these (or a glibc.malloc tunable) chose their allocator.
+MALLOC_ENV = (
+    "MALLOC_ARENA_MAX",
+    "MALLOC_MMAP_MAX_",
+    "MALLOC_MMAP_THRESHOLD_",
+    "MALLOC_TRIM_THRESHOLD_",
+    "MALLOC_TOP_PAD_",
+)
+_ACCELERATOR_PLUGIN = re.compile(r"(jax_(cuda|rocm)\d*_plugin|jax_plugins|libtpu)$")
+_MALLOC: str | None = None
+
+
+def _cpu_expected() -> bool:
+    """Whether JAX will run on the CPU, decided without starting it: ``JAX_PLATFORMS`` names
+    the CPU first, or no accelerator plugin (CUDA, ROCm, TPU) is installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "")
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    import pkgutil
+
+    return not any(_ACCELERATOR_PLUGIN.match(m.name) for m in pkgutil.iter_modules())
+
+
+def configure_allocator() -> str:
+    """Keep the memory XLA:CPU frees for its next allocation; ``import jpanning`` calls it.
+
+    XLA:CPU allocates every execution's temporary buffer anew (~0.9 GB for SNIP of ResNet-20
+    at batch 256) and glibc maps allocations that large fresh from the kernel and unmaps them
+    when freed: each execution page-faults its whole temporary buffer back in, zero-filled
+    (a quarter of a million faults and ~0.8 s of system time per SNIP call on the 2-core
+    benchmark machine; ``benchmarks/results/cpu_conv_cpu.md``). One malloc arena, no mmap'd
+    chunks and no trimming (glibc's ``mallopt``) make freed memory stay in the process and
+    serve the next execution's buffers. The process then keeps its peak heap until it exits.
+
+    Applied when glibc is the C library, JAX is expected to run on the CPU
+    (:func:`_cpu_expected`), the user did not opt out (``JPANNING_CPU_FAST=0``) and did not set
+    glibc's malloc themselves (:data:`MALLOC_ENV`, ``glibc.malloc`` in ``GLIBC_TUNABLES``).
+
+    Returns:
+        :func:`allocator_setting`.
+    """
+    global _MALLOC
+    if _MALLOC is not None:
+        return _MALLOC
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc." in tunables:
+        _MALLOC = "user"
+    elif os.environ.get(ENV_SWITCH, "1") == "0" or not _cpu_expected():
+        _MALLOC = "glibc default"
+    else:
+        _MALLOC = "glibc default"
+        try:
+            import ctypes
+
+            mallopt = ctypes.CDLL("libc.so.6").mallopt
+        except (OSError, AttributeError):  # not glibc
+            return _MALLOC
+        if all(mallopt(param, value) == 1 for _, param, value in MALLOC_SETTING):
+            _MALLOC = "jpanning: " + ", ".join(f"{k}={v}" for k, _, v in MALLOC_SETTING)
+    return _MALLOC
+
+
+def allocator_setting() -> str:
+    """What :func:`configure_allocator` did: ``"jpanning: arena_max=1, ..."`` (set),
+    ``"user"`` (the user's malloc settings kept) or ``"glibc default"`` (not applied)."""
+    return _MALLOC if _MALLOC is not None else "glibc default"
+
+
 def first_order_options() -> dict[str, str] | None:
     """``compiler_options`` for a jitted program whose derivatives are at most first order
     (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
@@ -160,6 +244,7 @@ def describe() -> dict:
         "ynn_fusion_types": value if value is not None else "XLA default",
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
         "first_order_programs": (first_order_options() or {}).get(YNN_OPTION, "process setting"),
+        "malloc": allocator_setting(),
     }
 
 

@@ -307,3 +307,77 @@ def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, m
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
     assert cpu._jaxlib_measured() is measured
     assert (cpu.first_order_options() is not None) is measured
+
+
+_MALLOC_PROBE = """
+import ctypes, json, resource, threading
+import jpanning
+from jpanning import cpu
+
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size, faults = 64 << 20, []
+
+
+def touch():  # on a worker thread, as XLA's executions are
+    for _ in range(3):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        p = libc.malloc(size)
+        ctypes.memset(p, 1, size)
+        libc.free(p)
+        faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+
+
+t = threading.Thread(target=touch)
+t.start()
+t.join()
+print(json.dumps({"faults": faults[-1], "malloc": cpu.allocator_setting()}))
+"""
+
+
+def _malloc_probe(**env):
+    keep = (cpu.ENV_SWITCH, "JAX_PLATFORMS", "GLIBC_TUNABLES", *cpu.MALLOC_ENV)
+    full = {k: v for k, v in os.environ.items() if k not in keep}
+    out = subprocess.run(
+        [sys.executable, "-c", _MALLOC_PROBE],
+        env=full | env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_import_keeps_freed_memory_for_the_next_allocation():
+    """Fresh processes free and reallocate 64 MiB three times on a thread: after ``import
+    jpanning`` the third time reuses the process's pages (no page faults); with the setting
+    off, or with the user's own malloc settings, glibc maps it fresh and faults every page
+    back in (16,384 faults of 4 KiB, fewer with transparent huge pages)."""
+    on = _malloc_probe()
+    assert on["malloc"] == "jpanning: arena_max=1, mmap_max=0, trim_threshold=2147483647"
+    off = _malloc_probe(**{cpu.ENV_SWITCH: "0"})
+    assert off["malloc"] == "glibc default"
+    assert off["faults"] > 0 and on["faults"] * 10 < off["faults"], (on, off)
+    user = _malloc_probe(MALLOC_ARENA_MAX="4")
+    assert user["malloc"] == "user" and user["faults"] * 10 > off["faults"], (user, off)
+    assert _malloc_probe(GLIBC_TUNABLES="glibc.malloc.hugetlb=1")["malloc"] == "user"
+    assert _malloc_probe(JAX_PLATFORMS="cuda")["malloc"] == "glibc default"
+
+
+def test_cpu_expected_reads_jax_platforms_and_the_installed_plugins(monkeypatch):
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    assert cpu._cpu_expected()
+    monkeypatch.setenv("JAX_PLATFORMS", "cuda,cpu")
+    assert not cpu._cpu_expected()
+    monkeypatch.delenv("JAX_PLATFORMS")
+    import pkgutil
+
+    installed = [pkgutil.ModuleInfo(None, "jaxlib", True)]
+    monkeypatch.setattr(pkgutil, "iter_modules", lambda: iter(installed))
+    assert cpu._cpu_expected()
+    installed.append(pkgutil.ModuleInfo(None, "jax_cuda13_plugin", True))
+    assert not cpu._cpu_expected()
