@@ -403,7 +403,9 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"convolutions in XLA's multi-threaded Eigen) and, for the programs with first "
         f"derivatives only (training step, SNIP, eval forward; not the fused scores, which "
         f"hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}, with the "
-        f"models' convolution `jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`).",
+        f"models' convolution `jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`). "
+        f"Every column, PyTorch's included, runs with the process's malloc setting: "
+        f"{cpu.allocator_setting()} (`benchmarks/allocator.py` compares the settings).",
         "",
     ]
     cols = [XLA, JPANNING, "torch"]

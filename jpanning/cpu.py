@@ -186,7 +186,9 @@ def configure_allocator() -> str:
     (a quarter of a million faults and ~0.8 s of system time per SNIP call on the 2-core
     benchmark machine; ``benchmarks/results/cpu_conv_cpu.md``). One malloc arena, no mmap'd
     chunks and no trimming (glibc's ``mallopt``) make freed memory stay in the process and
-    serve the next execution's buffers. The process then keeps its peak heap until it exits.
+    serve the next execution's buffers. The process then keeps its peak heap until it exits,
+    and small programs may run slower (batch 8: 0.69-0.89x in
+    ``benchmarks/results/allocator-b8/``, with no faults to save).
 
     Applied when glibc is the C library, JAX is expected to run on the CPU
     (:func:`_cpu_expected`), the user did not opt out (``JPANNING_CPU_FAST=0``) and did not set
