@@ -45,8 +45,8 @@ derivatives (GraSP's Hessian-vector product) work as with ``lax``.
 
 XLA:CPU allocates each execution's temporary buffer anew, and glibc's malloc maps a buffer
 that large fresh from the kernel and unmaps it when it is freed, so every execution
-page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~0.9 GB, a
-quarter of a million faults and ~0.8 s of kernel time per call on 2 cores).
+page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~246,000
+faults of 4 KiB, ~1 GB, and ~0.8 s of kernel time per call on 2 cores).
 :func:`configure_allocator`, also run by ``import jpanning`` where JAX will run on the CPU,
 has glibc keep freed memory for the next execution (``benchmarks/allocator.py``,
 ``benchmarks/results/allocator_cpu.md``).
@@ -180,11 +180,11 @@ def _cpu_expected() -> bool:
 def configure_allocator() -> str:
     """Keep the memory XLA:CPU frees for its next allocation; ``import jpanning`` calls it.
 
-    XLA:CPU allocates every execution's temporary buffer anew (~0.9 GB for SNIP of ResNet-20
-    at batch 256) and glibc maps allocations that large fresh from the kernel and unmaps them
-    when freed: each execution page-faults its whole temporary buffer back in, zero-filled
-    (a quarter of a million faults and ~0.8 s of system time per SNIP call on the 2-core
-    benchmark machine; ``benchmarks/results/cpu_conv_cpu.md``). One malloc arena, no mmap'd
+    XLA:CPU allocates every execution's temporary buffer anew and glibc maps allocations
+    that large fresh from the kernel and unmaps them when freed: each execution page-faults
+    its whole temporary buffer back in, zero-filled (SNIP of ResNet-20 at batch 256: ~246,000
+    faults, ~1 GB, and ~0.8 s of system time per call on the 2-core benchmark machine;
+    ``benchmarks/results/allocator_cpu.md``). One malloc arena, no mmap'd
     chunks and no trimming (glibc's ``mallopt``) make freed memory stay in the process and
     serve the next execution's buffers. The process then keeps its peak heap until it exits,
     and small programs may run slower (batch 8: 0.69-0.89x in

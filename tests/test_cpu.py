@@ -260,10 +260,12 @@ print(json.dumps({"flags": os.environ.get("XLA_FLAGS"), "user": cpu.user_choice(
 """
 
 
-def _probe(case, **env):
-    full = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", cpu.ENV_SWITCH)}
+def _run_probe(code, *args, drop=(), **env):
+    """The JSON ``code`` prints last, run in a fresh Python without the variables in ``drop``
+    and with ``env``."""
+    full = {k: v for k, v in os.environ.items() if k not in drop}
     out = subprocess.run(
-        [sys.executable, "-c", _PROBE, case],
+        [sys.executable, "-c", code, *args],
         env=full | env,
         capture_output=True,
         text=True,
@@ -271,6 +273,10 @@ def _probe(case, **env):
         timeout=120,
     )
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _probe(case, **env):
+    return _run_probe(_PROBE, case, drop=("XLA_FLAGS", cpu.ENV_SWITCH), **env)
 
 
 def test_import_sets_the_flag_and_respects_choices():
@@ -338,17 +344,8 @@ print(json.dumps({"faults": faults[-1], "malloc": cpu.allocator_setting()}))
 
 
 def _malloc_probe(**env):
-    keep = (cpu.ENV_SWITCH, "JAX_PLATFORMS", "GLIBC_TUNABLES", *cpu.MALLOC_ENV)
-    full = {k: v for k, v in os.environ.items() if k not in keep}
-    out = subprocess.run(
-        [sys.executable, "-c", _MALLOC_PROBE],
-        env=full | env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    drop = (cpu.ENV_SWITCH, "JAX_PLATFORMS", "GLIBC_TUNABLES", *cpu.MALLOC_ENV)
+    return _run_probe(_MALLOC_PROBE, drop=drop, **env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
