@@ -75,3 +75,25 @@ def test_torch_device_labels_name_device_and_precision():
 def test_unknown_torch_device_is_refused_before_torch_is_needed():
     with pytest.raises(ValueError, match="'tpu'; choose from: auto, cpu, cuda"):
         torch_device.resolve("tpu")
+
+
+def test_allocator_summary_pools_the_calls_of_every_child():
+    from benchmarks import allocator
+
+    def child(malloc, seconds, faults):
+        calls = {"seconds": seconds, "faults": faults, "system_s": [0.0] * len(seconds)}
+        return {"malloc": malloc, "programs": {"snip": calls}, "rss_mib": 100.0}
+
+    runs = {
+        allocator.JPANNING: [
+            child("jpanning: x", [1.0, 3.0], [0, 0]),
+            child("jpanning: x", [2.0], [4]),
+        ],
+        allocator.DEFAULT: [child("user", [6.0, 2.0], [9, 9]), child("user", [4.0], [7])],
+    }
+    got = allocator.summarize(runs)
+    snip = got["median"]["snip"]
+    assert snip[allocator.JPANNING] == {"seconds": 2.0, "faults": 0, "system_s": 0.0}
+    assert snip[allocator.DEFAULT] == {"seconds": 4.0, "faults": 9, "system_s": 0.0}
+    assert snip["speedup"] == 2.0
+    assert got["malloc"] == {allocator.JPANNING: "jpanning: x", allocator.DEFAULT: "user"}
