@@ -200,13 +200,11 @@ def configure_allocator() -> str:
     global _MALLOC
     if _MALLOC is not None:
         return _MALLOC
+    _MALLOC = "glibc default"
     tunables = os.environ.get("GLIBC_TUNABLES", "")
     if any(k in os.environ for k in MALLOC_ENV) or "glibc.malloc." in tunables:
         _MALLOC = "user"
-    elif os.environ.get(ENV_SWITCH, "1") == "0" or not _cpu_expected():
-        _MALLOC = "glibc default"
-    else:
-        _MALLOC = "glibc default"
+    elif os.environ.get(ENV_SWITCH, "1") != "0" and _cpu_expected():
         try:
             import ctypes
 
