@@ -2,14 +2,19 @@
 processes with jpanning's malloc setting and with glibc's default, the children alternating.
 
         python -m benchmarks.allocator                  # ResNet-20; train b128, scores b256
+        python -m benchmarks.allocator --model resnet20_panning --baseline "trim at 2 GiB"
 
 XLA:CPU allocates each execution's temporary buffer anew; with glibc's default malloc a buffer
 that large is mapped fresh from the kernel and unmapped when freed, so every execution
 page-faults it back in. ``import jpanning`` sets glibc's ``mallopt`` so freed memory stays in
 the process (see :func:`jpanning.cpu.configure_allocator`). It cannot be undone inside a
 process, so each setting runs in its own child: ``jpanning`` (what ``import jpanning`` does)
-and ``glibc default`` (``MALLOC_ARENA_MAX`` set to glibc's own default of 8 per core, a user's
-choice that jpanning leaves alone). Everything else, the XLA options included, is the same.
+and a baseline (``--baseline``) set through glibc's environment variables, a user's choice
+that jpanning leaves alone: ``glibc default`` (``MALLOC_ARENA_MAX`` set to glibc's own default
+of 8 per core) or ``trim at 2 GiB`` (jpanning's setting before 2026-11-27: one arena, no mmap,
+trim threshold 2**31 - 1, which still returns a free heap top above 2 GiB to the kernel, so
+programs whose temporary buffers are bigger fault them in on every call). Everything else,
+the XLA options included, is the same.
 
 Programs: jpanning's training step (``--train-batch``, random 95%-sparse mask, as
 ``benchmarks.train_throughput``), SNIP, the fused Panning scores (SynFlow, SNIP, GraSP) and an
@@ -28,6 +33,7 @@ import functools
 import json
 import os
 import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -36,14 +42,22 @@ import time
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 JPANNING = "jpanning"
 DEFAULT = "glibc default"
-ARMS = (JPANNING, DEFAULT)
+# baseline arm -> the glibc environment variables that set it
+BASELINES = {
+    DEFAULT: {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))},
+    "trim at 2 GiB": {
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_MMAP_MAX_": "0",
+        "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+    },
+}
 
 
 def _arm_env(arm: str) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "MALLOC_ARENA_MAX"}
-    if arm == DEFAULT:
-        env["MALLOC_ARENA_MAX"] = str(8 * (os.cpu_count() or 1))
-    return env
+    from jpanning import cpu
+
+    env = {k: v for k, v in os.environ.items() if k not in cpu.MALLOC_ENV}
+    return env | BASELINES.get(arm, {})
 
 
 def _programs(args) -> dict:
@@ -89,7 +103,8 @@ def _programs(args) -> dict:
     from benchmarks.reference import torch_models, torch_scorers
 
     torch.set_num_threads(os.cpu_count() or 1)
-    t_train = _torch_runner(variables, masks, images, labels, config, os.cpu_count() or 1)
+    threads = os.cpu_count() or 1
+    t_train = _torch_runner(variables, masks, images, labels, config, threads, args.model)
     run[f"torch train step x {args.steps}"] = functools.partial(t_train, args.steps)
     tmodel = torch_models.from_flax(args.model, jax.device_get(params), 10)
     xt = torch.from_numpy(x.transpose(0, 3, 1, 2).copy())
@@ -132,16 +147,19 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--calls", type=int, default=5)
     p.add_argument("--rounds", type=int, default=2, help="children per arm, alternating")
+    p.add_argument(
+        "--baseline", default=DEFAULT, choices=list(BASELINES), help="the setting to compare"
+    )
     p.add_argument("--out", default=RESULTS)
-    p.add_argument("--child", choices=ARMS, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=[JPANNING, *BASELINES], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     if args.child:
         print(json.dumps(child(args)))
         return
-    runs = {arm: [] for arm in ARMS}
+    runs = {arm: [] for arm in (JPANNING, args.baseline)}
     for r in range(args.rounds):
-        for arm in ARMS:
+        for arm in runs:
             cmd = [sys.executable, "-m", "benchmarks.allocator", *argv, "--child", arm]
             out = subprocess.run(cmd, env=_arm_env(arm), capture_output=True, text=True, check=True)
             runs[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -156,22 +174,25 @@ def main(argv=None):
 
 
 def summarize(runs: dict) -> dict:
-    """Per program and arm: medians over all timed calls of all children; the speed-up."""
+    """Per program and arm (``jpanning`` and one baseline): medians over all timed calls of all
+    children; the speed-up over the baseline."""
+    (baseline,) = (arm for arm in runs if arm != JPANNING)
     names = list(runs[JPANNING][0]["programs"])
     med = {}
     for name in names:
         med[name] = {}
-        for arm in ARMS:
+        for arm in runs:
             calls = [c["programs"][name] for c in runs[arm]]
             med[name][arm] = {
                 key: statistics.median(v for c in calls for v in c[key])
                 for key in ("seconds", "faults", "system_s")
             }
-        med[name]["speedup"] = med[name][DEFAULT]["seconds"] / med[name][JPANNING]["seconds"]
+        med[name]["speedup"] = med[name][baseline]["seconds"] / med[name][JPANNING]["seconds"]
     return {
+        "baseline": baseline,
         "median": med,
-        "malloc": {arm: runs[arm][0]["malloc"] for arm in ARMS},
-        "rss_mib": {arm: [c["rss_mib"] for c in runs[arm]] for arm in ARMS},
+        "malloc": {arm: runs[arm][0]["malloc"] for arm in runs},
+        "rss_mib": {arm: [c["rss_mib"] for c in runs[arm]] for arm in runs},
     }
 
 
@@ -197,33 +218,40 @@ def write(args, argv, runs, result) -> None:
         "children": runs,
         **env,
     }
-    rss = {arm: max(result["rss_mib"][arm]) for arm in ARMS}
+    base = result["baseline"]
+    rss = {arm: max(result["rss_mib"][arm]) for arm in runs}
+    what = {
+        DEFAULT: "glibc's default (`MALLOC_ARENA_MAX` set to its default, which jpanning leaves "
+        "alone)",
+        "trim at 2 GiB": "jpanning's setting before 2026-11-27 (trim threshold 2**31 - 1) set "
+        "through glibc's environment: "
+        + ", ".join(f"{k}={v}" for k, v in BASELINES["trim at 2 GiB"].items()),
+    }[base]
     md = [
         f"# malloc setting on XLA:CPU: {args.model}, train batch {args.train_batch}, "
         f"score batch {args.score_batch}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.allocator', *argv])}`  ",
+        f"Command: `python -m benchmarks.allocator {shlex.join(argv)}`  ",
         report.machine_line(env, ("jax", "jaxlib", "flax"), extra=_torch_version()),
         "",
         f"{args.rounds} child processes per setting, alternating; in each, {args.warmup} "
         f"warm-up calls then {args.calls} timed ones. Medians over all timed calls. "
         f"`{JPANNING}`: {result['malloc'][JPANNING]} (what `import jpanning` sets); "
-        f"`{DEFAULT}`: glibc's default (`MALLOC_ARENA_MAX` set to its default, which jpanning "
-        "leaves alone). Faults: minor page faults of the process per call; system: kernel CPU "
-        "seconds per call. PyTorch runs in the same children, so with the same setting.",
+        f"`{base}`: {what}. Faults: minor page faults of the process per call; system: kernel "
+        "CPU seconds per call. PyTorch runs in the same children, so with the same setting.",
         "",
-        f"| program | {DEFAULT} s | {JPANNING} s | speed-up | faults ({DEFAULT} → "
-        f"{JPANNING}) | system s ({DEFAULT} → {JPANNING}) |",
+        f"| program | {base} s | {JPANNING} s | speed-up | faults ({base} → "
+        f"{JPANNING}) | system s ({base} → {JPANNING}) |",
         "|---|---|---|---|---|---|",
         *(
-            f"| {n} | {m[DEFAULT]['seconds']:.3f} | {m[JPANNING]['seconds']:.3f} | "
-            f"{m['speedup']:.2f} | {m[DEFAULT]['faults']:,.0f} → {m[JPANNING]['faults']:,.0f} "
-            f"| {m[DEFAULT]['system_s']:.3f} → {m[JPANNING]['system_s']:.3f} |"
+            f"| {n} | {m[base]['seconds']:.3f} | {m[JPANNING]['seconds']:.3f} | "
+            f"{m['speedup']:.2f} | {m[base]['faults']:,.0f} → {m[JPANNING]['faults']:,.0f} "
+            f"| {m[base]['system_s']:.3f} → {m[JPANNING]['system_s']:.3f} |"
             for n, m in med.items()
         ),
         "",
-        f"Resident set size at the end of a child (the most over children): {DEFAULT} "
-        f"{rss[DEFAULT]:,.0f} MiB, {JPANNING} {rss[JPANNING]:,.0f} MiB. With jpanning's "
+        f"Resident set size at the end of a child (the most over children): {base} "
+        f"{rss[base]:,.0f} MiB, {JPANNING} {rss[JPANNING]:,.0f} MiB. With jpanning's "
         "setting the heap keeps its peak between executions instead of returning it.",
     ]
     report.write_result(args.out, f"allocator_{env['device']['platform']}", data, md)

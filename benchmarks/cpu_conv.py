@@ -305,7 +305,7 @@ def _workloads(args) -> dict:
     return out
 
 
-def _torch_runner(variables, masks, images, labels, config, threads):
+def _torch_runner(variables, masks, images, labels, config, threads, name="resnet20"):
     import jax
     import numpy as np
     import torch
@@ -314,7 +314,7 @@ def _torch_runner(variables, masks, images, labels, config, threads):
 
     torch.set_num_threads(threads)
     params = jax.tree.map(lambda p, m: np.asarray(p) * np.asarray(m), variables["params"], masks)
-    model = torch_models.from_flax("resnet20", jax.device_get(params), 10).train()
+    model = torch_models.from_flax(name, jax.device_get(params), 10).train()
     opt = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )

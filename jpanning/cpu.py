@@ -147,12 +147,14 @@ def configure() -> bool:
 
 
 # glibc's mallopt parameters (malloc.h) and jpanning's values for them: one arena, no mmap'd
-# chunks, never trim the heap.
+# chunks, never trim the heap. A trim threshold of -1 is mallopt(3)'s "disables trimming
+# completely"; the largest positive one (2**31 - 1) still trims a free top chunk above 2 GiB,
+# so a program whose temporary buffer is bigger faults it all back in on every execution.
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 MALLOC_SETTING = (
     ("arena_max", _M_ARENA_MAX, 1),
     ("mmap_max", _M_MMAP_MAX, 0),
-    ("trim_threshold", _M_TRIM_THRESHOLD, 2**31 - 1),
+    ("trim_threshold", _M_TRIM_THRESHOLD, -1),
 )
 # A user who set any of these (or a glibc.malloc tunable) chose their allocator.
 MALLOC_ENV = (
@@ -184,10 +186,10 @@ def configure_allocator() -> str:
     that large fresh from the kernel and unmaps them when freed: each execution page-faults
     its whole temporary buffer back in, zero-filled (SNIP of ResNet-20 at batch 256: ~246,000
     faults, ~1 GB, and ~0.8 s of system time per call on the 2-core benchmark machine;
-    ``benchmarks/results/allocator_cpu.md``). One malloc arena, no mmap'd
-    chunks and no trimming (glibc's ``mallopt``) make freed memory stay in the process and
-    serve the next execution's buffers. The process then keeps its peak heap until it exits,
-    and small programs may run slower (batch 8: 0.69-0.89x in
+    ``benchmarks/results/allocator_cpu.md``). One malloc arena, no mmap'd chunks and no
+    trimming (glibc's ``mallopt``; :data:`MALLOC_SETTING`) make freed memory stay in the
+    process and serve the next execution's buffers, however big. The process then keeps its
+    peak heap until it exits, and small programs may run slower (batch 8: 0.69-0.89x in
     ``benchmarks/results/allocator-b8/``, with no faults to save).
 
     Applied when glibc is the C library, JAX is expected to run on the CPU

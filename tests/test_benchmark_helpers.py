@@ -97,3 +97,21 @@ def test_allocator_summary_pools_the_calls_of_every_child():
     assert snip[allocator.DEFAULT] == {"seconds": 4.0, "faults": 9, "system_s": 0.0}
     assert snip["speedup"] == 2.0
     assert got["malloc"] == {allocator.JPANNING: "jpanning: x", allocator.DEFAULT: "user"}
+    assert got["baseline"] == allocator.DEFAULT
+
+
+def test_allocator_arms_set_glibc_through_its_environment(monkeypatch):
+    """Each baseline child gets exactly its glibc variables (a user's own are dropped), so
+    jpanning leaves malloc to them; the jpanning child gets none."""
+    from benchmarks import allocator
+
+    monkeypatch.setenv("MALLOC_TOP_PAD_", "1")
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "3")
+    malloc = lambda env: {k: v for k, v in env.items() if k.startswith("MALLOC_")}  # noqa: E731
+    assert malloc(allocator._arm_env(allocator.JPANNING)) == {}
+    assert malloc(allocator._arm_env("trim at 2 GiB")) == {
+        "MALLOC_ARENA_MAX": "1",
+        "MALLOC_MMAP_MAX_": "0",
+        "MALLOC_TRIM_THRESHOLD_": "2147483647",
+    }
+    assert set(malloc(allocator._arm_env(allocator.DEFAULT))) == {"MALLOC_ARENA_MAX"}

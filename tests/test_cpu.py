@@ -316,7 +316,7 @@ def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, m
 
 
 _MALLOC_PROBE = """
-import ctypes, json, resource, threading
+import ctypes, json, resource, sys, threading
 import jpanning
 from jpanning import cpu
 
@@ -324,7 +324,7 @@ libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.free.argtypes = [ctypes.c_void_p]
-size, faults = 64 << 20, []
+size, faults = int(sys.argv[1]) << 20, []
 
 
 def touch():  # on a worker thread, as XLA's executions are
@@ -343,9 +343,9 @@ print(json.dumps({"faults": faults[-1], "malloc": cpu.allocator_setting()}))
 """
 
 
-def _malloc_probe(**env):
+def _malloc_probe(mib=64, **env):
     drop = (cpu.ENV_SWITCH, "JAX_PLATFORMS", "GLIBC_TUNABLES", *cpu.MALLOC_ENV)
-    return _run_probe(_MALLOC_PROBE, drop=drop, **env)
+    return _run_probe(_MALLOC_PROBE, str(mib), drop=drop, **env)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -353,9 +353,13 @@ def test_import_keeps_freed_memory_for_the_next_allocation():
     """Fresh processes free and reallocate 64 MiB three times on a thread: after ``import
     jpanning`` the third time reuses the process's pages (no page faults); with the setting
     off, or with the user's own malloc settings, glibc maps it fresh and faults every page
-    back in (16,384 faults of 4 KiB, fewer with transparent huge pages)."""
+    back in (16,384 faults of 4 KiB, fewer with transparent huge pages). Also for 2.25 GiB,
+    more than the largest positive trim threshold (2**31 - 1), which would hand the heap's top
+    back to the kernel after every free (589,824 faults per round)."""
     on = _malloc_probe()
-    assert on["malloc"] == "jpanning: arena_max=1, mmap_max=0, trim_threshold=2147483647"
+    assert on["malloc"] == "jpanning: arena_max=1, mmap_max=0, trim_threshold=-1"
+    big = _malloc_probe(2304)
+    assert big["faults"] < 1000, big
     off = _malloc_probe(**{cpu.ENV_SWITCH: "0"})
     assert off["malloc"] == "glibc default"
     assert off["faults"] > 0 and on["faults"] * 10 < off["faults"], (on, off)
