@@ -1,5 +1,6 @@
 """What ``jpanning.cpu.configure_allocator`` buys on a CPU: the same programs timed in child
-processes with jpanning's malloc setting and with glibc's default, the children alternating.
+processes with jpanning's malloc setting and with a baseline (glibc's default unless
+``--baseline`` names another), the children alternating.
 
         python -m benchmarks.allocator                  # ResNet-20; train b128, scores b256
         python -m benchmarks.allocator --model resnet20_panning --baseline "trim at 2 GiB"
