@@ -43,14 +43,21 @@ import time
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 JPANNING = "jpanning"
 DEFAULT = "glibc default"
-# baseline arm -> the glibc environment variables that set it
+# baseline arm -> (what it is, the glibc environment variables that set it)
 BASELINES = {
-    DEFAULT: {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))},
-    "trim at 2 GiB": {
-        "MALLOC_ARENA_MAX": "1",
-        "MALLOC_MMAP_MAX_": "0",
-        "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
-    },
+    DEFAULT: (
+        "glibc's default (`MALLOC_ARENA_MAX` set to its default, which jpanning leaves alone)",
+        {"MALLOC_ARENA_MAX": str(8 * (os.cpu_count() or 1))},
+    ),
+    "trim at 2 GiB": (
+        "jpanning's setting before 2026-11-27 (trim threshold 2**31 - 1) set through glibc's "
+        "environment",
+        {
+            "MALLOC_ARENA_MAX": "1",
+            "MALLOC_MMAP_MAX_": "0",
+            "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1),
+        },
+    ),
 }
 
 
@@ -58,7 +65,7 @@ def _arm_env(arm: str) -> dict:
     from jpanning import cpu
 
     env = {k: v for k, v in os.environ.items() if k not in cpu.MALLOC_ENV}
-    return env | BASELINES.get(arm, {})
+    return env | (BASELINES[arm][1] if arm in BASELINES else {})
 
 
 def _programs(args) -> dict:
@@ -103,8 +110,8 @@ def _programs(args) -> dict:
     from benchmarks.cpu_conv import _torch_runner
     from benchmarks.reference import torch_models, torch_scorers
 
-    torch.set_num_threads(os.cpu_count() or 1)
     threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
     t_train = _torch_runner(variables, masks, images, labels, config, threads, args.model)
     run[f"torch train step x {args.steps}"] = functools.partial(t_train, args.steps)
     tmodel = torch_models.from_flax(args.model, jax.device_get(params), 10)
@@ -221,13 +228,8 @@ def write(args, argv, runs, result) -> None:
     }
     base = result["baseline"]
     rss = {arm: max(result["rss_mib"][arm]) for arm in runs}
-    what = {
-        DEFAULT: "glibc's default (`MALLOC_ARENA_MAX` set to its default, which jpanning leaves "
-        "alone)",
-        "trim at 2 GiB": "jpanning's setting before 2026-11-27 (trim threshold 2**31 - 1) set "
-        "through glibc's environment: "
-        + ", ".join(f"{k}={v}" for k, v in BASELINES["trim at 2 GiB"].items()),
-    }[base]
+    what, variables = BASELINES[base]
+    what += ": " + ", ".join(f"{k}={v}" for k, v in variables.items())
     md = [
         f"# malloc setting on XLA:CPU: {args.model}, train batch {args.train_batch}, "
         f"score batch {args.score_batch}",
