@@ -5,13 +5,18 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup data demo test test-slow
 
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed jpanning/_onednn_conv.so
 
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
+
+# oneDNN's convolutions for XLA:CPU (jpanning.onednn): Debian's libdnnl-dev where apt-get can
+# install it, then a g++ build against jaxlib's FFI headers; without it, XLA's convolutions.
+jpanning/_onednn_conv.so: $(VENV)/.installed jpanning/csrc/onednn_conv.cc scripts/build_onednn.sh
+	@sh scripts/build_onednn.sh $(PY)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist: the built-in offline default data.
 data:

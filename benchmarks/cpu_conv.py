@@ -9,9 +9,12 @@ Part 1, issue 9's table: ResNet-20 (random 95%-sparse mask) training step at bat
 at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` compiles every
 program with XLA's default YNNPACK fusion types and the models' convolution as plain
 ``lax.conv_general_dilated`` (what JAX does without jpanning), ``jpanning``
-with jpanning's settings (the process flag set at import; the options jpanning's own jitted
-programs take, :func:`jpanning.cpu.first_order_options`, for the training step, SNIP and the
-eval pass), both chosen per compilation (``compiler_options``), so they share the process;
+with jpanning's defaults (oneDNN's convolutions, :mod:`jpanning.onednn`, where built; the
+process flag set at import; the options jpanning's own jitted programs take,
+:func:`jpanning.cpu.first_order_options`), ``jpanning, XLA conv`` with
+``JPANNING_CPU_CONV=xla`` (XLA's convolutions and, for the training step, SNIP and the eval
+pass, YNNPACK's elementwise fusions), all chosen per trace and compilation, so they share the
+process;
 ``torch`` is the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and
 threads.
 
@@ -19,8 +22,10 @@ Part 2, one 3x3 convolution of each ResNet-20 stage and of VGG's last block on C
 maps, 512 channels; batch 128, NHWC for JAX, NCHW for PyTorch), forward and forward+backward
 (gradients for input and kernel), in ms, with the cores each keeps busy (CPU time / wall
 time): that is where the single-threaded YNNPACK convolution shows. ``jpanning`` is
-:func:`jpanning.cpu.conv_general_dilated`, which the models call: ``lax.conv_general_dilated``
-under the process setting, and slices + matmul on the 2x2 maps. Besides the two settings it
+:func:`jpanning.cpu.conv_general_dilated`, which the models call: oneDNN's convolution where
+built, and slices + matmul on the 2x2 maps; ``jpanning, XLA conv`` the same traced with
+``JPANNING_CPU_CONV=xla`` (``lax.conv_general_dilated`` under the process setting). Besides
+the settings it
 times the alternatives tried for issue 9 and not kept (not on the 2x2 maps):
 ``patches`` (``lax.conv_general_dilated_patches`` then one matmul), ``slices`` (im2col from
 shifted slices of the padded input then one matmul; both let autodiff derive the backward
@@ -42,6 +47,7 @@ import time
 
 XLA = "xla default"
 JPANNING = "jpanning"
+JPANNING_XLA = "jpanning, XLA conv"  # JPANNING_CPU_CONV=xla: jpanning before oneDNN
 
 
 def _timed(fn, repeats: int) -> tuple[float, float]:
@@ -63,7 +69,7 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
     import numpy as np
     from jax import lax
 
-    from jpanning import cpu
+    from jpanning import cpu, onednn
 
     dn = ("NHWC", "HWIO", "NHWC")
 
@@ -71,6 +77,9 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
         return lax.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
 
     def ours(x, w):  # what jpanning's models call
+        return cpu.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
+
+    def ours_xla(x, w):  # the same, traced with JPANNING_CPU_CONV=xla (see compiled)
         return cpu.conv_general_dilated(x, w, (1, 1), "SAME", dimension_numbers=dn)
 
     def patches(x, w):
@@ -100,7 +109,9 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
         return y.reshape(n // groups, h, wd, groups, co).transpose(3, 0, 1, 2, 4).reshape(x.shape)
 
     def compiled(f, args, options=None):
-        return jax.jit(f).lower(*args).compile(compiler_options=options)
+        traced = _env(onednn.ENV_CHOICE, "xla") if f is ours_xla else contextlib.nullcontext()
+        with traced:
+            return jax.jit(f).lower(*args).compile(compiler_options=options)
 
     try:
         import torch
@@ -117,13 +128,14 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
         want = np.asarray(xla(xj, wj))
         variants = (
             (JPANNING, ours, None),
+            (JPANNING_XLA, ours_xla, None),
             (XLA, xla, cpu.options(cpu.XLA_DEFAULT_TYPES)),
             ("patches", patches, None),
             ("slices", slices, None),
             ("grouped", grouped, None),
         )
         if size * size <= cpu.SMALL_INPUT:  # jpanning's own path is the slices one here
-            variants = variants[:2]
+            variants = (variants[0], variants[2])
         for name, f, options in variants:
             fwd = compiled(f, (xj, wj), options)
             loss = lambda x, w, f=f: jnp.sum(f(x, w) ** 2)
@@ -184,20 +196,31 @@ def _median_s(runs: dict, repeats: int) -> dict:
 
 
 @contextlib.contextmanager
-def _lax_convolutions():
-    """Programs traced inside get ``lax.conv_general_dilated`` from the models' convolution
-    (``jpanning.cpu``'s switch, read when a convolution is traced), as JAX without jpanning."""
-    from jpanning import cpu
-
-    before = os.environ.get(cpu.ENV_SWITCH)
-    os.environ[cpu.ENV_SWITCH] = "0"
+def _env(name: str, value: str):
+    """``os.environ[name] = value`` inside; jpanning's switches are read when a convolution is
+    traced, so programs traced inside follow them."""
+    before = os.environ.get(name)
+    os.environ[name] = value
     try:
         yield
     finally:
         if before is None:
-            del os.environ[cpu.ENV_SWITCH]
+            del os.environ[name]
         else:
-            os.environ[cpu.ENV_SWITCH] = before
+            os.environ[name] = before
+
+
+def _traced_as(variant: str):
+    """The context a workload variant's programs are traced in: ``xla default`` gets
+    ``lax.conv_general_dilated`` from the models' convolution (``JPANNING_CPU_FAST=0``), as
+    JAX without jpanning; ``jpanning, XLA conv`` jpanning's path with XLA's convolutions."""
+    from jpanning import cpu, onednn
+
+    if variant == XLA:
+        return _env(cpu.ENV_SWITCH, "0")
+    if variant == JPANNING_XLA:
+        return _env(onednn.ENV_CHOICE, "xla")
+    return contextlib.nullcontext()
 
 
 def _workloads(args) -> dict:
@@ -214,13 +237,19 @@ def _workloads(args) -> dict:
     from jpanning import cpu, models, scores, train
 
     # per variant: the training step's compiler options, and the other programs' options
-    # (jpanning's: what its own jitted programs take, first-order ones and the others)
+    # (jpanning's: what its own jitted programs take, first-order ones and the others; with
+    # XLA's convolutions the first-order ones get YNNPACK's elementwise fusions)
     xla = cpu.options(cpu.XLA_DEFAULT_TYPES)
     first_order = cpu.first_order_options()
+    eltwise = cpu.options(cpu.FIRST_ORDER_TYPES)
     variants = {
         XLA: (xla, {"snip": xla, "fused": xla, "eval": xla, "matmul": xla}),
+        JPANNING_XLA: (
+            eltwise,
+            {"snip": eltwise, "fused": None, "eval": eltwise, "matmul": None},
+        ),
         JPANNING: (
-            "auto",
+            first_order,
             {"snip": first_order, "fused": None, "eval": first_order, "matmul": None},
         ),
     }
@@ -234,8 +263,9 @@ def _workloads(args) -> dict:
         )
         for k, (step_options, _) in variants.items()
     }
-    with _lax_convolutions():
-        runners[XLA](1)  # traced and compiled here: lax's convolution, whatever jpanning's path
+    for k in (XLA, JPANNING_XLA):
+        with _traced_as(k):
+            runners[k](1)  # traced and compiled here: the variant's convolution
     try:
         import torch
 
@@ -265,7 +295,7 @@ def _workloads(args) -> dict:
             # a new function per variant: jit's trace cache would hand one variant's program
             # (traced with or without lax's convolution) to the other
             g = functools.partial(lambda f, p, b: f(p, b), f)
-            with _lax_convolutions() if k == XLA else contextlib.nullcontext():
+            with _traced_as(k):
                 compiled = jax.jit(g, compiler_options=options).lower(params, batch).compile()
             runs[name][k] = functools.partial(
                 lambda c: jax.block_until_ready(c(params, batch)), compiled
@@ -398,19 +428,28 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"{args.repeats} alternating calls (the others), all in one process. `{XLA}`: every "
         f"program compiled with XLA's default YNNPACK fusions (`{cpu.YNN_OPTION}` = "
         f"{', '.join(cpu.XLA_DEFAULT_TYPES)}) and `lax.conv_general_dilated`, what JAX does "
-        f"without jpanning. `{JPANNING}`: "
-        f"the process setting jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}; "
-        f"convolutions in XLA's multi-threaded Eigen) and, for the programs with first "
-        f"derivatives only (training step, SNIP, eval forward; not the fused scores, which "
-        f"hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}, with the "
-        f"models' convolution `jpanning.cpu.conv_general_dilated` (see `jpanning/cpu.py`). "
+        f"without jpanning. `{JPANNING}`: what jpanning runs by default, the models' "
+        f"convolution `jpanning.cpu.conv_general_dilated` computed by "
+        f"{cpu.convolution_library()} (`jpanning/onednn.py`) under the process setting "
+        f"jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}). `{JPANNING_XLA}`: "
+        f"jpanning with `JPANNING_CPU_CONV=xla` (its path before oneDNN): convolutions in "
+        f"XLA's multi-threaded Eigen under the process setting and, for the programs with "
+        f"first derivatives only (training step, SNIP, eval forward; not the fused scores, "
+        f"which hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}. "
         f"Every column, PyTorch's included, runs with the process's malloc setting: "
         f"{cpu.allocator_setting()} (`benchmarks/allocator.py` compares the settings).",
         "",
     ]
-    cols = [XLA, JPANNING, "torch"]
-    md.append("| workload | " + " | ".join(cols) + f" | {JPANNING} ÷ torch | {XLA} ÷ torch |")
-    md.append("|---|" + "---|" * (len(cols) + 2))
+    cols = [XLA, JPANNING_XLA, JPANNING, "torch"]
+    ratios = [JPANNING, JPANNING_XLA, XLA]
+    md.append(
+        "| workload | "
+        + " | ".join(cols)
+        + " | "
+        + " | ".join(f"{c} ÷ torch" for c in ratios)
+        + " |"
+    )
+    md.append("|---|" + "---|" * (len(cols) + len(ratios)))
     for workload, values in work.items():
         if workload == "train_windows":
             continue
@@ -423,7 +462,7 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
             r = values[c] / values["torch"]
             return f"{r if higher_better else 1 / r:.2f}"
 
-        md.append(f"| {workload} | " + " | ".join(cells) + f" | {ratio(JPANNING)} | {ratio(XLA)} |")
+        md.append(f"| {workload} | " + " | ".join(cells + [ratio(c) for c in ratios]) + " |")
     md += [
         "",
         "Ratios are speed ratios (above 1: faster than PyTorch).",
@@ -435,8 +474,10 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"## One 3x3 convolution, batch {args.batch_size}, stride 1, SAME; median ms of 10",
         "",
         f"`{JPANNING}`: `jpanning.cpu.conv_general_dilated` (what the models call): "
-        "`lax.conv_general_dilated` under jpanning's process setting, slices + matmul on inputs "
-        f"of at most {cpu.SMALL_INPUT} pixels; "
+        f"{cpu.convolution_library()}'s convolution, slices + matmul on inputs "
+        f"of at most {cpu.SMALL_INPUT} pixels; `{JPANNING_XLA}`: the same with "
+        "`JPANNING_CPU_CONV=xla`, `lax.conv_general_dilated` under jpanning's process setting "
+        "with derivatives that keep XLA's fast layout in loop bodies; "
         f"`{XLA}`: `lax.conv_general_dilated` with XLA's default fusions; `patches`, `slices`, `grouped`: "
         "alternatives tried (see the module docstring). `cores`: CPU time / wall time over the "
         "timed calls. `ynn`: whether the compiled forward program holds a YNNPACK fusion.",

@@ -91,12 +91,12 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
-    first_order = cpu.first_order_options()
-    if first_order is None:
+    if not cpu.first_order_measurable():
         raise SystemExit(
             "cpu_options compares XLA:CPU settings: it needs a CPU backend, a measured jaxlib "
             f"{cpu.MEASURED_JAXLIBS} and the setting left on (JPANNING_CPU_FAST unset)"
         )
+    first_order = cpu.options(cpu.FIRST_ORDER_TYPES)
     variants = {PROCESS: None, FIRST_ORDER: first_order}
     run = {}
     for name, (fn, fn_args) in programs(args.model, args.batch_size, args.sparsity).items():
@@ -118,6 +118,7 @@ def main(argv=None):
         "argv": argv,
         "settings": vars(args) | {"out": None},
         "options": {PROCESS: cpu.fusion_types(cpu.PROCESS_TYPES), FIRST_ORDER: first_order},
+        "convolution": cpu.convolution_library(),
         "seconds": {f"{n} / {v}": t for (n, v), t in times.items()},
         "median_seconds": med,
         "speedup": speedup,
@@ -133,7 +134,9 @@ def main(argv=None):
         f"Medians of {args.repeats} alternating calls, seconds. `{PROCESS}`: "
         f"`{cpu.YNN_OPTION}` = {', '.join(cpu.PROCESS_TYPES)} (what `import jpanning` sets); "
         f"`{FIRST_ORDER}`: {', '.join(cpu.FIRST_ORDER_TYPES)}, given per compilation to "
-        "jpanning's programs with first derivatives only. Speed-up above 1: the options help.",
+        "jpanning's programs with first derivatives only, where XLA computes the "
+        f"convolutions. Convolutions here: {cpu.convolution_library()} (`JPANNING_CPU_CONV`). "
+        "Speed-up above 1: the options help.",
         "",
         f"| program | derivatives | {PROCESS} | {FIRST_ORDER} | speed-up |",
         "|---|---|---|---|---|",

@@ -1,5 +1,13 @@
 """XLA:CPU settings that make convolutions fast on a CPU, chosen automatically per backend.
 
+Where ``jpanning/_onednn_conv.so`` is built (``make setup``: Debian's ``libdnnl-dev`` and
+``scripts/build_onednn.sh``), :func:`conv_general_dilated` on a CPU backend hands its float32
+NHWC convolutions, forward and both gradients, to oneDNN through XLA's FFI
+(:mod:`jpanning.onednn`), the library PyTorch's CPU convolutions use; that closed the gap to
+PyTorch (``benchmarks/results/cpu_conv_cpu.md``). ``JPANNING_CPU_CONV=xla`` keeps XLA's
+convolutions, for which the rest of this module's settings were made; with oneDNN's the
+process setting below still applies and :func:`first_order_options` adds nothing.
+
 jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the kernel
 gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
 on a 2-core machine half the CPU idles through a network's convolutions
@@ -227,13 +235,21 @@ def allocator_setting() -> str:
 def first_order_options() -> dict[str, str] | None:
     """``compiler_options`` for a jitted program whose derivatives are at most first order
     (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
-    jaxlib, unless the user chose; None (the process's settings) otherwise. Starts JAX's
-    backends (to ask which is the default)."""
-    import jax
-
-    if user_choice() or not _jaxlib_measured() or jax.default_backend() != "cpu":
+    jaxlib and XLA's convolutions, unless the user chose; None (the process's settings)
+    otherwise, oneDNN's convolutions included (:func:`convolution_library`), with which the
+    elementwise fusions made the same programs slower (``benchmarks/cpu_options.py``). Starts
+    JAX's backends (to ask which is the default)."""
+    if not first_order_measurable() or convolution_library() != "XLA":
         return None
     return options(FIRST_ORDER_TYPES)
+
+
+def first_order_measurable() -> bool:
+    """Whether :data:`FIRST_ORDER_TYPES` can be given here: a CPU backend, a measured jaxlib
+    and the setting left to jpanning."""
+    import jax
+
+    return not user_choice() and _jaxlib_measured() and jax.default_backend() == "cpu"
 
 
 def describe() -> dict:
@@ -247,7 +263,18 @@ def describe() -> dict:
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
         "first_order_programs": (first_order_options() or {}).get(YNN_OPTION, "process setting"),
         "malloc": allocator_setting(),
+        "convolution": convolution_library(),
     }
+
+
+def convolution_library() -> str:
+    """Which library computes this process's CPU convolutions (:func:`conv_general_dilated`
+    on a CPU backend): ``"oneDNN 2.6.3"`` (:mod:`jpanning.onednn`) or ``"XLA"``."""
+    from jpanning import onednn
+
+    if os.environ.get(ENV_SWITCH, "1") == "0" or not onednn.use_onednn():
+        return "XLA"
+    return f"oneDNN {onednn.version()}"
 
 
 def _nhwc(dimension_numbers, ndim: int) -> bool:
@@ -275,6 +302,26 @@ def _path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> st
         return "lax"
     small = lhs.shape[1] * lhs.shape[2] <= SMALL_INPUT and rhs.shape[0] * rhs.shape[1] > 1
     return "small" if small else "canonical"
+
+
+def _onednn_applies(lhs, rhs, padding, preferred) -> bool:
+    """Whether a ``"canonical"`` convolution runs in oneDNN (:mod:`jpanning.onednn`): float32
+    operands and result, non-negative padding, and ``JPANNING_CPU_CONV`` allowing it
+    (``auto``: where the library is built)."""
+    import numpy as np
+
+    from jpanning import onednn
+
+    f32 = np.dtype(np.float32)
+    if (
+        lhs.dtype != f32
+        or rhs.dtype != f32
+        or (preferred is not None and np.dtype(preferred) != f32)
+    ):
+        return False
+    if any(p < 0 for pair in padding for p in pair):
+        return False
+    return onednn.use_onednn()
 
 
 def _canonical_conv():
@@ -382,6 +429,10 @@ def conv_general_dilated(
     if isinstance(padding, str):
         padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (sh, sw), padding)
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
+    if path == "canonical" and _onednn_applies(lhs, rhs, padding, preferred_element_type):
+        from jpanning import onednn
+
+        return onednn.conv(lhs, rhs, (sh, sw), padding)
     if path == "canonical":
         conv = _canonical_conv()
         return conv(lhs, rhs, (sh, sw), padding, precision, preferred_element_type)

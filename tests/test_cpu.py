@@ -119,14 +119,18 @@ def test_convolution_matches_lax(shape, kernel, stride, padding):
         np.testing.assert_allclose(g, r, atol=2e-5 * scale, rtol=1e-4, err_msg=name)
     hlo = jax.jit(lambda x, w: outputs(cpu.conv_general_dilated)).lower(x, w).as_text("hlo")
     small = shape[0] * shape[1] <= cpu.SMALL_INPUT and kernel > 1
-    assert ("convolution(" not in hlo) == small
+    in_onednn = "jpanning_onednn" in hlo  # jpanning.onednn, where it is built
+    assert in_onednn == (not small and cpu.convolution_library() != "XLA")
+    assert ("convolution(" not in hlo) == (small or in_onednn)
 
 
-def test_backward_convolutions_in_a_loop_body_are_canonical():
-    """Inside a ``lax.map`` body, the gradients of :func:`cpu.conv_general_dilated` compile to
+def test_backward_convolutions_in_a_loop_body_are_canonical(monkeypatch):
+    """Inside a ``lax.map`` body, the gradients of :func:`cpu.conv_general_dilated` with XLA's
+    convolution (where oneDNN is not built, or ``JPANNING_CPU_CONV=xla``) compile to
     convolutions in XLA:CPU's canonical layout (``b01f_01io->b01f``, its fast path); those of
     ``lax.conv_general_dilated`` do not (XLA leaves their operands untransposed there), and
     both give the same gradients."""
+    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     rng = np.random.default_rng(3)
     xs = jnp.asarray(rng.normal(size=(2, 4, 9, 9, 12)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(3, 3, 12, 10)).astype(np.float32) / 3)
@@ -200,9 +204,11 @@ def test_user_model_gradient_compiles_with_the_process_setting():
     assert plain != text(cpu.options(cpu.XLA_DEFAULT_TYPES))
 
 
-def test_train_step_options_give_the_same_training():
-    """Three SGD steps of the training step with its CPU options and with the process setting
-    give the same losses and parameters (float32 rounding)."""
+def test_train_step_options_give_the_same_training(monkeypatch):
+    """Three SGD steps of the training step with its CPU options (given with XLA's
+    convolutions) and with the process setting give the same losses and parameters (float32
+    rounding)."""
+    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     model = models.create_model("tinycnn", 10)
     variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
     tx = optax.sgd(0.1, momentum=0.9)
@@ -227,10 +233,12 @@ def test_train_step_options_give_the_same_training():
     )
 
 
-def test_first_order_options_give_the_same_scores():
+def test_first_order_options_give_the_same_scores(monkeypatch):
     """SNIP (a forward and a backward pass with train-mode BatchNorm) compiled with
-    :func:`cpu.first_order_options` is another program than under the process setting
-    (elementwise fusions in YNNPACK) with the same scores (float32 rounding)."""
+    :func:`cpu.first_order_options` (given with XLA's convolutions) is another program than
+    under the process setting (elementwise fusions in YNNPACK) with the same scores (float32
+    rounding)."""
+    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     model = models.create_model("tinycnn", 10)
     variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
     params, stats = variables["params"], variables["batch_stats"]
@@ -280,6 +288,8 @@ def _run_probe(code, *args, drop=(), **env):
 
 
 def _probe(case, **env):
+    """:data:`_PROBE` with XLA's convolutions (the first-order options apply with them)."""
+    env = {"JPANNING_CPU_CONV": "xla"} | env
     return _run_probe(_PROBE, case, drop=("XLA_FLAGS", cpu.ENV_SWITCH), **env)
 
 
@@ -315,7 +325,9 @@ def test_import_sets_the_flag_and_respects_choices():
 )
 def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
+    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     assert cpu._jaxlib_measured() is measured
+    assert cpu.first_order_measurable() is measured
     assert (cpu.first_order_options() is not None) is measured
 
 
