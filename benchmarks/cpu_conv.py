@@ -25,8 +25,7 @@ time): that is where the single-threaded YNNPACK convolution shows. ``jpanning``
 :func:`jpanning.cpu.conv_general_dilated`, which the models call: oneDNN's convolution where
 built, and slices + matmul on the 2x2 maps; ``jpanning, XLA conv`` the same traced with
 ``JPANNING_CPU_CONV=xla`` (``lax.conv_general_dilated`` under the process setting). Besides
-the settings it
-times the alternatives tried for issue 9 and not kept (not on the 2x2 maps):
+the settings it times the alternatives tried for issue 9 and not kept (not on the 2x2 maps):
 ``patches`` (``lax.conv_general_dilated_patches`` then one matmul), ``slices`` (im2col from
 shifted slices of the padded input then one matmul; both let autodiff derive the backward
 pass) and ``grouped`` (halves of the batch packed into two feature groups), all compiled with

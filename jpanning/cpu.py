@@ -269,10 +269,15 @@ def describe() -> dict:
 
 def convolution_library() -> str:
     """Which library computes this process's CPU convolutions (:func:`conv_general_dilated`
-    on a CPU backend): ``"oneDNN 2.6.3"`` (:mod:`jpanning.onednn`) or ``"XLA"``."""
+    on a CPU backend): ``"oneDNN 2.6.3"`` (:mod:`jpanning.onednn`) or ``"XLA"`` (another
+    backend, the CPU setting off, or ``JPANNING_CPU_CONV``'s choice)."""
+    import jax
+
     from jpanning import onednn
 
-    if os.environ.get(ENV_SWITCH, "1") == "0" or not onednn.use_onednn():
+    if os.environ.get(ENV_SWITCH, "1") == "0" or jax.default_backend() != "cpu":
+        return "XLA"
+    if not onednn.use_onednn():
         return "XLA"
     return f"oneDNN {onednn.version()}"
 
@@ -306,8 +311,8 @@ def _path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> st
 
 def _onednn_applies(lhs, rhs, padding, preferred) -> bool:
     """Whether a ``"canonical"`` convolution runs in oneDNN (:mod:`jpanning.onednn`): float32
-    operands and result, non-negative padding, and ``JPANNING_CPU_CONV`` allowing it
-    (``auto``: where the library is built)."""
+    operands and result, non-negative padding, no empty operand or output, and
+    ``JPANNING_CPU_CONV`` allowing it (``auto``: where the library is built)."""
     import numpy as np
 
     from jpanning import onednn
@@ -319,8 +324,11 @@ def _onednn_applies(lhs, rhs, padding, preferred) -> bool:
         or (preferred is not None and np.dtype(preferred) != f32)
     ):
         return False
-    if any(p < 0 for pair in padding for p in pair):
+    if any(p < 0 for pair in padding for p in pair) or 0 in lhs.shape or 0 in rhs.shape:
         return False
+    (top, bottom), (left, right) = padding
+    if lhs.shape[1] + top + bottom < rhs.shape[0] or lhs.shape[2] + left + right < rhs.shape[1]:
+        return False  # an empty output: lax's
     return onednn.use_onednn()
 
 

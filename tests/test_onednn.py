@@ -254,3 +254,18 @@ def test_first_order_options_follow_the_convolution_library(monkeypatch):
     monkeypatch.setenv(onednn.ENV_CHOICE, "xla")
     assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
     assert cpu.convolution_library() == "XLA"
+
+
+def test_empty_shapes_stay_with_lax():
+    """An empty batch, or a kernel larger than its input (no output pixels), is lax's: oneDNN
+    has nothing to compute."""
+
+    def conv(x, w):
+        return cpu.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+
+    cases = [((0, 5, 5, 4), (3, 3, 4, 2)), ((2, 3, 3, 4), (5, 5, 4, 2))]
+    for x_shape, w_shape in cases:
+        x, w = jnp.ones(x_shape), jnp.ones(w_shape)
+        want = lax.conv_general_dilated(x, w, (1, 1), "VALID", dimension_numbers=DN)
+        assert jax.jit(conv)(x, w).shape == want.shape
+        assert "jpanning_onednn" not in jax.jit(conv).lower(x, w).as_text("hlo")
