@@ -228,31 +228,21 @@ ffi::Error KernelGrad(F32 x, F32 dy, F32Out dw, ffi::Span<const int64_t> strides
              dw->typed_data(), dy.typed_data());
 }
 
+// The three targets take two float32 arrays, return one, and read the window from attributes.
+auto Binding() {
+  return ffi::Ffi::Bind()
+      .Arg<F32>()
+      .Arg<F32>()
+      .Ret<F32>()
+      .Attr<ffi::Span<const int64_t>>("strides")
+      .Attr<ffi::Span<const int64_t>>("padding");
+}
+
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvInputGrad, InputGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
-
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Arg<F32>()
-                                  .Arg<F32>()
-                                  .Ret<F32>()
-                                  .Attr<ffi::Span<const int64_t>>("strides")
-                                  .Attr<ffi::Span<const int64_t>>("padding"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvForward, Forward, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvInputGrad, InputGrad, Binding());
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JpanningOnednnConvKernelGrad, KernelGrad, Binding());
 
 extern "C" const char* JpanningOnednnVersion() {
   static std::string version = [] {
