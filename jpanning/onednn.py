@@ -284,9 +284,7 @@ def conv(x, w, strides, padding):
     Returns:
         ``[N, OH, OW, O]``, equal to ``lax.conv_general_dilated`` within float32 rounding.
     """
-    if _load() is None:
-        raise JPanningError(f"oneDNN convolution unavailable: {unavailable_reason()}")
-    forward, _, _ = _prims()
+    forward, _, _ = primitives()
     (top, bottom), (left, right) = padding
     pads = tuple(int(p) for p in (top, bottom, left, right))
     return forward(x, w, strides=tuple(int(s) for s in strides), padding=pads)
