@@ -57,7 +57,9 @@ def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
     batch = (jnp.asarray(x), jnp.asarray(y))
     env = env_lib.PanningEnv(train_fn, eval_fn, prunable, shape)
     pool = env.make_params(params, x[None], y[None])
-    fresh = env.make_params(params, x[None], y[None], recompute_dense=True)
+    fresh = env.make_params(
+        params, x, y, scoring="fresh", samples_per_class=max(batch_size // 10, 1)
+    )
     envs = 4
     step_args, batched_args = mid_episode(env, pool, envs)
     return {

@@ -7,24 +7,22 @@ For each network (CIFAR shapes 32x32x3, 10 classes, a scoring batch of ``--batch
 examples, 10 per class in the authors' setting) one run times, alternating between variants so
 machine noise hits them alike, medians over ``--repeats``:
 
-* ``step``: one jitted :meth:`jpanning.env.PanningEnv.step` (pool mode: the dense SNIP/GraSP
-  maps and the dense loss/‖g‖² come from the pool scored once by ``make_params``);
+* ``step``: one jitted :meth:`jpanning.env.PanningEnv.step` with ``scoring='pool'`` (the
+  dense SNIP/GraSP maps, loss and ‖g‖² come from the pool scored once by ``make_params``);
 * ``step x E``: ``jax.vmap`` of the step over ``--envs`` environments, per environment;
-* ``step (recompute dense)``: the authors' setting, the dense maps (GraSP's Hessian-vector
-  product included) recomputed every step;
+* ``step (fresh)``: ``scoring='fresh'``, the authors' setting: a new class-balanced batch
+  drawn every step and the dense maps (GraSP's Hessian-vector product included) recomputed;
+* ``step (effective=paths)``: the pool step with the path-based effective sparsity (one more
+  gradient of the mask network) instead of the authors';
 * the floor: the bare passes a pool-mode step needs, each jitted alone: the SynFlow gradient of
-  the masked |θ|-network, the masked network's loss and ‖g‖² (one gradient), the effective
-  sparsity (one more gradient of the |θ|-network) and the global top-k;
-* ``torch step (recompute dense)``: the recompute-dense step in PyTorch
-  (``benchmarks/reference/torch_panning.py``, ``pip install -r requirements-bench.txt``;
-  ``--no-torch`` skips it), from the same weights, masks and scoring batch, with how far its
-  masks, losses and ‖g‖² are from jpanning's.
+  the masked |θ|-network (which also gives the effective sparsity), the masked network's loss
+  and ‖g‖² (one gradient) and the global top-k;
+* ``torch step (fresh)``: the fresh step in PyTorch (``benchmarks/reference/torch_panning.py``,
+  ``pip install -r requirements-bench.txt``; ``--no-torch`` skips it), from the same weights,
+  maps and scoring batch, with how far its masks, losses and ‖g‖² are from jpanning's.
 
 The JAX programs are compiled with :meth:`jpanning.env.PanningEnv.compiler_options`, as RL
-Panning compiles its step: on a CPU, the pool-mode step and the floor passes take
-:func:`jpanning.cpu.first_order_options`; ``step x E`` and the recompute-dense step the
-process's setting (the options make a vmapped step slower,
-``benchmarks/results/cpu_options_cpu.md``).
+Panning compiles its step (on a CPU with oneDNN's convolutions: no options).
 
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
@@ -55,7 +53,8 @@ INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10
 AUTHORS_STEP_SECONDS = 5.66  # kangxiatao/RLPanning, their ResNet-20 on a 2-core CPU (issue 4)
 TORCH_MODELS = ("resnet20", "resnet20_panning", "vgg19")  # benchmarks/reference/torch_models.py
-TORCH_STEP = "torch step (recompute dense)"
+TORCH_STEP = "torch step (fresh)"
+FRESH_STEP = "step (fresh)"
 
 
 def mid_episode(env: env_lib.PanningEnv, env_params, envs: int):
@@ -84,7 +83,14 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     xs = rng.normal(size=(pool, batch_size, *INPUT_SHAPE)).astype(np.float32)
     ys = np.tile(np.arange(batch_size) % NUM_CLASSES, (pool, 1)).astype(np.int32)
     env_params = env.make_params(params, xs, ys)
-    fresh_params = env.make_params(params, xs, ys, recompute_dense=True)
+    fresh_params = env.make_params(
+        params,
+        xs.reshape(-1, *INPUT_SHAPE),
+        ys.reshape(-1),
+        scoring="fresh",
+        samples_per_class=batch_size // NUM_CLASSES,
+    )
+    paths_params = env_params.replace(effective="paths")  # one more gradient per step
     (key, state, action), (keys, states, actions) = mid_episode(env, env_params, envs)
     options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
     step = jax.jit(env.step, compiler_options=options)
@@ -98,9 +104,12 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     jit = functools.partial(jax.jit, compiler_options=options)
     # the scoring batch is an argument, as in the step, not a constant baked into the program
     flow = jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
-    masked = jit(lambda p, m, b: scores.loss_and_grad_norm(train_fn, p, b, m, prunable=prunable))
-    effective = jit(lambda m: scores.effective_sparsity(eval_fn, m, INPUT_SHAPE, prunable=prunable))
-    topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable))
+    masked = jit(
+        lambda p, m, b: scores.loss_and_grad_norm(
+            train_fn, p, b, m, prunable=prunable, whole_tensors=True
+        )
+    )
+    topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
     fused = panning.normalise(flow(params, masks, batch), prunable)
 
     def blocking(fn):
@@ -108,10 +117,10 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
 
     run = {
         "step": blocking(lambda: step(key, state, action, env_params)),
-        "step (recompute dense)": blocking(lambda: fresh_step(key, state, action, fresh_params)),
+        FRESH_STEP: blocking(lambda: fresh_step(key, state, action, fresh_params)),
+        "step (effective=paths)": blocking(lambda: step(key, state, action, paths_params)),
         "floor/synflow_grad": blocking(lambda: flow(params, masks, batch)),
         "floor/masked_loss_grad": blocking(lambda: masked(params, masks, batch)),
-        "floor/effective_grad": blocking(lambda: effective(masks)),
         "floor/topk": blocking(lambda: topk(fused, jnp.float32(0.8))),
     }
     if batched:
@@ -122,14 +131,14 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
-    # What the recompute-dense step does from ``state``, for the PyTorch reference to redo.
+    # What the fresh step does from ``state``, for the PyTorch reference to redo.
     result = fresh_step(key, state, action, fresh_params)
-    b = int(result[1].batch)  # the scoring batch the step drew
+    (images, labels), _ = env.draw(key, fresh_params)  # the scoring batch the step drew
     case = {
         "params": params,
-        "masks": state.masks,
-        "images": xs[b],
-        "labels": ys[b],
+        "maps": (state.synflow, state.snip, state.grasp),
+        "images": np.asarray(images),
+        "labels": np.asarray(labels),
         "weights": np.asarray(result[5]["weights"]),
         "sparsity": float(result[5]["sparsity"]),
         "temperature": env.temperature,
@@ -139,9 +148,9 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
 
 
 def torch_variant(name: str, case: dict, threads: int, device: str = "cpu"):
-    """The PyTorch step (``benchmarks/reference/torch_panning.py``) on the same weights, masks
-    and batch as jpanning's recompute-dense step, on ``device``, and how far its outputs are
-    from jpanning's."""
+    """The PyTorch step (``benchmarks/reference/torch_panning.py``) on the same weights, maps
+    and batch as jpanning's fresh step, on ``device``, and how far its outputs are from
+    jpanning's."""
     import torch
 
     from benchmarks.reference import torch_models, torch_panning
@@ -158,12 +167,12 @@ def torch_variant(name: str, case: dict, threads: int, device: str = "cpu"):
 
     x = torch.from_numpy(case["images"].transpose(0, 3, 1, 2).copy()).to(device)
     y = torch.from_numpy(case["labels"].astype(np.int64)).to(device)
-    masks = [m.to(device) for m in to_torch(case["masks"])]
+    maps = [[m.to(device) for m in to_torch(tree)] for tree in case["maps"]]
     weights = torch.tensor(case["weights"], device=device)
 
     def step():
         return torch_panning.env_step(
-            model, masks, x, y, weights, case["sparsity"], case["temperature"]
+            model, maps, x, y, weights, case["sparsity"], case["temperature"]
         )
 
     run = torch_device.synchronized(step, device)
@@ -258,14 +267,10 @@ def ratios(name: str, med: dict, floor: float) -> dict:
     out = {f"{k}/floor": v / floor for k, v in med.items() if k.startswith("step")}
     if TORCH_STEP in med:
         out[f"{TORCH_STEP} / step"] = med[TORCH_STEP] / med["step"]
-        out[f"{TORCH_STEP} / step (recompute dense)"] = (
-            med[TORCH_STEP] / med["step (recompute dense)"]
-        )
+        out[f"{TORCH_STEP} / {FRESH_STEP}"] = med[TORCH_STEP] / med[FRESH_STEP]
     if name == "resnet20_panning":
         out["authors' 5.66 s / step"] = AUTHORS_STEP_SECONDS / med["step"]
-        out["authors' 5.66 s / step (recompute dense)"] = (
-            AUTHORS_STEP_SECONDS / med["step (recompute dense)"]
-        )
+        out[f"authors' 5.66 s / {FRESH_STEP}"] = AUTHORS_STEP_SECONDS / med[FRESH_STEP]
     return out
 
 
@@ -304,11 +309,12 @@ def markdown(args, env, results, argv) -> list[str]:
         "",
         f"Medians of {args.repeats} alternating repeats, seconds. Step at round 50 of 100 "
         f"(target 0.95); `step x {args.envs}` is per environment of a vmapped batch. Floor: "
-        "SynFlow gradient + masked loss/‖g‖² gradient + effective-sparsity gradient + top-k, "
-        "each jitted alone (the step also normalises and fuses the maps; goal: step/floor "
-        "<= 1.2). `torch step (recompute dense)`: the same step in PyTorch "
-        "(`benchmarks/reference/torch_panning.py`), recomputing the dense maps every step as "
-        "the authors' code does, from the same weights, masks and batch. The authors' own figure, 5.66 s per step of their ResNet-20 (width 32, "
+        "SynFlow gradient (which gives the effective sparsity too) + masked loss/‖g‖² "
+        "gradient + top-k, each jitted alone (the step also normalises and fuses the maps; "
+        "goal: step/floor <= 1.1). `step (fresh)`: a new batch every step, its dense maps "
+        "recomputed (the authors' setting). `torch step (fresh)`: the fresh step in PyTorch "
+        "(`benchmarks/reference/torch_panning.py`) from the same weights, maps and batch. "
+        "The authors' own figure, 5.66 s per step of their ResNet-20 (width 32, "
         "`resnet20_panning`) on a CPU like this one, is quoted from issue 4, not measured "
         "here.",
         "",
@@ -327,14 +333,14 @@ def markdown(args, env, results, argv) -> list[str]:
             md += [
                 "Step and floor compiled with "
                 + report.options_text(r["step_compiler_options"])
-                + "; `step x E` and the recompute-dense step with the process's settings.",
+                + "; `step x E` and the fresh step with the process's settings.",
                 "",
             ]
         elif "step_compiler_options" in r:  # absent from earlier runs (the process setting)
             md += [
                 "Step, `step x E` and floor compiled with "
                 + report.options_text(r["step_compiler_options"])
-                + "; the recompute-dense step with the process's settings.",
+                + "; the fresh step with the process's settings.",
                 "",
             ]
         md += [
@@ -354,7 +360,8 @@ def markdown(args, env, results, argv) -> list[str]:
         if "jax_vs_torch" in r:
             c = r["jax_vs_torch"]
             md += [
-                f"{torch_device.label(r['torch'], getattr(args, 'threads', '?'))} against jpanning's recompute-dense step from the same "
+                f"{torch_device.label(r['torch'], getattr(args, 'threads', '?'))} against "
+                "jpanning's fresh step from the same "
                 f"state: kept {c['kept']:,} vs {c['kept_torch']:,}, of which "
                 f"{c['kept_by_both / kept']:.4f} by both; effective sparsity "
                 f"{c['effective']:.4f} vs {c['effective_torch']:.4f}; relative differences "

@@ -157,10 +157,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="rlpanning: TD3 environment steps (default: the preset's)",
     )
     p.add_argument(
+        "--scoring",
+        default="fresh",
+        choices=("fresh", "pool"),
+        help="panning, rlpanning: SNIP/GraSP on a new class-balanced batch every round or "
+        "step (fresh; the authors') or on a pool of --pool-size batches scored once (pool)",
+    )
+    p.add_argument(
         "--pool-size",
         type=_positive(int),
         default=None,
-        help="rlpanning: scoring batches the environment draws from (default: the preset's)",
+        help="--scoring pool: scoring batches in the pool (default: panning 1, rlpanning the "
+        "preset's)",
+    )
+    p.add_argument(
+        "--fusion",
+        default="add",
+        choices=("add", "mul"),
+        help="panning, rlpanning: fuse the metrics as a weighted sum (add; the authors' "
+        "default) or a product of powers (mul; with its own hand staircase)",
+    )
+    p.add_argument(
+        "--effective",
+        default="authors",
+        choices=("authors", "paths"),
+        help="rlpanning: effective sparsity in the reward; authors: weights alive in the "
+        "positive SynFlow network, bias paths included; paths: weights on an input-output path",
+    )
+    p.add_argument(
+        "--reset-observes-sparsity",
+        action="store_true",
+        help="rlpanning: the first observation carries the first round's sparsity (the "
+        "authors' is 0, so the first action does not know the target)",
     )
     p.add_argument(
         "--policy",
@@ -184,8 +212,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--purl-state",
         default=None,
         choices=("compact", "per_layer"),
-        help="purl: the agent's state, (layer, accuracy, sparsity) or 2n per-layer values "
-        "(compact)",
+        help="purl: the agent's state, 2n per-layer accuracies and sparsities (per_layer, the "
+        "paper's final choice) or (layer, accuracy, sparsity) (compact, its ablation)",
     )
     p.add_argument(
         "--purl-collapse",
@@ -718,6 +746,11 @@ def _screen(
             "temperature": args.temperature,
             "thresholds": args.panning_thresholds,
             "weights": args.panning_weights,
+            "fusion": args.fusion,
+            "scoring": args.scoring,
+            "effective": args.effective,
+            "reset_observes_sparsity": args.reset_observes_sparsity,
+            "samples_per_class": args.samples_per_class,
             "preset": args.preset,
             "agent_steps": args.agent_steps,
             "policy": args.policy,
@@ -737,6 +770,12 @@ def _screen(
         result = _purl_search(args, problem, dataset, stop)
         masks, screen["result"] = result.masks, result
     else:
+        if args.method == "panning":  # T fresh batches, or a pool cycled through
+            count = (args.rounds or 100) if args.scoring == "fresh" else (args.pool_size or 1)
+            from jpanning import rlpanning
+
+            data = rlpanning.score_pool(dataset, args.samples_per_class, count, args.seed)
+            problem = dataclasses.replace(problem, options=problem.options | {"data": data})
         masks = pruning.prune(args.method, problem)
     screen["prune_seconds"] = time.perf_counter() - start
     return masks, screen
@@ -966,14 +1005,19 @@ def _rl_search(args: argparse.Namespace, problem, dataset, stop):
         pool_size = args.pool_size or config.pool_size
     else:
         pool_size = args.pool_size or rlpanning.PRESETS[args.preset].pool_size
-    pool = rlpanning.score_pool(dataset, args.samples_per_class, pool_size, args.seed)
-    problem = dc.replace(problem, options=problem.options | {"pool": pool})
+    if args.scoring == "pool":
+        data = rlpanning.score_pool(dataset, args.samples_per_class, pool_size, args.seed)
+        scoring = f"a pool of {pool_size} scoring batches"
+    else:
+        data = (dataset.train_images, dataset.train_labels)
+        scoring = f"a fresh batch of {args.samples_per_class} per class every step"
+    problem = dc.replace(problem, options=problem.options | {"data": data})
     if args.policy is not None:
-        print(f"rlpanning: screening with the policy in {args.policy} (no search)")
+        print(f"rlpanning: screening with the policy in {args.policy} (no search), {scoring}")
         return rlpanning.run(problem)
     print(
         f"rlpanning: TD3 search, {config.agent_steps} agent steps, T={config.rounds} rounds, "
-        f"pool of {pool_size} scoring batches ({args.preset} preset)"
+        f"{scoring} ({args.preset} preset)"
     )
     with (
         _agent_bar("RL search", config.agent_steps, args.no_progress) as progress,
@@ -996,6 +1040,10 @@ def _rl_report(args: argparse.Namespace, rl) -> dict:
             k: list(v) if isinstance(v, tuple) else v
             for k, v in dataclasses.asdict(rl.config.agent_config()).items()
         },
+        "env": rl.env_options,
+        "ranges": None
+        if rl.ranges is None
+        else {"loss": rl.ranges.loss.tolist(), "grad_norm": rl.ranges.grad_norm.tolist()},
         "search_seconds": rl.search_seconds,
         "screen_seconds": rl.screen_seconds,
         "screen": {k: v.tolist() for k, v in rl.trace.items()},
@@ -1007,6 +1055,7 @@ def _rl_report(args: argparse.Namespace, rl) -> dict:
             rl.actor_params,
             rl.config,
             meta={"model": args.model, "dataset": args.dataset, "seed": args.seed},
+            ranges=rl.ranges,
         )
         steps, returns = rlpanning.episode_returns(rl.metrics)
         out["episode_end_steps"] = steps.tolist()

@@ -1,44 +1,60 @@
 """The Panning environment: one Panning round per step, in gymnax's functional shape.
 
-An agent (RL Panning) picks the fusion weights of each round; the environment applies them
-(fused score, top-k at the round's sparsity of the exponential schedule), measures the masked
-network against the dense one on a scoring batch, and rewards masks that keep the dense
-network's loss and gradient norm while reaching the episode's target sparsity::
+An agent (RL Panning) picks the fusion weights of each round; the environment prunes with
+them, then measures the masked network against the dense one on a new scoring batch and
+rewards masks that keep the dense network's loss and gradient norm while reaching the
+round's scheduled sparsity. Its observation, reward and episode are the authors' ``PruningEnv``
+(Kang, Li, Yao, Li 2022; kangxiatao/RLPanning, ``pruner/panning.py``), term by term
+(``docs/rlpanning_env.md`` has the table, with each option that departs from it)::
 
     env = PanningEnv(train_apply_fn, eval_apply_fn, prunable, input_shape)
-    env_params = env.make_params(params, inputs_pool, labels_pool)
+    env_params = env.make_params(params, inputs, labels)            # warm-up ranges too
     obs, state = env.reset(key, env_params)
     obs, state, reward, terminated, truncated, info = env.step(key, state, action, env_params)
+    obs, state = env.reset_after(key, state, env_params)            # next episode
 
 ``reset`` and ``step`` are pure: the network's params and scoring data travel in
 :class:`EnvParams`, the episode in :class:`EnvState` (both ``flax.struct`` dataclasses), so
 each is one jittable function with no host round-trip and ``jax.vmap`` runs a batch of
-environments. The :class:`PanningEnv` object holds only static things (apply functions, the
-prunable set, shapes). It does not auto-reset: the agent's loop decides what an episode end
-means (see ``terminated`` vs ``truncated``).
+environments. The normalisation ranges of the loss and ``‖g‖²`` outlive episodes, as in the
+authors' code: :meth:`PanningEnv.make_params` starts them from 10 warm-up batches,
+every step widens them, and :meth:`PanningEnv.reset_after` carries them into the next
+episode (``reset`` starts from the warm-up ranges, or from ``ranges``).
 
-Observation (7 values, float32):
+A step (round ``t``, 0-based; ``ρ_t = 1 − (1 − s) ** ((t + 1) / T)``, ``s`` the episode's
+target sparsity):
 
-0. ``N(L)``: the dense network's loss on the step's batch, ``N(x) = (x − lo) / (hi − lo)``
-   with ``lo, hi`` the running min/max of every loss seen in the episode (dense and masked);
-1. ``N(G)``: the dense network's ``‖g‖²`` (prunable leaves), over its own running range;
-2. ``|L − Ls| / (hi − lo)``: loss gap between dense and masked network (r_loss);
-3. ``|G − Gs| / (hi − lo) / 5``: gradient-norm gap (r_gtg; the divisor is ``gtg_scale``);
-4. ``ρe``: effective sparsity of the current mask;
-5. ``ρt``: the episode's target sparsity (present from the first observation on);
-6. ``t / T``: rounds done over rounds in all.
+1. prune: fuse the normalised SynFlow/SNIP/GraSP maps scored at the previous step (or at
+   reset) with ``p = (clip(a, −1, 1) + 1) / 2`` and keep the top ``max(int(n (1 − ρ_t)), 1)``;
+2. draw a scoring batch; the dense network's ``L`` and ``G = ‖g‖²`` on it (loss on
+   ``logits / 200``), and its SNIP and GraSP maps for the next step;
+3. SynFlow on the ``|θ ⊙ m|``-network for the next step; the effective sparsity ``ρe`` from
+   the same pass (a kept weight is alive when ``|θ ⊙ m| · ∂R/∂w ≠ 0``; biases and norm
+   parameters are positive, as in the authors' SynFlow network);
+4. the masked network's ``Ls`` and ``Gs`` on the same batch (``‖∂L/∂w‖²`` at ``w = θ ⊙ m``
+   over whole tensors, pruned positions included);
+5. widen the ranges with ``L, Ls`` and ``G, Gs``; ``N(x) = (x − lo) / (hi − lo)``.
 
-Reward: ``−α |ρt − ρe| − r_loss − r_gtg``, minus ``T − t`` when the step disconnects the
-network (``ρe = 1``), which **terminates** the episode; reaching round T **truncates** it.
-The dense SNIP/GraSP maps and the dense loss/‖g‖² do not depend on the mask, so
-:meth:`PanningEnv.make_params` computes them once for a pool of scoring batches; a step then
-pays only SynFlow, the top-k, the masked loss/‖g‖² and the effective sparsity
-(``recompute_dense=True`` recomputes the dense maps every step instead, as the authors' code).
+Observation (7 values): ``N(L)``, ``N(G)``, ``r_loss = |Ls − L| / (hi − lo)``,
+``r_gtg = |Gs − G| / (hi − lo) / 5``, ``ρe``, ``ρ_t``, ``t / T``. ``reset`` observes
+``(N(L), N(G), 0, 0, 0, 0, 0)`` on its own batch, with the ranges unwidened.
+Reward: ``−100 |ρ_t − ρe| − r_loss − r_gtg``; a step that leaves no weight alive (``ρe = 1``)
+loses ``(1 − t / T) · T`` more and ends the episode. Round T ends it too: T is the real
+horizon of the process (time is observed), so both are ``terminated`` (no bootstrapping);
+``truncated`` is always False.
+
+Scoring batches: ``scoring='pool'`` (the default) draws each step's batch from a pool of P
+batches whose dense maps, ``L`` and ``G`` :meth:`PanningEnv.make_params` computed once, so a
+step costs SynFlow, the top-k and the masked ``Ls``/``Gs`` pass; ``scoring='fresh'`` draws a
+new class-balanced batch from the training data every step and recomputes the dense maps
+(GraSP's Hessian-vector product) as the authors do. See ``docs/rlpanning_env.md`` for the
+measured comparison.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional, Sequence
 
 import flax.struct
@@ -52,6 +68,9 @@ from jpanning.errors import JPanningError
 PyTree = Any
 OBS_SIZE = 7
 ACTION_SIZE = len(panning.METRICS)
+SCORINGS = ("pool", "fresh")
+EFFECTIVES = ("authors", "paths")
+WARMUP_BATCHES = 10  # the authors' PruningEnv.__init__
 
 # The authors' target distributions: U(0.8, 1) early, then half U(0.9, 1), half U(0.98, 1).
 TARGETS_EARLY = ((1.0, 0.8, 1.0),)
@@ -60,57 +79,104 @@ MAX_TARGET = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
 
 
 @flax.struct.dataclass
+class Ranges:
+    """The normalisation ranges ``[lo, hi]`` of the loss and of ``‖g‖²``; they only widen."""
+
+    loss: jax.Array
+    grad_norm: jax.Array
+
+    def widen(self, losses, grad_norms) -> "Ranges":
+        return Ranges(_widen(self.loss, losses), _widen(self.grad_norm, grad_norms))
+
+
+@flax.struct.dataclass
 class EnvParams:
     """Everything an episode reads, passed into ``reset``/``step`` (never closed over).
 
     Attributes:
         net_params: θ, the network at initialization.
-        inputs, labels: the pool of scoring batches, ``[P, B, ...]`` and ``[P, B]``.
-        snip, grasp: normalised dense maps per pool batch (leaves ``[P, ...]``).
-        dense_loss, dense_grad_norm: ``[P]``, the dense network's loss and ‖g‖².
+        inputs, labels: ``'pool'``: the scoring batches ``[P, B, ...]``, ``[P, B]``;
+            ``'fresh'``: the training examples ``[N, ...]``, ``[N]``.
+        class_index, class_count: ``'fresh'``: each class's example indices ``[C, M]``
+            (padded) and counts ``[C]``.
+        snip, grasp: ``'pool'``: normalised dense maps per pool batch (leaves ``[P, ...]``).
+        dense_loss, dense_grad_norm: ``'pool'``: ``[P]``, the dense network's ``L`` and ``G``.
+        dense_synflow: the normalised signed SynFlow map of the dense network (reset's).
+        ranges: the warm-up :class:`Ranges`.
         target_probs, target_low, target_high: ``[K]``, a mixture of uniform distributions
             the episode's target sparsity is drawn from.
-        alpha: weight of ``|ρt − ρe|`` in the reward.
-        gtg_scale: divisor of the gradient-norm gap.
+        alpha: weight of ``|ρ_t − ρe|`` in the reward (100).
+        gtg_scale: divisor of the gradient-norm gap (5).
         rounds: T (static).
-        recompute_dense: recompute the dense maps every step (static).
+        scoring: ``'pool'`` or ``'fresh'`` (static).
+        samples_per_class: examples of each class in a fresh batch (static).
+        effective: ``'authors'`` (alive in the positive SynFlow network, biases included) or
+            ``'paths'`` (on an input-to-output path, :func:`jpanning.scores.effective_sparsity`)
+            (static).
+        fusion: ``'add'`` or ``'mul'`` (:func:`jpanning.panning.fuse`) (static).
+        reset_observes_sparsity: ``reset`` observes ``ρ_0`` (so the first action knows the
+            target) instead of the authors' 0 (static).
     """
 
     net_params: PyTree
     inputs: jax.Array
     labels: jax.Array
+    class_index: jax.Array
+    class_count: jax.Array
     snip: PyTree
     grasp: PyTree
     dense_loss: jax.Array
     dense_grad_norm: jax.Array
+    dense_synflow: PyTree
+    ranges: Ranges
     target_probs: jax.Array
     target_low: jax.Array
     target_high: jax.Array
     alpha: jax.Array
     gtg_scale: jax.Array
     rounds: int = flax.struct.field(pytree_node=False, default=100)
-    recompute_dense: bool = flax.struct.field(pytree_node=False, default=False)
+    scoring: str = flax.struct.field(pytree_node=False, default="pool")
+    samples_per_class: int = flax.struct.field(pytree_node=False, default=10)
+    effective: str = flax.struct.field(pytree_node=False, default="authors")
+    fusion: str = flax.struct.field(pytree_node=False, default="add")
+    reset_observes_sparsity: bool = flax.struct.field(pytree_node=False, default=False)
 
     def with_targets(self, targets: Sequence[tuple[float, float, float]]) -> "EnvParams":
         """The same params with another target distribution ``((prob, low, high), ...)``."""
         probs, low, high = _targets(targets)
         return self.replace(target_probs=probs, target_low=low, target_high=high)
 
+    def options(self) -> dict:
+        """The environment's settings as plain values (for results files)."""
+        return {
+            "rounds": self.rounds,
+            "scoring": self.scoring,
+            "pool_size": int(self.inputs.shape[0]) if self.scoring == "pool" else None,
+            "samples_per_class": self.samples_per_class,
+            "effective": self.effective,
+            "fusion": self.fusion,
+            "reset_observes_sparsity": self.reset_observes_sparsity,
+            "alpha": float(self.alpha),
+            "gtg_scale": float(self.gtg_scale),
+        }
+
 
 @flax.struct.dataclass
 class EnvState:
-    """One episode: the masks so far and what the observation is made of."""
+    """One episode: the masks so far, the maps the next step prunes with, and what the
+    observation is made of."""
 
     masks: PyTree
-    round: jax.Array  # rounds done, t
-    target: jax.Array  # ρt
-    batch: jax.Array  # pool index of the last batch
-    loss: jax.Array  # L (dense), last step
+    round: jax.Array  # t, rounds done
+    target: jax.Array  # s, the episode's target sparsity
+    synflow: PyTree  # normalised maps scored at the last step (or reset)
+    snip: PyTree
+    grasp: PyTree
+    loss: jax.Array  # L (dense), last batch
     sparse_loss: jax.Array  # Ls
     grad_norm: jax.Array  # G (dense)
     sparse_grad_norm: jax.Array  # Gs
-    loss_range: jax.Array  # [lo, hi] of every loss seen this episode
-    grad_range: jax.Array  # [lo, hi] of every ‖g‖² seen this episode
+    ranges: Ranges
     effective: jax.Array  # ρe
 
 
@@ -129,20 +195,38 @@ def _stack(trees) -> PyTree:
     return jax.tree.map(lambda *xs: jnp.stack(xs), *list(trees))
 
 
-def _scale(x, value_range):
+def _widen(value_range, values):
+    values = jnp.asarray(values)
+    return jnp.stack(
+        [jnp.minimum(value_range[0], jnp.min(values)), jnp.maximum(value_range[1], jnp.max(values))]
+    )
+
+
+def _normalised(x, value_range):
+    """``(x − lo) / (hi − lo)``; 0 when the range is empty."""
     width = value_range[1] - value_range[0]
-    return jnp.where(width > 0, x / jnp.where(width > 0, width, 1.0), 0.0)
+    return jnp.where(width != 0, x / jnp.where(width != 0, width, 1.0), 0.0)
 
 
-def _widen(value_range, *values):
-    lo = jnp.minimum(value_range[0], jnp.min(jnp.stack(values)))
-    hi = jnp.maximum(value_range[1], jnp.max(jnp.stack(values)))
-    return jnp.stack([lo, hi])
+def warmup_ranges(losses, grad_norms) -> Ranges:
+    """The authors' starting ranges from K >= 2 warm-up batches (``PruningEnv.__init__``).
+
+    The first batch's value ``x_0`` opens an inverted range ``[100 x_0, x_0 / 100]`` that the
+    others widen: ``lo = min(100 x_0, x_1, …)``, ``hi = max(x_0 / 100, x_1, …)``.
+    """
+
+    def one(x):
+        x = jnp.asarray(x)
+        start = jnp.stack([x[0] * 100, x[0] / 100])
+        return _widen(start, x[1:])
+
+    return Ranges(one(losses), one(grad_norms))
 
 
 def round_sparsity(target, round_index, rounds: int):
-    """Sparsity of round ``t`` (0-based): keep fraction ``(1 − ρt) ** ((t + 1) / T)``."""
-    t = jnp.asarray(round_index, jnp.float32)
+    """Sparsity of round ``t`` (0-based): ``1 − (1 − s) ** ((t + 1) / T)``; ``s`` at ``t = T − 1``."""
+    target = jnp.asarray(target)
+    t = jnp.asarray(round_index, target.dtype)
     s = 1.0 - (1.0 - target) ** ((t + 1.0) / rounds)
     return jnp.where(round_index + 1 >= rounds, target, s)
 
@@ -152,13 +236,13 @@ class PanningEnv:
 
     Args:
         apply_fn: ``apply_fn(params, x) -> logits`` for the losses, SNIP and GraSP (train-mode
-            BatchNorm for Flax models with BN).
+            BatchNorm for Flax models with BN, as the authors' ``net.train()``).
         synflow_apply_fn: eval-mode ``apply_fn`` for SynFlow and the effective sparsity.
         prunable: pytree of bools like the params.
         input_shape: one example's shape, e.g. ``(32, 32, 3)``.
         scope: ``'global'`` (the authors') or ``'layer'`` top-k.
-        temperature: SNIP/GraSP take the loss at ``logits / temperature``; the observed
-            losses use plain cross-entropy.
+        temperature: every loss (the observed ``L``, ``Ls``, the ``‖g‖²`` and SNIP/GraSP)
+            is taken at ``logits / temperature`` (the authors' 200).
         chunk_size: see :func:`jpanning.scores.grasp`.
     """
 
@@ -180,13 +264,17 @@ class PanningEnv:
         self.scope = scope
         self.temperature = float(temperature)
         self.chunk_size = chunk_size
-        self._select = functools.partial(masks_lib.topk, prunable=prunable, scope=scope)
+        self.flags = [bool(f) for f in jax.tree.leaves(prunable)]
+        self._select = functools.partial(
+            masks_lib.topk, prunable=prunable, scope=scope, rounding="floor"
+        )
+        self._loss_fn = functools.partial(scores.cross_entropy, temperature=self.temperature)
 
-    # -- the dense network, per scoring batch ------------------------------------------------
+    # -- the network's measurements ------------------------------------------------------------
 
-    def dense_batch(self, net_params, batch) -> tuple[PyTree, PyTree, jax.Array, jax.Array]:
-        """Normalised SNIP and GraSP maps, loss and ‖g‖² of the dense network on one batch."""
-        maps = panning.dense_metrics(
+    def dense_batch(self, net_params, batch) -> dict:
+        """The dense network on one batch: normalised ``snip``/``grasp``, ``loss``, ``grad_norm``."""
+        return panning.dense_metrics(
             self.apply_fn,
             net_params,
             batch,
@@ -194,10 +282,36 @@ class PanningEnv:
             temperature=self.temperature,
             chunk_size=self.chunk_size,
         )
-        loss, grad_norm = scores.loss_and_grad_norm(
-            self.apply_fn, net_params, batch, prunable=self.prunable, chunk_size=self.chunk_size
+
+    def dense_loss_and_grad_norm(self, net_params, batch):
+        """``(L, ‖g‖²)`` of the dense network (first derivatives only)."""
+        return scores.loss_and_grad_norm(
+            self.apply_fn,
+            net_params,
+            batch,
+            loss_fn=self._loss_fn,
+            prunable=self.prunable,
+            chunk_size=self.chunk_size,
         )
-        return maps["snip"], maps["grasp"], loss, grad_norm
+
+    def synflow_maps(self, net_params, masks) -> tuple[PyTree, PyTree]:
+        """``(normalised signed SynFlow at masks, alive)``: ``alive`` marks the kept prunable
+        weights with ``|θ ⊙ m| · ∂R/∂w ≠ 0`` in the positive network (the authors'
+        ``true_masks``), from the same pass."""
+        ones = (jnp.ones((1, *self.input_shape), jnp.float32), jnp.zeros((1,), jnp.int32))
+        flow = scores.synflow(
+            self.synflow_apply_fn, net_params, ones, masks=masks, prunable=self.prunable
+        )
+        signed = jax.tree.map(lambda f, p: f * jnp.sign(p), flow, net_params)
+        alive = jax.tree.map(lambda f, m: (f != 0) & (m != 0), flow, masks)
+        return panning.normalise(signed, self.prunable), alive
+
+    def _alive_fraction(self, alive) -> jax.Array:
+        chosen = [x for x, f in zip(jax.tree.leaves(alive), self.flags) if f]
+        total = sum(math.prod(x.shape) for x in chosen)
+        return sum(jnp.sum(x, dtype=jnp.int32) for x in chosen), total
+
+    # -- building the params ---------------------------------------------------------------
 
     def make_params(
         self,
@@ -209,184 +323,307 @@ class PanningEnv:
         alpha: float = 100.0,
         gtg_scale: float = 5.0,
         rounds: int = 100,
-        recompute_dense: bool = False,
+        scoring: str = "pool",
+        samples_per_class: int = 10,
+        effective: str = "authors",
+        fusion: str = "add",
+        reset_observes_sparsity: bool = False,
+        warmup_batches: int = WARMUP_BATCHES,
+        key: Optional[jax.Array] = None,
     ) -> EnvParams:
-        """Score the pool of scoring batches once: one jitted call per batch from a host loop
-        (one batch alive at a time). Not a ``lax.map``: for a network whose convolutions are
-        ``lax.conv_general_dilated``, XLA:CPU runs the gradient's convolutions inside a loop
-        body without their fast path (one layer's kernel gradient ~60x slower,
-        ``python -m benchmarks.loop_body_conv``).
+        """Score what does not depend on the mask once, and the warm-up ranges.
+
+        Pool batches are scored one jitted call each from a host loop (one batch alive at a
+        time); the warm-up ranges come from ``warmup_batches`` batches (pool batches in
+        turn, or fresh draws with ``key``).
 
         Args:
             net_params: θ.
-            inputs, labels: ``[P, B, ...]`` and ``[P, B]``, a pool of P scoring batches.
+            inputs, labels: ``'pool'``: ``[P, B, ...]`` and ``[P, B]``, the pool;
+                ``'fresh'``: ``[N, ...]`` and ``[N]``, the examples to draw batches from.
             targets: ``((prob, low, high), ...)``, the target-sparsity distribution.
-            alpha, gtg_scale, rounds, recompute_dense: see :class:`EnvParams`.
+            alpha, gtg_scale, rounds, scoring, samples_per_class, effective, fusion,
+                reset_observes_sparsity: see :class:`EnvParams`.
+            warmup_batches: batches for the starting ranges (the authors' 10; at least 2).
+            key: PRNG key of the fresh warm-up draws (default ``jax.random.key(0)``).
         """
-        if np.ndim(inputs) != len(self.input_shape) + 2 or np.ndim(labels) != 2:
+        if scoring not in SCORINGS:
+            raise JPanningError(f"unknown scoring {scoring!r}; choose from: {', '.join(SCORINGS)}")
+        if effective not in EFFECTIVES:
             raise JPanningError(
-                f"a pool of scoring batches is inputs [P, B, *{self.input_shape}] and labels "
-                f"[P, B]; got {np.shape(inputs)} and {np.shape(labels)}"
+                f"unknown effective sparsity {effective!r}; choose from: {', '.join(EFFECTIVES)}"
+            )
+        if fusion not in panning.FUSIONS:
+            raise JPanningError(
+                f"unknown fusion {fusion!r}; choose from: {', '.join(panning.FUSIONS)}"
             )
         if int(rounds) < 1:
             raise JPanningError(f"rounds must be at least 1, got {rounds}")
+        if int(warmup_batches) < 2:
+            raise JPanningError(f"warmup_batches must be at least 2, got {warmup_batches}")
+        extra = 2 if scoring == "pool" else 1
+        if np.ndim(inputs) != len(self.input_shape) + extra or np.ndim(labels) != extra:
+            shapes = (
+                f"inputs [P, B, *{self.input_shape}] and labels [P, B]"
+                if scoring == "pool"
+                else f"inputs [N, *{self.input_shape}] and labels [N]"
+            )
+            raise JPanningError(
+                f"scoring {scoring!r} takes {shapes}; got {np.shape(inputs)} and {np.shape(labels)}"
+            )
         probs, low, high = _targets(targets)
         inputs, labels = jnp.asarray(inputs), jnp.asarray(labels)
-        if recompute_dense:  # only the loss and ‖g‖² are kept; maps are recomputed per step
-            snip = grasp = jax.tree.map(lambda x: jnp.zeros((0,)), net_params)
-            score = jax.jit(
-                lambda p, x, y: scores.loss_and_grad_norm(
-                    self.apply_fn, p, (x, y), prunable=self.prunable, chunk_size=self.chunk_size
-                )
-            )
-            loss, grad_norm = _stack(score(net_params, x, y) for x, y in zip(inputs, labels))
-        else:
-            score = jax.jit(lambda p, x, y: self.dense_batch(p, (x, y)))
-            snip, grasp, loss, grad_norm = _stack(
-                score(net_params, x, y) for x, y in zip(inputs, labels)
-            )
-        return EnvParams(
+        empty = jax.tree.map(lambda x: jnp.zeros((0,), jnp.float32), net_params)
+        params = EnvParams(
             net_params=net_params,
             inputs=inputs,
             labels=labels,
-            snip=snip,
-            grasp=grasp,
-            dense_loss=loss,
-            dense_grad_norm=grad_norm,
+            class_index=jnp.zeros((0, 0), jnp.int32),
+            class_count=jnp.zeros((0,), jnp.int32),
+            snip=empty,
+            grasp=empty,
+            dense_loss=jnp.zeros((0,), jnp.float32),
+            dense_grad_norm=jnp.zeros((0,), jnp.float32),
+            dense_synflow=jax.jit(self.synflow_maps)(net_params, masks_lib.ones_like(net_params))[
+                0
+            ],
+            ranges=Ranges(jnp.zeros(2), jnp.zeros(2)),
             target_probs=probs,
             target_low=low,
             target_high=high,
             alpha=jnp.float32(alpha),
             gtg_scale=jnp.float32(gtg_scale),
             rounds=int(rounds),
-            recompute_dense=bool(recompute_dense),
+            scoring=scoring,
+            samples_per_class=int(samples_per_class),
+            effective=effective,
+            fusion=fusion,
+            reset_observes_sparsity=bool(reset_observes_sparsity),
         )
+        if scoring == "pool":
+            score = jax.jit(self.dense_batch)
+            dense = _stack(score(net_params, (x, y)) for x, y in zip(inputs, labels))
+            params = params.replace(
+                snip=dense["snip"],
+                grasp=dense["grasp"],
+                dense_loss=dense["loss"],
+                dense_grad_norm=dense["grad_norm"],
+            )
+            picks = [i % inputs.shape[0] for i in range(int(warmup_batches))]
+            warm = (dense["loss"][np.asarray(picks)], dense["grad_norm"][np.asarray(picks)])
+        else:
+            index, count = _class_index(np.asarray(labels), int(samples_per_class))
+            params = params.replace(class_index=index, class_count=count)
+            key = jax.random.key(0) if key is None else key
+            measure = jax.jit(
+                lambda k, p: self.dense_loss_and_grad_norm(p.net_params, self.draw(k, p)[0])
+            )
+            warm = _stack(measure(k, params) for k in jax.random.split(key, int(warmup_batches)))
+        return params.replace(ranges=warmup_ranges(*warm))
 
     # -- the episode -------------------------------------------------------------------------
 
     def sample_target(self, key, params: EnvParams) -> jax.Array:
-        """Draw ρt from the mixture of uniforms in ``params``."""
+        """Draw the episode's target sparsity from the mixture of uniforms in ``params``."""
         k_band, k_value = jax.random.split(key)
         band = jax.random.choice(k_band, params.target_probs.shape[0], p=params.target_probs)
         u = jax.random.uniform(k_value)
         target = params.target_low[band] + u * (params.target_high[band] - params.target_low[band])
         return jnp.minimum(target, MAX_TARGET)  # U(a, 1) must not round to 1 in float32
 
-    def observation(self, state: EnvState, params: EnvParams) -> jax.Array:
-        """The 7 values described in the module docstring."""
-        lo_l, lo_g = state.loss_range[0], state.grad_range[0]
+    def draw(self, key, params: EnvParams):
+        """A scoring batch: ``((inputs, labels), index)``; ``index`` is the pool index
+        (``'pool'``) or the examples drawn (``'fresh'``: ``samples_per_class`` of each class
+        without replacement, grouped by class, like :func:`jpanning.data.scoring_batch`)."""
+        if params.scoring == "pool":
+            b = jax.random.randint(key, (), 0, params.inputs.shape[0])
+            return (params.inputs[b], params.labels[b]), b
+        num_classes, width = params.class_index.shape
+        u = jax.random.uniform(key, (num_classes, width))
+        u = jnp.where(jnp.arange(width) < params.class_count[:, None], u, 2.0)
+        _, picks = jax.lax.top_k(-u, params.samples_per_class)
+        index = jnp.take_along_axis(params.class_index, picks, axis=1).reshape(-1)
+        return (params.inputs[index], params.labels[index]), index
+
+    def _dense_on(self, key, params: EnvParams):
+        """Draw a batch; the dense network's maps, L and G on it."""
+        batch, index = self.draw(key, params)
+        if params.scoring == "pool":
+            dense = {
+                "snip": jax.tree.map(lambda x: x[index], params.snip),
+                "grasp": jax.tree.map(lambda x: x[index], params.grasp),
+                "loss": params.dense_loss[index],
+                "grad_norm": params.dense_grad_norm[index],
+            }
+        else:
+            dense = self.dense_batch(params.net_params, batch)
+        return batch, index, dense
+
+    def observation_at_reset(self, state: EnvState, params: EnvParams) -> jax.Array:
+        """``(N(L), N(G), 0, 0, 0, 0, 0)``; ``ρ_0`` in place 5 with ``reset_observes_sparsity``."""
+        zero = jnp.zeros((), jnp.result_type(state.loss))
+        fifth = (
+            round_sparsity(state.target, 0, params.rounds).astype(zero.dtype)
+            if params.reset_observes_sparsity
+            else zero
+        )
         return jnp.stack(
             [
-                _scale(state.loss - lo_l, state.loss_range),
-                _scale(state.grad_norm - lo_g, state.grad_range),
-                _scale(jnp.abs(state.loss - state.sparse_loss), state.loss_range),
-                _scale(jnp.abs(state.grad_norm - state.sparse_grad_norm), state.grad_range)
-                / params.gtg_scale,
-                state.effective,
-                state.target,
-                state.round / params.rounds,
+                _normalised(state.loss - state.ranges.loss[0], state.ranges.loss),
+                _normalised(state.grad_norm - state.ranges.grad_norm[0], state.ranges.grad_norm),
+                zero,
+                zero,
+                zero,
+                fifth,
+                zero,
             ]
-        ).astype(jnp.float32)
+        )
 
-    def reset(self, key, params: EnvParams, target=None) -> tuple[jax.Array, EnvState]:
-        """A new episode: dense masks, round 0, a target drawn (or the given ``target``)."""
+    def reset(
+        self, key, params: EnvParams, target=None, ranges: Optional[Ranges] = None
+    ) -> tuple[jax.Array, EnvState]:
+        """A new episode: dense masks, round 0, a target drawn (or the given ``target``), the
+        first batch's dense maps; ``ranges`` (default: the warm-up ranges) are not widened."""
         k_target, k_batch = jax.random.split(key)
         target = self.sample_target(k_target, params) if target is None else target
-        b = jax.random.randint(k_batch, (), 0, params.inputs.shape[0])
-        loss, grad_norm = params.dense_loss[b], params.dense_grad_norm[b]
+        _, _, dense = self._dense_on(k_batch, params)
         state = EnvState(
             masks=masks_lib.ones_like(params.net_params),
             round=jnp.int32(0),
-            target=jnp.asarray(target, jnp.float32),
-            batch=b,
-            loss=loss,
-            sparse_loss=loss,
-            grad_norm=grad_norm,
-            sparse_grad_norm=grad_norm,
-            loss_range=jnp.stack([loss, loss]),
-            grad_range=jnp.stack([grad_norm, grad_norm]),
-            effective=jnp.float32(0.0),
+            target=jnp.asarray(target, jnp.result_type(float)),  # float64 under x64
+            synflow=params.dense_synflow,
+            snip=dense["snip"],
+            grasp=dense["grasp"],
+            loss=dense["loss"],
+            sparse_loss=dense["loss"],
+            grad_norm=dense["grad_norm"],
+            sparse_grad_norm=dense["grad_norm"],
+            ranges=params.ranges if ranges is None else ranges,
+            effective=jnp.zeros((), jnp.result_type(dense["loss"])),
         )
-        return self.observation(state, params), state
+        return self.observation_at_reset(state, params), state
+
+    def reset_after(self, key, state: EnvState, params: EnvParams) -> tuple[jax.Array, EnvState]:
+        """The next episode after ``state``'s: :meth:`reset` with ``state``'s ranges."""
+        return self.reset(key, params, ranges=state.ranges)
 
     @staticmethod
     def compiler_options(params: EnvParams) -> dict | None:
-        """XLA's ``compiler_options`` for a jitted program around :meth:`step`: in pool mode
+        """XLA's ``compiler_options`` for a jitted program around :meth:`step`: with a pool
         a step takes first derivatives only (:func:`jpanning.cpu.first_order_options`);
-        ``recompute_dense`` adds GraSP's Hessian-vector product, which those options slow
-        down, so it keeps the process's settings (None)."""
-        return None if params.recompute_dense else cpu.first_order_options()
+        fresh batches add GraSP's Hessian-vector product, which those options slow down, so
+        they keep the process's settings (None)."""
+        return cpu.first_order_options() if params.scoring == "pool" else None
 
     def step(self, key, state: EnvState, action: jax.Array, params: EnvParams):
         """One Panning round with fusion weights ``p = (clip(a, −1, 1) + 1) / 2``.
 
         Returns:
             ``(obs, state, reward, terminated, truncated, info)``; ``info`` holds the round's
-            sparsity, the fusion weights, the reward's terms and the number of revived weights.
+            sparsity, the fusion weights, the reward's terms, the kept and alive counts, the
+            number of revived weights, whether the network collapsed and the ranges after the
+            step (``[[loss lo, hi], [‖g‖² lo, hi]]``).
         """
         weights = (jnp.clip(jnp.asarray(action, jnp.float32), -1.0, 1.0) + 1.0) / 2.0
-        b = jax.random.randint(key, (), 0, params.inputs.shape[0])
-        batch = (params.inputs[b], params.labels[b])
         net = params.net_params
-        if params.recompute_dense:
-            snip, grasp, loss, grad_norm = self.dense_batch(net, batch)
-        else:
-            snip = jax.tree.map(lambda x: x[b], params.snip)
-            grasp = jax.tree.map(lambda x: x[b], params.grasp)
-            loss, grad_norm = params.dense_loss[b], params.dense_grad_norm[b]
-        sparsity = round_sparsity(state.target, state.round, params.rounds)
-        fused = panning.fused_scores(
-            self.synflow_apply_fn,
-            net,
-            state.masks,
-            {"snip": snip, "grasp": grasp},
-            weights,
-            self.input_shape,
-            prunable=self.prunable,
-        )
-        masks = self._select(fused, sparsity)
+        t = state.round
+        sparsity = round_sparsity(state.target, t, params.rounds)
+        maps = {"synflow": state.synflow, "snip": state.snip, "grasp": state.grasp}
+        masks = self._select(panning.fuse(maps, weights, params.fusion), sparsity)
+
+        batch, _, dense = self._dense_on(key, params)
+        synflow, alive = self.synflow_maps(net, masks)
+        if params.effective == "paths":
+            alive = scores.effective_masks(
+                self.synflow_apply_fn, masks, self.input_shape, prunable=self.prunable
+            )
+        alive_count, total = self._alive_fraction(alive)
+        effective = 1.0 - alive_count.astype(jnp.result_type(dense["loss"])) / total
         sparse_loss, sparse_grad_norm = scores.loss_and_grad_norm(
-            self.apply_fn, net, batch, masks, prunable=self.prunable, chunk_size=self.chunk_size
+            self.apply_fn,
+            net,
+            batch,
+            masks,
+            loss_fn=self._loss_fn,
+            prunable=self.prunable,
+            chunk_size=self.chunk_size,
+            whole_tensors=True,
         )
-        effective = scores.effective_sparsity(
-            self.synflow_apply_fn, masks, self.input_shape, prunable=self.prunable
-        ).astype(jnp.float32)
-        t = state.round + 1
+        loss, grad_norm = dense["loss"], dense["grad_norm"]
+        ranges = state.ranges.widen(
+            jnp.stack([loss, sparse_loss]), jnp.stack([grad_norm, sparse_grad_norm])
+        )
+        r_loss = _normalised(jnp.abs(sparse_loss - loss), ranges.loss)
+        r_gtg = _normalised(jnp.abs(sparse_grad_norm - grad_norm), ranges.grad_norm) / (
+            params.gtg_scale
+        )
+        dtype = jnp.result_type(loss)
+        rounds = jnp.asarray(params.rounds, dtype)
+        obs = jnp.stack(
+            [
+                _normalised(loss - ranges.loss[0], ranges.loss),
+                _normalised(grad_norm - ranges.grad_norm[0], ranges.grad_norm),
+                r_loss,
+                r_gtg,
+                effective,
+                sparsity.astype(dtype),
+                t.astype(dtype) / rounds,
+            ]
+        )
+        collapsed = alive_count == 0
+        r_sparsity = params.alpha.astype(dtype) * jnp.abs(sparsity.astype(dtype) - effective)
+        r_done = jnp.where(collapsed, (1.0 - t.astype(dtype) / rounds) * rounds, 0.0)
+        reward = -r_sparsity - r_loss - r_gtg - r_done
+        terminated = collapsed | (t + 1 >= params.rounds)
         new = EnvState(
             masks=masks,
-            round=t,
+            round=t + 1,
             target=state.target,
-            batch=b,
+            synflow=synflow,
+            snip=dense["snip"],
+            grasp=dense["grasp"],
             loss=loss,
             sparse_loss=sparse_loss,
             grad_norm=grad_norm,
             sparse_grad_norm=sparse_grad_norm,
-            loss_range=_widen(state.loss_range, loss, sparse_loss),
-            grad_range=_widen(state.grad_range, grad_norm, sparse_grad_norm),
+            ranges=ranges,
             effective=effective,
         )
-        obs = self.observation(new, params)
-        terminated = effective >= 1.0
-        truncated = (t >= params.rounds) & ~terminated
-        r_sparsity = params.alpha * jnp.abs(state.target - effective)
-        r_done = jnp.where(terminated, (params.rounds - t).astype(jnp.float32), 0.0)
-        reward = -r_sparsity - obs[2] - obs[3] - r_done
+        kept, _ = self._alive_fraction(jax.tree.map(lambda m: m != 0, masks))
         revived = sum(
             jnp.sum((n != 0) & (o == 0))
-            for o, n, f in zip(
-                jax.tree.leaves(state.masks),
-                jax.tree.leaves(masks),
-                jax.tree.leaves(self.prunable),
-            )
+            for o, n, f in zip(jax.tree.leaves(state.masks), jax.tree.leaves(masks), self.flags)
             if f
         )
         info = {
             "sparsity": sparsity,
             "weights": weights,
             "r_sparsity": r_sparsity,
-            "r_loss": obs[2],
-            "r_gtg": obs[3],
+            "r_loss": r_loss,
+            "r_gtg": r_gtg,
             "r_done": r_done,
+            "kept": kept,
+            "alive": alive_count,
             "revived": revived,
+            "collapsed": collapsed,
+            "ranges": jnp.stack([ranges.loss, ranges.grad_norm]),
         }
-        return obs, new, reward, terminated, truncated, info
+        return obs, new, reward, terminated, jnp.zeros((), bool), info
+
+
+def _class_index(labels: np.ndarray, samples_per_class: int) -> tuple[jax.Array, jax.Array]:
+    """Each class's example indices ``[C, M]`` (rows padded by repetition) and counts ``[C]``."""
+    if labels.ndim != 1 or labels.size == 0:
+        raise JPanningError(f"fresh scoring needs labels [N]; got shape {labels.shape}")
+    num_classes = int(labels.max()) + 1
+    rows = [np.flatnonzero(labels == c) for c in range(num_classes)]
+    short = [(c, len(r)) for c, r in enumerate(rows) if len(r) < samples_per_class]
+    if short:
+        c, n = short[0]
+        raise JPanningError(
+            f"fresh scoring batches take {samples_per_class} examples of each class; class {c} "
+            f"has {n}"
+        )
+    width = max(len(r) for r in rows)
+    index = np.stack([np.resize(r, width) for r in rows]).astype(np.int32)
+    return jnp.asarray(index), jnp.asarray([len(r) for r in rows], jnp.int32)

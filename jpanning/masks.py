@@ -142,16 +142,32 @@ def _keep_top(flat_scores: jax.Array, num_keep) -> jax.Array:
     return keep & (k > 0)
 
 
-def num_to_keep(total: int, sparsity) -> jax.Array:
-    """Weights kept out of ``total`` at ``sparsity``: ``total - round(sparsity * total)``."""
-    return total - jnp.round(jnp.asarray(sparsity, jnp.float32) * total).astype(jnp.int32)
+ROUNDINGS = ("nearest", "floor")
 
 
-def global_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
+def num_to_keep(total: int, sparsity, rounding: str = "nearest") -> jax.Array:
+    """Weights kept out of ``total`` at ``sparsity``.
+
+    ``'nearest'``: ``total - round(sparsity * total)``, the sparsity hit as closely as the
+    count allows. ``'floor'``: ``max(floor(total * (1 - sparsity)), 1)``, the Panning
+    authors' ``int(n * keep_ratio)`` (kangxiatao/RLPanning, ``PruningEnv.step`` and
+    ``Panning``), at least one weight.
+    """
+    if rounding not in ROUNDINGS:
+        raise JPanningError(f"unknown rounding {rounding!r}; choose from: {', '.join(ROUNDINGS)}")
+    s = jnp.asarray(sparsity)
+    s = s if jnp.issubdtype(s.dtype, jnp.floating) else s.astype(jnp.float32)
+    if rounding == "floor":
+        return jnp.maximum(jnp.floor(total * (1.0 - s)).astype(jnp.int32), 1)
+    return total - jnp.round(s * total).astype(jnp.int32)
+
+
+def global_topk(scores: PyTree, sparsity, prunable: PyTree, rounding: str = "nearest") -> PyTree:
     """Mask keeping the highest-scoring prunable weights across all layers together.
 
-    Exactly ``round(sparsity * n)`` of the ``n`` prunable weights are pruned; ties go to the
-    weight that comes first in the tree's flattening order (leaf order, then C order).
+    Exactly ``round(sparsity * n)`` of the ``n`` prunable weights are pruned (``rounding``:
+    see :func:`num_to_keep`); ties go to the weight that comes first in the tree's flattening
+    order (leaf order, then C order).
 
     Args:
         scores: pytree shaped like the params; only prunable leaves are read. NaN scores rank last.
@@ -164,7 +180,7 @@ def global_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
     leaves, treedef, flags = _prunable_leaves(scores, prunable)
     chosen = [x for x, f in zip(leaves, flags) if f]
     flat = jnp.concatenate([jnp.ravel(x) for x in chosen])
-    keep = _keep_top(flat, num_to_keep(flat.size, sparsity))
+    keep = _keep_top(flat, num_to_keep(flat.size, sparsity, rounding))
     offsets = np.cumsum([0] + [x.size for x in chosen])
     pieces = iter(jnp.split(keep, offsets[1:-1]))
     out = [
@@ -174,7 +190,7 @@ def global_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
     return treedef.unflatten(out)
 
 
-def layerwise_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
+def layerwise_topk(scores: PyTree, sparsity, prunable: PyTree, rounding: str = "nearest") -> PyTree:
     """Mask pruning each prunable layer to the same sparsity, exactly per layer.
 
     Args, Returns: as :func:`global_topk`, except that the count ``round(sparsity * n_l)`` is
@@ -183,7 +199,9 @@ def layerwise_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
     _check_sparsity(sparsity)
     leaves, treedef, flags = _prunable_leaves(scores, prunable)
     out = [
-        _keep_top(jnp.ravel(x), num_to_keep(x.size, sparsity)).reshape(x.shape).astype(x.dtype)
+        _keep_top(jnp.ravel(x), num_to_keep(x.size, sparsity, rounding))
+        .reshape(x.shape)
+        .astype(x.dtype)
         if f
         else jnp.ones_like(x)
         for x, f in zip(leaves, flags)
@@ -194,11 +212,13 @@ def layerwise_topk(scores: PyTree, sparsity, prunable: PyTree) -> PyTree:
 TOPK = {"global": global_topk, "layer": layerwise_topk}
 
 
-def topk(scores: PyTree, sparsity, prunable: PyTree, scope: str = "global") -> PyTree:
+def topk(
+    scores: PyTree, sparsity, prunable: PyTree, scope: str = "global", rounding: str = "nearest"
+) -> PyTree:
     """:func:`global_topk` or :func:`layerwise_topk` by name ('global' or 'layer')."""
     if scope not in TOPK:
         raise JPanningError(f"unknown mask scope {scope!r}; choose from: {', '.join(TOPK)}")
-    return TOPK[scope](scores, sparsity, prunable)
+    return TOPK[scope](scores, sparsity, prunable, rounding)
 
 
 def exponential_schedule(sparsity: float, rounds: int) -> np.ndarray:

@@ -2,18 +2,29 @@
 
 Over T rounds the sparsity rises on the exponential schedule (keep fraction at round t is
 ``(1 - s) ** ((t + 1) / T)``). Each round every prunable weight, pruned ones included, gets a
-fused score ``Σ_i p_i · norm(metric_i)`` over three metrics, and the round's mask is the
-global top-k of it, so a pruned weight wins its place back whenever its fused score rises
-("revival"). As in the authors' code (kangxiatao/RLPanning):
+fused score of three normalised metrics, and the round's mask is the global top-k of it, so a
+pruned weight wins its place back whenever its fused score rises ("revival"). As in the
+authors' code (kangxiatao/RLPanning, ``pruner/panning.py``, ``Panning``):
 
-* ``snip = θ ⊙ g`` and ``grasp = θ ⊙ H g`` are taken once, on the **dense** network, with the
-  loss on ``logits / temperature`` (200); they never see the mask;
+* ``snip = θ ⊙ g`` and ``grasp = θ ⊙ H g`` are taken on the **dense** network (they never
+  see the mask), with the loss on ``logits / temperature`` (200), on a **fresh** scoring batch
+  every round (``batches``: one per round; a smaller stack is cycled through, and one batch
+  scores every round, jpanning's cheaper option);
 * ``synflow = θ ⊙ ∂R/∂w`` is taken every round on the ``|θ ⊙ m|``-network fed all ones and
   multiplied by the original, signed θ, so pruned weights score too (what restoring them is
   worth) and the map is signed like SNIP's and GraSP's;
-* every map is normalised over all prunable weights as ``|s − mean| / std`` (signs dropped);
-* the fusion weights ``p = (p_synflow, p_snip, p_grasp)`` follow a hand schedule of the
-  round's sparsity (:class:`PanningConfig`), or are chosen by an agent (RL Panning).
+* every map is normalised over all prunable weights as ``|s − mean| / std`` (signs dropped,
+  ``std`` with Bessel's correction like ``torch.std``);
+* the fusion is ``Σ_i p_i · metric_i`` (``'add'``) or ``Π_i metric_i ** p_i`` (``'mul'``,
+  the authors' second fusion), with ``p = (p_synflow, p_snip, p_grasp)`` from a hand
+  staircase over the round's sparsity (:class:`PanningConfig`) or from an agent (RL Panning);
+* each round keeps ``int(n · keep)`` weights (the authors' floor).
+
+The authors score in train mode, so their BatchNorm running statistics drift with every
+scoring batch and reach their SynFlow network (a copy of the model); that is a side effect of
+their code, not of the method, and jpanning does not reproduce it (SynFlow's network uses the
+statistics at initialization). Their masks keep every weight tied with the k-th score
+(``>=``); jpanning keeps exactly k (ties are measure-zero for real-valued scores).
 
 Everything here is a pure function over pytrees; :func:`panning` runs each round as one
 jitted call (compiled once) in a host loop.
@@ -27,12 +38,19 @@ from typing import Any, Callable, Optional
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jpanning import masks as masks_lib, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
 METRICS = ("synflow", "snip", "grasp")
+
+
+FUSIONS = ("add", "mul")
+# The authors' staircases (``Panning``): the sum's, and the product's ('mul' in their debug flags).
+ADD_WEIGHTS = ((0.2, 0.5, 0.3), (0.2, 0.4, 0.4), (0.2, 0.3, 0.5), (0.4, 0.2, 0.4), (0.5, 0.0, 0.5))
+MUL_WEIGHTS = ((0.3, 1.0, 0.2), (0.3, 1.0, 0.4), (0.5, 0.5, 0.6), (0.8, 0.0, 1.0), (1.0, 0.0, 1.0))
 
 
 @flax.struct.dataclass
@@ -42,57 +60,83 @@ class PanningConfig:
     Attributes:
         rounds: T, the number of rounds.
         temperature: SNIP and GraSP take the loss at ``logits / temperature``.
-        thresholds: sparsity bounds of the schedule's bands (ascending); band ``i`` holds the
-            sparsities ``thresholds[i-1] < s <= thresholds[i]``, and one band lies above all.
-        weights: fusion weights ``(synflow, snip, grasp)`` of each band, one more row than
-            ``thresholds``. The defaults are the authors' hand schedule.
+        thresholds: sparsity bounds of the staircase's steps (ascending). As in the authors'
+            code the step advances by at most one per round, when the round's sparsity
+            exceeds the current step's bound (:func:`schedule_bands`).
+        weights: fusion weights ``(synflow, snip, grasp)`` of each step, one more row than
+            ``thresholds``; None: the authors' staircase for ``fusion``.
+        fusion: ``'add'`` (``Σ p_i m_i``, the authors' default) or ``'mul'`` (``Π m_i^p_i``).
     """
 
     rounds: int = flax.struct.field(pytree_node=False, default=100)
     temperature: float = flax.struct.field(pytree_node=False, default=200.0)
     thresholds: tuple = flax.struct.field(pytree_node=False, default=(0.8, 0.9, 0.98, 0.99))
-    weights: tuple = flax.struct.field(
-        pytree_node=False,
-        default=(
-            (0.2, 0.5, 0.3),
-            (0.2, 0.4, 0.4),
-            (0.2, 0.3, 0.5),
-            (0.4, 0.2, 0.4),
-            (0.5, 0.0, 0.5),
-        ),
-    )
+    weights: Optional[tuple] = flax.struct.field(pytree_node=False, default=None)
+    fusion: str = flax.struct.field(pytree_node=False, default="add")
+
+    @property
+    def staircase(self) -> tuple:
+        """The fusion weights of each step (``weights``, or the authors' for ``fusion``)."""
+        if self.weights is not None:
+            return tuple(map(tuple, self.weights))
+        return MUL_WEIGHTS if self.fusion == "mul" else ADD_WEIGHTS
 
     def validate(self) -> "PanningConfig":
         """Raise a one-line error for an inconsistent configuration; return self."""
         if int(self.rounds) < 1:
             raise JPanningError(f"panning rounds must be at least 1, got {self.rounds}")
+        if self.fusion not in FUSIONS:
+            raise JPanningError(
+                f"unknown panning fusion {self.fusion!r}; choose from: {', '.join(FUSIONS)}"
+            )
         if list(self.thresholds) != sorted(self.thresholds):
             raise JPanningError(f"panning thresholds must ascend, got {self.thresholds}")
-        if len(self.weights) != len(self.thresholds) + 1:
+        weights = self.staircase
+        if len(weights) != len(self.thresholds) + 1:
             raise JPanningError(
                 f"panning needs {len(self.thresholds) + 1} rows of weights for "
-                f"{len(self.thresholds)} thresholds, got {len(self.weights)}"
+                f"{len(self.thresholds)} thresholds, got {len(weights)}"
             )
-        if any(len(row) != len(METRICS) or min(row) < 0 for row in self.weights):
+        if any(len(row) != len(METRICS) or min(row) < 0 for row in weights):
             raise JPanningError(
                 f"each row of panning weights needs {len(METRICS)} non-negative values "
-                f"({', '.join(METRICS)}), got {self.weights}"
+                f"({', '.join(METRICS)}), got {weights}"
             )
         return self
 
 
 def scheduled_weights(sparsity, config: PanningConfig) -> jax.Array:
-    """The hand schedule's fusion weights ``(synflow, snip, grasp)`` at ``sparsity`` (traceable)."""
+    """The staircase's fusion weights for a round at ``sparsity`` reached from below without
+    skipping a step (traceable): the row of ``count(sparsity > thresholds)``."""
     band = jnp.sum(jnp.asarray(sparsity) > jnp.asarray(config.thresholds, jnp.float32))
-    return jnp.asarray(config.weights, jnp.float32)[band]
+    return jnp.asarray(config.staircase, jnp.float32)[band]
+
+
+def schedule_bands(schedule, thresholds) -> np.ndarray:
+    """The staircase step of each round, as the authors advance it (host-side).
+
+    ``Panning`` in kangxiatao/RLPanning starts at step 0 and, before scoring each round,
+    moves up one step when the round's sparsity exceeds the current step's bound: at most one
+    step per round, so a short schedule that jumps over a bound lags behind
+    :func:`scheduled_weights` (for T = 100 the two agree).
+    """
+    bands, band = [], 0
+    for s in np.asarray(schedule, np.float64):
+        if band < len(thresholds) and thresholds[band] < s:
+            band += 1
+        bands.append(band)
+    return np.asarray(bands, np.int32)
 
 
 def normalise(tree: PyTree, prunable: PyTree) -> PyTree:
     """``|s − mean| / std`` over all prunable entries together; zeros on the other leaves.
 
-    Each map is first divided by its mean absolute value (a positive constant, which the
-    normalisation cancels exactly), so raw SynFlow scores of 1e23–1e26 do not overflow
-    float32 when squared. A constant map normalises to zeros.
+    The authors' ``normalization`` (kangxiatao/RLPanning, ``pruner/panning.py``): they divide
+    by the signed mean first, which the z-score cancels up to sign, and take ``torch.std``
+    (Bessel-corrected, ``ddof=1``), as here. Each map is first divided by its mean absolute
+    value (a positive constant, which the normalisation cancels exactly), so raw SynFlow
+    scores of 1e23–1e26 do not overflow float32 when squared. A constant map normalises to
+    zeros.
     """
     leaves, treedef = jax.tree.flatten(tree)
     flags = jax.tree.leaves(prunable)
@@ -101,7 +145,7 @@ def normalise(tree: PyTree, prunable: PyTree) -> PyTree:
     scale = jnp.where(scale > 0, scale, 1.0)
     chosen = chosen / scale
     mean = jnp.mean(chosen)
-    std = jnp.std(chosen)
+    std = jnp.std(chosen, ddof=1) if chosen.size > 1 else jnp.zeros((), chosen.dtype)
     std = jnp.where(std > 0, std, 1.0)
     out = [
         jnp.abs(x / scale - mean) / std if f else jnp.zeros_like(x) for x, f in zip(leaves, flags)
@@ -118,7 +162,8 @@ def dense_metrics(
     temperature: float = 200.0,
     chunk_size: Optional[int] = None,
 ) -> dict:
-    """Normalised SNIP ``θ ⊙ g`` and GraSP ``θ ⊙ Hg`` of the dense network (mask-free).
+    """Normalised SNIP ``θ ⊙ g`` and GraSP ``θ ⊙ Hg`` of the dense network (mask-free), with
+    its loss and ``‖g‖²``, from one forward-over-reverse pass.
 
     Args:
         apply_fn: ``apply_fn(params, x) -> logits`` (train-mode BatchNorm, as the authors).
@@ -128,15 +173,24 @@ def dense_metrics(
         temperature: the loss is taken at ``logits / temperature``.
         chunk_size: see :func:`jpanning.scores.grasp`.
     Returns:
-        ``{'snip': ..., 'grasp': ...}``, each normalised by :func:`normalise`.
+        ``{'snip', 'grasp'}`` (each normalised by :func:`normalise`), ``'loss'`` (at the
+        temperature) and ``'grad_norm'`` (``Σ g²`` over the prunable leaves; the authors'
+        ``_gtg`` over every conv/linear weight).
     """
     loss_fn = functools.partial(scores.cross_entropy, temperature=temperature)
-    _, g, hg = scores.loss_grad_hvp(
+    loss, g, hg = scores.loss_grad_hvp(
         apply_fn, params, batch, loss_fn=loss_fn, prunable=prunable, chunk_size=chunk_size
     )
     snip = jax.tree.map(jnp.multiply, params, g)
     grasp = jax.tree.map(jnp.multiply, params, hg)
-    return {"snip": normalise(snip, prunable), "grasp": normalise(grasp, prunable)}
+    flags = jax.tree.leaves(prunable)
+    grad_norm = sum(jnp.sum(jnp.square(x)) for x, f in zip(jax.tree.leaves(g), flags) if f)
+    return {
+        "snip": normalise(snip, prunable),
+        "grasp": normalise(grasp, prunable),
+        "loss": loss,
+        "grad_norm": grad_norm,
+    }
 
 
 def signed_synflow(synflow_apply_fn, params, masks, input_shape: tuple, prunable) -> PyTree:
@@ -144,6 +198,18 @@ def signed_synflow(synflow_apply_fn, params, masks, input_shape: tuple, prunable
     ones = (jnp.ones((1, *input_shape), jnp.float32), jnp.zeros((1,), jnp.int32))
     flow = scores.synflow(synflow_apply_fn, params, ones, masks=masks, prunable=prunable)
     return jax.tree.map(lambda f, p: f * jnp.sign(p), flow, params)
+
+
+def fuse(maps: dict, weights: jax.Array, fusion: str = "add") -> PyTree:
+    """``Σ_i p_i · maps_i`` (``'add'``) or ``Π_i maps_i ** p_i`` (``'mul'``) over
+    :data:`METRICS`; the maps are normalised (non-negative), and ``0 ** 0 = 1`` as in torch."""
+    if fusion not in FUSIONS:
+        raise JPanningError(f"unknown panning fusion {fusion!r}; choose from: {', '.join(FUSIONS)}")
+    if fusion == "mul":
+        combine = lambda a, b, c: a ** weights[0] * b ** weights[1] * c ** weights[2]
+    else:
+        combine = lambda a, b, c: weights[0] * a + weights[1] * b + weights[2] * c
+    return jax.tree.map(combine, *(maps[m] for m in METRICS))
 
 
 def fused_scores(
@@ -155,8 +221,9 @@ def fused_scores(
     input_shape: tuple,
     *,
     prunable: PyTree,
+    fusion: str = "add",
 ) -> PyTree:
-    """``p_synflow · norm(signed synflow at masks) + p_snip · snip + p_grasp · grasp``.
+    """:func:`fuse` of the normalised signed SynFlow at ``masks`` with the dense maps.
 
     Args:
         synflow_apply_fn: eval-mode ``apply_fn`` for SynFlow.
@@ -166,16 +233,12 @@ def fused_scores(
         weights: ``[3]`` fusion weights in :data:`METRICS` order.
         input_shape: one example's shape (SynFlow feeds a single all-ones example).
         prunable: pytree of bools.
+        fusion: ``'add'`` or ``'mul'`` (:func:`fuse`).
     """
     flow = normalise(
         signed_synflow(synflow_apply_fn, params, masks, input_shape, prunable), prunable
     )
-    return jax.tree.map(
-        lambda a, b, c: weights[0] * a + weights[1] * b + weights[2] * c,
-        flow,
-        dense["snip"],
-        dense["grasp"],
-    )
+    return fuse({"synflow": flow, "snip": dense["snip"], "grasp": dense["grasp"]}, weights, fusion)
 
 
 def panning(
@@ -190,6 +253,7 @@ def panning(
     scope: str = "global",
     chunk_size: Optional[int] = None,
     weights_fn: Optional[Callable[[jax.Array, jax.Array], jax.Array]] = None,
+    batches=None,
 ) -> tuple[PyTree, dict]:
     """Hand-scheduled Panning: T rounds of fused scoring and top-k, with revival.
 
@@ -197,22 +261,31 @@ def panning(
         apply_fn: train-mode ``apply_fn`` for SNIP and GraSP.
         synflow_apply_fn: eval-mode ``apply_fn`` for SynFlow.
         params: θ at initialization.
-        batch: the scoring batch ``(inputs, labels)``.
+        batch: the scoring batch ``(inputs, labels)`` of every round when ``batches`` is None.
         sparsity: final fraction of prunable weights removed, in [0, 1).
         prunable: pytree of bools.
         config: :class:`PanningConfig`.
         scope: ``'global'`` (the authors') or ``'layer'``.
         chunk_size: see :func:`jpanning.scores.grasp`.
         weights_fn: ``weights_fn(round, sparsity) -> [3]`` overrides the hand schedule.
+        batches: ``(inputs [P, B, ...], labels [P, B])``: round t scores SNIP and GraSP on
+            batch ``t mod P``. ``P = T`` fresh batches are the authors' setting (a new batch
+            every round); each distinct batch is scored once.
     Returns:
-        ``(masks, trace)``: the final masks at exactly ``sparsity``, and per round the
-        sparsity, fusion weights and number of weights revived (kept now, pruned before).
+        ``(masks, trace)``: the final masks at ``sparsity`` (``int(n (1 − s))`` kept, the
+        authors' floor), and per round the sparsity, fusion weights and number of weights
+        revived (kept now, pruned before).
     """
     config.validate()
     schedule = masks_lib.exponential_schedule(sparsity, config.rounds)
-    input_shape = tuple(jnp.shape(batch[0])[1:])
-    select = functools.partial(masks_lib.topk, prunable=prunable, scope=scope)
+    if batches is None:
+        batches = tuple(jnp.asarray(x)[None] for x in batch)
+    num_batches = int(np.shape(batches[0])[0])
+    input_shape = tuple(np.shape(batches[0])[2:])
+    select = functools.partial(masks_lib.topk, prunable=prunable, scope=scope, rounding="floor")
     flags = jax.tree.leaves(prunable)
+    staircase = jnp.asarray(config.staircase, jnp.float32)
+    bands = schedule_bands(schedule, config.thresholds)
 
     def revived(old, new):
         return sum(
@@ -232,10 +305,17 @@ def panning(
     )
 
     @jax.jit
-    def one_round(params, dense, masks, t, s):
-        p = scheduled_weights(s, config) if weights_fn is None else weights_fn(t, s)
+    def one_round(params, dense, masks, t, s, band):
+        p = staircase[band] if weights_fn is None else weights_fn(t, s)
         fused = fused_scores(
-            synflow_apply_fn, params, masks, dense, p, input_shape, prunable=prunable
+            synflow_apply_fn,
+            params,
+            masks,
+            dense,
+            p,
+            input_shape,
+            prunable=prunable,
+            fusion=config.fusion,
         )
         new = select(fused, s)
         return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
@@ -243,9 +323,16 @@ def panning(
     # Rounds are separate jitted calls in a host loop (masks stay on the device), as in
     # jpanning.pruning.iterative_masks (a user's model with lax's convolution would run many
     # times slower in a lax.scan body on XLA:CPU).
-    dense = dense_fn(params, batch)
+    cached = {}
     masks, trace = masks_lib.ones_like(params), []
     for t, s in enumerate(schedule):
-        masks, info = one_round(params, dense, masks, jnp.int32(t), s)
+        b = t % num_batches
+        dense = cached.get(b)
+        if dense is None:
+            maps = dense_fn(params, (batches[0][b], batches[1][b]))
+            dense = {"snip": maps["snip"], "grasp": maps["grasp"]}
+            if num_batches < config.rounds:  # scored again in a later round: keep it
+                cached[b] = dense
+        masks, info = one_round(params, dense, masks, jnp.int32(t), s, jnp.int32(bands[t]))
         trace.append(info)
     return masks, jax.tree.map(lambda *xs: jnp.stack(xs), *trace)

@@ -240,19 +240,24 @@ def force(problem: PruneProblem):
 
 @register_method("panning")
 def panning(problem: PruneProblem):
-    """Neural Network Panning with the authors' hand schedule (:mod:`jpanning.panning`).
+    """Neural Network Panning with the authors' hand staircase (:mod:`jpanning.panning`).
 
     T=100 rounds by default (``options['rounds']``); SNIP and GraSP of the dense network at
-    ``options['temperature']`` (200), SynFlow of the masked network every round; pruned weights
-    may come back in any round. ``options['thresholds']`` and ``options['weights']`` replace
-    the hand schedule (see :class:`jpanning.panning.PanningConfig`).
+    ``options['temperature']`` (200) on ``options['data']`` (``(inputs [P, B, ...], labels
+    [P, B])``, round t scoring on batch ``t mod P``: T fresh batches are the authors'; default
+    the scoring batch alone), SynFlow of the masked network every round; pruned weights may
+    come back in any round. ``options['fusion']`` (``'add'``/``'mul'``),
+    ``options['thresholds']`` and ``options['weights']`` replace the staircase (see
+    :class:`jpanning.panning.PanningConfig`).
     """
     defaults = panning_lib.PanningConfig()
+    weights = problem.options.get("weights")
     config = panning_lib.PanningConfig(
         rounds=_rounds(problem, defaults.rounds),
         temperature=float(problem.options.get("temperature") or GRASP_TEMPERATURE),
         thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
-        weights=tuple(map(tuple, problem.options.get("weights") or defaults.weights)),
+        weights=tuple(map(tuple, weights)) if weights else None,
+        fusion=problem.options.get("fusion") or defaults.fusion,
     )
     masks, _ = panning_lib.panning(
         train_apply_fn(problem),
@@ -264,6 +269,7 @@ def panning(problem: PruneProblem):
         config=config,
         scope=problem.scope,
         chunk_size=_chunk(problem),
+        batches=problem.options.get("data"),
     )
     return masks
 

@@ -54,7 +54,9 @@ class PuRLConfig:
         eval_images: held-out training examples on which A is measured.
         target_accuracy: T_A; None: the trained network's accuracy on the eval examples.
         beta: β, the reward's scale.
-        state: ``'compact'`` (layer/n, A, P) or ``'per_layer'`` (2n values).
+        state: ``'per_layer'`` (2n values ⟨a_1, p_1, …, a_n, p_n⟩, zeros at the start of an
+            episode: the paper's final configuration, chosen by its ImageNet ablation) or
+            ``'compact'`` (layer/n, A, P: that ablation's baseline).
         collapse_accuracy: stop an episode when A < this × T_A (0: never).
         dqn: the agent's settings (``total_steps`` is set from ``episodes``).
     """
@@ -70,7 +72,7 @@ class PuRLConfig:
     eval_images: int = 1000
     target_accuracy: Optional[float] = None
     beta: float = 1.0
-    state: str = "compact"
+    state: str = "per_layer"
     collapse_accuracy: float = 0.0
     dqn: dqn.DQNConfig = dqn.DQNConfig()
 

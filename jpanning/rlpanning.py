@@ -36,7 +36,7 @@ from jpanning.errors import JPanningError, RunFailed
 
 PyTree = Any
 POLICY_FORMAT = "jpanning-rlpanning-policy"
-POLICY_VERSION = 1
+POLICY_VERSION = 2  # 2: the authors' environment (options and ranges stored)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,12 +46,15 @@ class RLPanningConfig:
     Attributes:
         agent_steps: environment steps of the TD3 search (the authors: 50,000).
         rounds: T, Panning rounds per episode (100).
-        pool_size: scoring batches in the environment's pool; each step draws one (the
-            authors draw a fresh batch from the training set every step).
+        pool_size: scoring batches in the environment's pool (``scoring='pool'``); each step
+            draws one.
         early_steps: agent steps with the early target distribution; ``None``: a fifth of
             ``agent_steps`` (the authors' 10k of 50k).
-        alpha: weight of ``|ρt − ρe|`` in the reward.
-        recompute_dense: recompute the dense SNIP/GraSP maps every step (the authors' cost).
+        alpha: weight of ``|ρ_t − ρe|`` in the reward (the authors' 100).
+        scoring: ``'pool'`` or ``'fresh'`` (the authors': a new batch every step, the dense
+            maps recomputed); see :class:`jpanning.env.EnvParams`.
+        effective, fusion, reset_observes_sparsity: the environment's options
+            (:class:`jpanning.env.EnvParams`; the defaults are the authors').
         steps_per_call: agent steps per jitted call (a ``lax.scan`` when more than one).
         td3: the agent's settings (``total_steps`` is replaced by ``agent_steps``).
     """
@@ -61,7 +64,10 @@ class RLPanningConfig:
     pool_size: int = 10
     early_steps: Optional[int] = None
     alpha: float = 100.0
-    recompute_dense: bool = False
+    scoring: str = "fresh"
+    effective: str = "authors"
+    fusion: str = "add"
+    reset_observes_sparsity: bool = False
     steps_per_call: int = 1
     td3: td3.TD3Config = td3.TD3Config()
 
@@ -82,6 +88,15 @@ class RLPanningConfig:
         for name in ("agent_steps", "rounds", "pool_size", "steps_per_call"):
             if int(getattr(self, name)) < 1:
                 raise JPanningError(f"rlpanning {name} must be >= 1, got {getattr(self, name)}")
+        for name, allowed in (
+            ("scoring", env_lib.SCORINGS),
+            ("effective", env_lib.EFFECTIVES),
+            ("fusion", env_lib.panning.FUSIONS),
+        ):
+            if getattr(self, name) not in allowed:
+                raise JPanningError(
+                    f"rlpanning {name} {getattr(self, name)!r}; choose from: {', '.join(allowed)}"
+                )
         if self.early_steps is not None and int(self.early_steps) < 0:
             raise JPanningError(f"rlpanning early_steps must be >= 0, got {self.early_steps}")
         td3.validate_config(self.agent_config())
@@ -117,24 +132,39 @@ def score_pool(dataset, samples_per_class: int, pool_size: int, seed: int):
     return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
 
 
-def build_env(problem: pruning.PruneProblem, pool, config: RLPanningConfig):
-    """The Panning environment for ``problem``'s network and its params over ``pool``.
+def env_options(config: RLPanningConfig) -> dict:
+    """The environment's settings in ``config`` (:meth:`jpanning.env.PanningEnv.make_params`)."""
+    return {
+        "alpha": config.alpha,
+        "rounds": config.rounds,
+        "scoring": config.scoring,
+        "effective": config.effective,
+        "fusion": config.fusion,
+        "reset_observes_sparsity": config.reset_observes_sparsity,
+    }
+
+
+def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, key=None):
+    """The Panning environment for ``problem``'s network and its params over ``data``.
 
     Args:
         problem: the model, its initial variables, the prunable set, scope and (in
-            ``problem.options``) ``temperature`` and ``chunk_size``.
-        pool: ``(inputs [P, B, ...], labels [P, B])`` scoring batches.
-        config: rounds, alpha and ``recompute_dense``.
+            ``problem.options``) ``temperature``, ``chunk_size`` and ``samples_per_class``.
+        data: ``scoring='pool'``: ``(inputs [P, B, ...], labels [P, B])`` scoring batches;
+            ``'fresh'``: ``(inputs [N, ...], labels [N])``, the examples to draw from.
+        config: the environment's settings (:func:`env_options`).
+        key: PRNG key of the fresh warm-up draws.
 
     Returns:
         ``(env, env_params)`` with the early target distribution.
     """
-    inputs, labels = pool
+    inputs, labels = data
+    extra = 2 if config.scoring == "pool" else 1
     env = env_lib.PanningEnv(
         pruning.train_apply_fn(problem),
         pruning.eval_apply_fn(problem),
         problem.prunable,
-        tuple(np.shape(inputs)[2:]),
+        tuple(np.shape(inputs)[extra:]),
         scope=problem.scope,
         temperature=float(problem.options.get("temperature") or pruning.GRASP_TEMPERATURE),
         chunk_size=problem.options.get("chunk_size"),
@@ -144,9 +174,9 @@ def build_env(problem: pruning.PruneProblem, pool, config: RLPanningConfig):
         inputs,
         labels,
         targets=env_lib.TARGETS_EARLY,
-        alpha=config.alpha,
-        rounds=config.rounds,
-        recompute_dense=config.recompute_dense,
+        samples_per_class=int(problem.options.get("samples_per_class") or 10),
+        key=key,
+        **env_options(config),
     )
     return env, env_params
 
@@ -189,6 +219,14 @@ def search(
 episode_returns = loop.episode_returns  # (end steps, returns) of the finished episodes
 
 
+def final_ranges(metrics) -> Optional[env_lib.Ranges]:
+    """The normalisation ranges after a search's last step (they never shrink)."""
+    ranges = np.asarray(metrics["info"]["ranges"])
+    if ranges.shape[0] == 0:
+        return None
+    return env_lib.Ranges(jnp.asarray(ranges[-1, 0]), jnp.asarray(ranges[-1, 1]))
+
+
 def screen(
     env: env_lib.PanningEnv,
     env_params: env_lib.EnvParams,
@@ -196,6 +234,8 @@ def screen(
     config: RLPanningConfig,
     target: float,
     key: jax.Array,
+    *,
+    ranges: Optional[env_lib.Ranges] = None,
 ):
     """Screen at ``target`` with a trained policy: T deterministic environment steps.
 
@@ -204,36 +244,37 @@ def screen(
         actor_params: the trained actor.
         config: the policy's settings (network sizes).
         target: the sparsity to reach, in (0, 1).
-        key: PRNG key (which pool batch each round scores on).
+        key: PRNG key (the scoring batch of each round).
+        ranges: the normalisation ranges the policy observes through, as the authors screen
+            with the environment they trained (:func:`final_ranges`); None: ``env_params``'
+            warm-up ranges.
 
     Returns:
-        ``(masks, trace)``: the final masks, at exactly ``target`` (the last round's top-k
-        keeps the target count), and a dict of numpy arrays per round: ``weights [T, 3]``,
+        ``(masks, trace)``: the final masks, at ``target`` (the last round keeps
+        ``int(n (1 − target))``), and a dict of numpy arrays per round: ``weights [T, 3]``,
         ``sparsity``, ``effective``, ``reward``, ``revived``.
 
     Raises:
-        JPanningError: the policy disconnected the network before the last round.
+        RunFailed: the policy left no weight alive.
     """
     agent_config = config.agent_config()
     k_reset, k_steps = jax.random.split(key)
-    obs, state = jax.jit(env.reset)(k_reset, env_params, jnp.float32(target))
+    obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
 
     @functools.partial(jax.jit, compiler_options=env.compiler_options(env_params))
     def one_round(obs, state, k, env_params):
         action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
-        obs, state, reward, terminated, _, info = env.step(k, state, action, env_params)
-        return obs, state, terminated, info | {"reward": reward, "effective": state.effective}
+        obs, state, reward, _, _, info = env.step(k, state, action, env_params)
+        return obs, state, info | {"reward": reward, "effective": state.effective}
 
     trace = []
     for t in range(env_params.rounds):
-        obs, state, terminated, info = one_round(
-            obs, state, jax.random.fold_in(k_steps, t), env_params
-        )
+        obs, state, info = one_round(obs, state, jax.random.fold_in(k_steps, t), env_params)
         trace.append(jax.tree.map(np.asarray, info))
-        if bool(terminated):
+        if bool(info["collapsed"]):
             raise RunFailed(
-                f"the RL Panning policy cut every input-output path at round {t + 1} of "
-                f"{env_params.rounds} (sparsity {float(info['sparsity']):.4f}); train the "
+                f"the RL Panning policy left no weight on an input-output path at round {t + 1} "
+                f"of {env_params.rounds} (sparsity {float(info['sparsity']):.4f}); train the "
                 "policy longer or lower the ratio"
             )
     stacked = {k: np.stack([r[k] for r in trace]) for k in trace[0]}
@@ -244,8 +285,15 @@ def screen(
 # -- the policy file -------------------------------------------------------------------------
 
 
-def save_policy(path: str, actor_params: PyTree, config: RLPanningConfig, meta=None) -> None:
-    """Write the actor and what is needed to use it (msgpack, atomically)."""
+def save_policy(
+    path: str,
+    actor_params: PyTree,
+    config: RLPanningConfig,
+    meta=None,
+    ranges: Optional[env_lib.Ranges] = None,
+) -> None:
+    """Write the actor and what is needed to use it (msgpack, atomically): its network
+    sizes, the environment's options and the normalisation ranges it observed through."""
     from flax import serialization
 
     from jpanning import report
@@ -258,8 +306,10 @@ def save_policy(path: str, actor_params: PyTree, config: RLPanningConfig, meta=N
         "format": POLICY_FORMAT,
         "version": POLICY_VERSION,
         "actor_params": jax.tree.map(np.asarray, actor_params),
-        "rounds": int(config.rounds),
-        "alpha": float(config.alpha),
+        "env": {k: v for k, v in env_options(config).items()},
+        "ranges": None
+        if ranges is None
+        else {"loss": np.asarray(ranges.loss), "grad_norm": np.asarray(ranges.grad_norm)},
         "td3": td3_fields,
         "obs_size": env_lib.OBS_SIZE,
         "action_size": env_lib.ACTION_SIZE,
@@ -272,8 +322,8 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
     """Read a policy file written by :func:`save_policy`.
 
     Returns:
-        ``(actor_params, config, meta)``; ``config`` carries the policy's rounds and network
-        sizes.
+        ``(actor_params, config, meta)``; ``config`` carries the policy's environment options
+        and network sizes, ``meta['ranges']`` its :class:`jpanning.env.Ranges` (or None).
 
     Raises:
         JPanningError: a missing, unreadable or foreign file.
@@ -302,11 +352,23 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
         )
     fields = dict(payload["td3"])
     fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
+    env = dict(payload["env"])
     config = RLPanningConfig(
-        rounds=int(payload["rounds"]), alpha=float(payload["alpha"]), td3=td3.TD3Config(**fields)
+        rounds=int(env.pop("rounds")),
+        alpha=float(env.pop("alpha")),
+        reset_observes_sparsity=bool(env.pop("reset_observes_sparsity")),
+        **env,
+        td3=td3.TD3Config(**fields),
     )
     actor_params = jax.tree.map(jnp.asarray, payload["actor_params"])
-    return actor_params, config, payload.get("meta", {})
+    meta = dict(payload.get("meta") or {})
+    ranges = payload.get("ranges")
+    meta["ranges"] = (
+        None
+        if ranges is None
+        else env_lib.Ranges(jnp.asarray(ranges["loss"]), jnp.asarray(ranges["grad_norm"]))
+    )
+    return actor_params, config, meta
 
 
 # -- as a pruning method ---------------------------------------------------------------------
@@ -317,9 +379,12 @@ def rlpanning(problem: pruning.PruneProblem):
     """RL Panning as a ``run.py --method``: train a policy (or load ``options['policy']``,
     a path) and screen at ``problem.sparsity``.
 
-    Options: ``preset`` (``'paper'``/``'quick'``), ``agent_steps``, ``rounds``, ``pool``
-    (``(inputs [P, B, ...], labels [P, B])``; default: the scoring batch alone), ``policy``.
-    ``run.py`` uses :func:`run` for the learning curve and the policy file.
+    Options: ``preset`` (``'paper'``/``'quick'``), ``agent_steps``, ``rounds``, the
+    environment's ``scoring``, ``effective``, ``fusion`` and ``reset_observes_sparsity``
+    (:class:`RLPanningConfig`), ``data`` (``scoring='pool'``: ``(inputs [P, B, ...], labels
+    [P, B])``, default the scoring batch alone; ``'fresh'``: ``(inputs [N, ...], labels
+    [N])``), ``policy``. ``run.py`` uses :func:`run` for the learning curve and the policy
+    file.
     """
     return run(problem).masks
 
@@ -333,12 +398,15 @@ class RLPanningResult:
     config: RLPanningConfig
     actor_params: PyTree
     metrics: Optional[dict]  # None when the policy was loaded
+    ranges: Optional[env_lib.Ranges]  # the ranges screening observed through
+    env_options: dict
     search_seconds: float
     screen_seconds: float
 
 
 def config_from_options(options: dict) -> RLPanningConfig:
-    """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` overrides."""
+    """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` and the
+    environment's options (:data:`ENV_OPTIONS`) overriding it."""
     name = options.get("preset") or "paper"
     if name not in PRESETS:
         raise JPanningError(f"unknown rlpanning preset {name!r}; choose from {', '.join(PRESETS)}")
@@ -349,7 +417,16 @@ def config_from_options(options: dict) -> RLPanningConfig:
         )
     if options.get("rounds"):
         config = dataclasses.replace(config, rounds=int(options["rounds"]))
-    return config.validate()
+    return with_env_options(config, options).validate()
+
+
+ENV_OPTIONS = ("scoring", "effective", "fusion", "reset_observes_sparsity")
+
+
+def with_env_options(config: RLPanningConfig, options: dict) -> RLPanningConfig:
+    """``config`` with the environment options given (not None) in ``options``."""
+    given = {k: options[k] for k in ENV_OPTIONS if options.get(k) is not None}
+    return dataclasses.replace(config, **given)
 
 
 def run(
@@ -370,19 +447,24 @@ def run(
 
     options = problem.options
     k_search, k_screen = jax.random.split(problem.key)
+    ranges = None
     if options.get("policy"):
-        actor_params, config, _ = load_policy(options["policy"])
+        actor_params, config, meta = load_policy(options["policy"])
+        ranges = meta["ranges"]
         if options.get("rounds") and int(options["rounds"]) != config.rounds:
             raise JPanningError(
                 f"the policy was trained with {config.rounds} rounds; --rounds "
                 f"{options['rounds']} differs (leave it out to use the policy's)"
             )
+        config = with_env_options(config, {"scoring": options.get("scoring")}).validate()
     else:
         config = config_from_options(options)
-    pool = options.get("pool")
-    if pool is None:
-        pool = tuple(np.asarray(x)[None] for x in problem.batch)
-    env, env_params = build_env(problem, pool, config)
+    data = options.get("data")
+    if data is None:
+        if config.scoring != "pool":
+            raise JPanningError("rlpanning with fresh scoring batches needs options['data']")
+        data = tuple(np.asarray(x)[None] for x in problem.batch)
+    env, env_params = build_env(problem, data, config, key=jax.random.fold_in(problem.key, 1))
     metrics, search_seconds = None, 0.0
     if not options.get("policy"):
         start = time.perf_counter()
@@ -397,8 +479,11 @@ def run(
         )
         search_seconds = time.perf_counter() - start
         actor_params = agent.actor_params
+        ranges = final_ranges(metrics)
     start = time.perf_counter()
-    masks, trace = screen(env, env_params, actor_params, config, problem.sparsity, k_screen)
+    masks, trace = screen(
+        env, env_params, actor_params, config, problem.sparsity, k_screen, ranges=ranges
+    )
     masks = jax.block_until_ready(masks)
     return RLPanningResult(
         masks=masks,
@@ -406,6 +491,8 @@ def run(
         config=config,
         actor_params=actor_params,
         metrics=metrics,
+        ranges=ranges,
+        env_options=env_params.options(),
         search_seconds=search_seconds,
         screen_seconds=time.perf_counter() - start,
     )

@@ -442,18 +442,22 @@ def loss_and_grad_norm(
     loss_fn: LossFn = cross_entropy,
     prunable=None,
     chunk_size: Optional[int] = None,
+    whole_tensors: bool = False,
 ):
     """Loss and squared gradient norm of the masked network, from one gradient.
 
     ``g = ∇_θ L(θ ⊙ m) = m ⊙ ∇_w L``: the gradient the masked optimizer sees, so pruned
     weights contribute nothing, and the norm runs over the **prunable** leaves only
     (conv/dense kernels, as in GraSP's and Panning's ``‖g‖²``). With ``masks=None`` this is
-    the ``‖g_P‖²`` whose sensitivity :func:`grad_norm` scores.
+    the ``‖g_P‖²`` whose sensitivity :func:`grad_norm` scores. ``whole_tensors=True`` sums
+    ``∇_w L`` at ``w = θ ⊙ m`` over the whole tensors, pruned positions included: the
+    Panning authors' ``get_loss_gtg`` (kangxiatao/RLPanning, ``pruner/panning.py``).
 
     Args:
         apply_fn, params, batch, loss_fn, chunk_size: as :func:`snip`.
         masks: 0/1 pytree like ``params`` or None.
         prunable: pytree of bools (default ``jpanning.masks.prunable_tree(params)``).
+        whole_tensors: see above.
     Returns:
         ``(loss, grad_norm_sq)``, two scalars.
     """
@@ -461,7 +465,7 @@ def loss_and_grad_norm(
     flags = _prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     loss, g = _loss_and_grad(apply_fn, masks_lib.apply(params, m), batch, loss_fn, chunk_size)
-    return loss, _sum_squares(masks_lib.apply(g, m), flags)
+    return loss, _sum_squares(g if whole_tensors else masks_lib.apply(g, m), flags)
 
 
 RESCALINGS = ("io", "layer", "none")

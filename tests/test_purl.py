@@ -12,6 +12,7 @@ from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
 CONFIG = purl.PuRLConfig(
+    state="compact",  # the mechanics below read the 3-value state; per_layer is tested apart
     episodes=2,
     final_episodes=2,
     retrain_images=32,
@@ -19,6 +20,11 @@ CONFIG = purl.PuRLConfig(
     eval_images=64,
     dqn=dqn.DQNConfig(hidden_sizes=(16,), batch_size=4, learning_starts=4),
 )
+
+
+def test_the_default_state_is_the_papers_final_per_layer_form():
+    assert purl.PuRLConfig().state == "per_layer"
+    assert all(c.state == "per_layer" for c in purl.PRESETS.values())
 
 
 def test_threshold_rule_by_hand():

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import cpu, data, masks as M, panning, pruning, rlpanning
+from jpanning import cpu, data, env as env_lib, masks as M, panning, pruning, rlpanning
 from jpanning.agents import td3
 from jpanning.errors import JPanningError
 
@@ -21,6 +21,7 @@ CONFIG = rlpanning.RLPanningConfig(
     agent_steps=24,
     rounds=3,
     pool_size=2,
+    scoring="pool",
     td3=td3.TD3Config(hidden_sizes=(16,), warmup_steps=8, batch_size=8),
 )
 
@@ -64,17 +65,22 @@ def test_screening_with_a_constant_policy_is_panning_with_those_weights(problem)
     for a, b in zip(jax.tree.leaves(masks), jax.tree.leaves(expected)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     kept = M.sparsity_report(masks, prob.prunable)
-    assert kept["kept"] == kept["total"] - round(0.9 * kept["total"])
+    assert kept["kept"] == int(kept["total"] * (1 - 0.9))  # the authors' floor
 
 
 def test_the_policy_file_round_trips_and_bad_files_are_refused(tmp_path, problem):
     actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 7, 3).actor_params
     path = str(tmp_path / "policy.msgpack")
-    rlpanning.save_policy(path, actor, CONFIG, meta={"model": "tinycnn"})
+    options = dataclasses.replace(CONFIG, fusion="mul", reset_observes_sparsity=True)
+    ranges = env_lib.Ranges(jnp.array([2.30, 2.31]), jnp.array([1e-6, 3e-3]))
+    rlpanning.save_policy(path, actor, options, meta={"model": "tinycnn"}, ranges=ranges)
     loaded, config, meta = rlpanning.load_policy(path)
     for a, b in zip(jax.tree.leaves(actor), jax.tree.leaves(loaded)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert config.rounds == 3 and config.td3 == CONFIG.td3 and meta == {"model": "tinycnn"}
+    assert config.rounds == 3 and config.td3 == CONFIG.td3 and meta["model"] == "tinycnn"
+    assert rlpanning.env_options(config) == rlpanning.env_options(options)
+    for a, b in zip(jax.tree.leaves(meta["ranges"]), jax.tree.leaves(ranges)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     obs = jnp.linspace(0, 1, 7)
     np.testing.assert_array_equal(
         td3.policy(actor, obs, CONFIG.td3, 3), td3.policy(loaded, obs, config.td3, 3)
@@ -104,23 +110,34 @@ def test_search_switches_to_the_late_targets_and_screens(problem, pool_env):
         env, env_params, CONFIG, jax.random.key(0), callback=lambda t, m: seen.append(t)
     )
     assert seen == list(range(1, 25))
-    targets = metrics["obs"][:, 5]
+    # Each episode's target from its first round: ρ_0 = 1 − (1 − s) ** (1 / T), T = 3.
+    starts = np.flatnonzero(np.concatenate([[True], metrics["done"][:-1]]))
+    targets = 1 - (1 - metrics["info"]["sparsity"][starts].astype(np.float64)) ** 3
     switch = CONFIG.switch_step()  # 24 // 5 = 4
     assert switch == 4
-    assert np.all((targets >= 0.8) & (targets < 1.0))
-    # Episodes last T = 3 steps; those reset after the switch draw from U(0.9,1) or U(0.98,1).
-    late_episodes = targets[np.arange(24) >= 6][::3]
-    assert np.all(late_episodes >= 0.9)
+    assert np.all((targets >= 0.8 - 1e-4) & (targets < 1.0))
+    # An episode starting at step k was reset in step k − 1; from step 4 on, resets draw
+    # from U(0.9, 1) or U(0.98, 1).
+    assert np.all(targets[starts >= 5] >= 0.9 - 1e-4) and np.sum(starts >= 5) >= 4
+    # The ranges only widen, across episodes too.
+    ranges = metrics["info"]["ranges"]
+    assert np.all(np.diff(ranges[:, :, 0], axis=0) <= 0) and np.all(
+        np.diff(ranges[:, :, 1], axis=0) >= 0
+    )
+    # Episodes end at round T = 3, or earlier when no weight is left alive.
     steps, returns = rlpanning.episode_returns(metrics)
-    np.testing.assert_array_equal(steps, np.arange(3, 25, 3))
+    lengths = np.diff(steps, prepend=0)
+    assert np.all((lengths >= 1) & (lengths <= 3))
+    collapsed = metrics["info"]["collapsed"][steps - 1]
+    assert np.all(collapsed[lengths < 3])
     assert np.all(returns < 0)
     assert int(agent.step) == 24 - 8
 
 
 def test_search_and_screening_compile_with_the_environments_options(pool_env, monkeypatch):
     # In pool mode the search and the screening rounds compile with cpu.first_order_options
-    # (an option XLA rejects reaches the compiler); recomputing the dense maps every step
-    # (GraSP's Hessian-vector product) keeps the process's settings.
+    # (an option XLA rejects reaches the compiler); fresh batches (GraSP's Hessian-vector
+    # product every step) keep the process's settings.
     _, env, env_params = pool_env
     bogus = {"jpanning_no_such_option": "1"}
     monkeypatch.setattr(cpu, "first_order_options", lambda: bogus)
@@ -130,7 +147,7 @@ def test_search_and_screening_compile_with_the_environments_options(pool_env, mo
         rlpanning.search(env, env_params, CONFIG, jax.random.key(0))
     with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
         rlpanning.screen(env, env_params, actor, CONFIG, 0.9, jax.random.key(0))
-    assert env.compiler_options(env_params.replace(recompute_dense=True)) is None
+    assert env.compiler_options(env_params.replace(scoring="fresh")) is None
 
 
 def test_unknown_preset_and_bad_budget_are_refused():
@@ -171,7 +188,14 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     ends = np.asarray(r["rl"]["episode_end_steps"])
     assert len(r["rl"]["episode_returns"]) == len(ends) >= 10
     assert np.all((np.diff(ends, prepend=0) >= 1) & (np.diff(ends, prepend=0) <= 4))
-    assert r["sparsity"]["kept"] == r["sparsity"]["total"] - round(0.8 * r["sparsity"]["total"])
+    assert r["sparsity"]["kept"] == int(r["sparsity"]["total"] * (1 - 0.8))
+    # Every environment option is recorded (the authors' defaults: fresh batches every step).
+    assert r["rl"]["env"] == {
+        "rounds": 4, "scoring": "fresh", "pool_size": None, "samples_per_class": 10,
+        "effective": "authors", "fusion": "add", "reset_observes_sparsity": False,
+        "alpha": 100.0, "gtg_scale": 5.0,
+    }  # fmt: skip
+    assert r["rl"]["ranges"]["loss"][0] < r["rl"]["ranges"]["loss"][1]
     assert (first / "rl_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert r["files"]["policy"] == "policy.msgpack"
 
@@ -184,7 +208,8 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     assert r2["rl"]["agent_steps"] == 0 and r2["rl"]["search_seconds"] == 0.0
     assert r2["rl"]["policy_loaded_from"] == str(first / "policy.msgpack")
     assert len(r2["rl"]["screen"]["sparsity"]) == 4  # the policy's T, not a default
-    assert r2["sparsity"]["kept"] == r2["sparsity"]["total"] - round(0.9 * r2["sparsity"]["total"])
+    assert r2["sparsity"]["kept"] == int(r2["sparsity"]["total"] * (1 - 0.9))
+    assert r2["rl"]["ranges"] == r["rl"]["ranges"]  # screens through the policy's ranges
     assert not (second / "policy.msgpack").exists()
 
 

@@ -41,7 +41,9 @@ def interact(env, env_params, carry: TrainCarry, action, k_step, k_reset):
     """Step the environment with ``action``, store the transition, reset on episode end.
 
     Only ``terminated`` stops bootstrapping: a truncated transition is stored with
-    ``terminated = 0``. The environment must not reset itself.
+    ``terminated = 0``. The environment must not reset itself; one with a ``reset_after(key,
+    state, params)`` method starts each next episode from the last state (``reset`` starts
+    the first).
 
     Returns:
         ``(carry, metrics)``: the carry with the new buffer, observation, environment state
@@ -60,15 +62,26 @@ def interact(env, env_params, carry: TrainCarry, action, k_step, k_reset):
         replay.Transition(carry.obs, action, reward, next_obs, terminated.astype(jnp.float32)),
     )
     done = terminated | truncated
-    # A select, not lax.cond: it tolerates weak-type differences between the states reset
-    # and step return, and under vmap both branches would run anyway.
-    reset_obs, reset_state = env.reset(k_reset, env_params)
+
+    def start_next(_):
+        # An environment whose state outlives episodes (the Panning environment's
+        # normalisation ranges) starts the next one from the last state.
+        if hasattr(env, "reset_after"):
+            obs, state = env.reset_after(k_reset, next_env_state, env_params)
+        else:
+            obs, state = env.reset(k_reset, env_params)
+        like = lambda a, b: jnp.asarray(a, jnp.result_type(b))  # weak types as step's
+        return jnp.asarray(obs, jnp.float32), jax.tree.map(like, state, next_env_state)
+
+    # lax.cond: a reset can cost as much as a step (fresh scoring batches); under vmap both
+    # branches run, as a select would.
+    obs, env_state = jax.lax.cond(done, start_next, lambda _: (next_obs, next_env_state), None)
     episode_return = carry.episode_return + reward
     new_carry = TrainCarry(
         agent=carry.agent,
         buffer=buffer,
-        obs=jnp.where(done, jnp.asarray(reset_obs, jnp.float32), next_obs),
-        env_state=jax.tree.map(lambda a, b: jnp.where(done, a, b), reset_state, next_env_state),
+        obs=obs,
+        env_state=env_state,
         episode_return=jnp.where(done, 0.0, episode_return),
     )
     metrics = {

@@ -439,7 +439,6 @@ def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
         action = jnp.where(t < config.warmup_steps, random_action, noisy)
 
         carry, metrics = loop.interact(env, env_params, carry, action, k_step, k_reset)
-        del metrics["info"]  # not part of TD3's metrics
         can_update = (carry.buffer.size >= config.batch_size) & (t >= config.warmup_steps)
         agent, update_metrics = jax.lax.cond(
             can_update,
