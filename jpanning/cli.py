@@ -1044,9 +1044,10 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jpanning import parallel
+    from jpanning import cpu, parallel
 
     args = build_parser().parse_args(argv)
+    cpu.configure()  # the process's CPU tuning, before JAX starts (importing jpanning sets none)
     try:
         parallel.initialize()
         enable_compilation_cache()
