@@ -1,9 +1,12 @@
-"""The package as another project sees it: importing it changes nothing in the process."""
+"""The package as another project sees it: importing it changes nothing in the process, and
+pyproject.toml declares what requirements.txt pins."""
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -68,3 +71,32 @@ def test_import_changes_neither_the_environment_nor_the_allocator():
         assert out["configure"] == ["XLA_FLAGS"]
     if sys.platform.startswith("linux"):
         assert out["libc after configure"] == ["libc.so.6"]
+
+
+def _names(requirements: list[str]) -> set[str]:
+    """Normalised distribution names of requirement lines (PEP 503)."""
+    out = set()
+    for line in requirements:
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            name = re.match(r"[A-Za-z0-9._-]+", line)[0]
+            out.add(re.sub(r"[-_.]+", "-", name).lower())
+    return out
+
+
+def _lines(name: str) -> list[str]:
+    with open(os.path.join(ROOT, name)) as f:
+        return f.read().splitlines()
+
+
+def test_pyproject_declares_the_pinned_requirements():
+    """Runtime dependencies are requirements.txt's but the test tools; extras ``test`` and
+    ``bench``/``torch`` are the rest and requirements-bench.txt's additions."""
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        project = tomllib.load(f)["project"]
+    pinned = _names(_lines("requirements.txt"))
+    extras = {k: _names(v) for k, v in project["optional-dependencies"].items()}
+    runtime = _names(project["dependencies"])
+    assert runtime | extras["test"] == pinned
+    assert not runtime & extras["test"]
+    assert extras["bench"] == extras["torch"] == _names(_lines("requirements-bench.txt"))
