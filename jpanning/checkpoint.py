@@ -24,6 +24,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from typing import Any
 
 import jax
@@ -154,13 +155,14 @@ def _settle(kept: _Kept, settle: float, limit: float) -> None:
 
 @contextlib.contextmanager
 def _stderr_kept(settle: float = 0.25, limit: float = 5.0):
-    """``sys.stderr`` and the ``asyncio`` logger kept (a :class:`_Kept`, yielded) for the
-    body and, when the body raised, until nothing more was written for ``settle`` seconds (at
+    """``sys.stderr``, the ``asyncio`` logger and ``sys.unraisablehook`` kept (a
+    :class:`_Kept`, yielded) for the body and, when the body raised, until nothing more was written for ``settle`` seconds (at
     most ``limit``), before and after a garbage collection.
 
     When orbax fails to read a damaged checkpoint, tensorstore's reads still in flight finish
     in background threads after the restore has given up, each printing a traceback ("Event
-    loop is closed") to ``sys.stderr`` within milliseconds (~1,300 lines for a ResNet), and
+    loop is closed", through ``sys.unraisablehook``) within milliseconds (~1,300 lines of
+    ``sys.stderr`` for a ResNet), and
     its orphaned asyncio tasks log "Task exception was never retrieved" whenever they are
     garbage-collected: the collection here makes that happen inside the window."""
     kept = _Kept()
@@ -170,6 +172,11 @@ def _stderr_kept(settle: float = 0.25, limit: float = 5.0):
     propagate = log.propagate
     log.addHandler(handler)
     log.propagate = False
+
+    def unraisable(info):
+        kept.write("".join(traceback.format_exception(info.exc_value)))
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         with contextlib.redirect_stderr(kept):
             try:
@@ -180,6 +187,7 @@ def _stderr_kept(settle: float = 0.25, limit: float = 5.0):
                 _settle(kept, settle, limit)
                 raise
     finally:
+        sys.unraisablehook = hook
         log.removeHandler(handler)
         log.propagate = propagate
 
