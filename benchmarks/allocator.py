@@ -7,9 +7,9 @@ processes with jpanning's malloc setting and with a baseline (glibc's default un
 
 XLA:CPU allocates each execution's temporary buffer anew; with glibc's default malloc a buffer
 that large is mapped fresh from the kernel and unmapped when freed, so every execution
-page-faults it back in. ``import jpanning`` sets glibc's ``mallopt`` so freed memory stays in
-the process (see :func:`jpanning.cpu.configure_allocator`). It cannot be undone inside a
-process, so each setting runs in its own child: ``jpanning`` (what ``import jpanning`` does)
+page-faults it back in. ``jpanning.cpu.configure()`` sets glibc's ``mallopt`` so freed memory
+stays in the process (see :func:`jpanning.cpu.configure_allocator`). It cannot be undone inside
+a process, so each setting runs in its own child: ``jpanning`` (what ``configure()`` does)
 and a baseline (``--baseline``) set through glibc's environment variables, a user's choice
 that jpanning leaves alone: ``glibc default`` (``MALLOC_ARENA_MAX`` set to glibc's own default
 of 8 per core) or ``trim at 2 GiB`` (jpanning's setting before 2026-11-27: one arena, no mmap,
@@ -163,6 +163,9 @@ def main(argv=None):
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
     if args.child:
+        from jpanning import cpu
+
+        cpu.configure()  # as run.py; the baselines' MALLOC_* variables keep glibc's malloc theirs
         print(json.dumps(child(args)))
         return
     runs = {arm: [] for arm in (JPANNING, args.baseline)}
@@ -239,7 +242,7 @@ def write(args, argv, runs, result) -> None:
         "",
         f"{args.rounds} child processes per setting, alternating; in each, {args.warmup} "
         f"warm-up calls then {args.calls} timed ones. Medians over all timed calls. "
-        f"`{JPANNING}`: {result['malloc'][JPANNING]} (what `import jpanning` sets); "
+        f"`{JPANNING}`: {result['malloc'][JPANNING]} (what `jpanning.cpu.configure()` sets); "
         f"`{base}`: {what}. Faults: minor page faults of the process per call; system: kernel "
         "CPU seconds per call. PyTorch runs in the same children, so with the same setting.",
         "",

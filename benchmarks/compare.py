@@ -41,7 +41,7 @@ import time
 import numpy as np
 
 from benchmarks.presets import PRESETS, Grid
-from jpanning import report
+from jpanning import cpu, report
 from jpanning import cli
 from jpanning.cli import TRAINED_METHODS
 from jpanning.checkpoint import Interrupted
@@ -831,6 +831,7 @@ def _grid_argv(argv: list[str]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     args = build_parser().parse_args(argv)
     if args.list:
         for name, grid in PRESETS.items():

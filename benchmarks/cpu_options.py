@@ -85,6 +85,7 @@ def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)
@@ -134,7 +135,8 @@ def main(argv=None):
         report.machine_line(env, ("jax", "jaxlib", "flax")),
         "",
         f"Medians of {args.repeats} alternating calls, seconds. `{PROCESS}`: "
-        f"`{cpu.YNN_OPTION}` = {', '.join(cpu.PROCESS_TYPES)} (what `import jpanning` sets); "
+        f"`{cpu.YNN_OPTION}` = {', '.join(cpu.PROCESS_TYPES)} "
+        "(what `jpanning.cpu.configure()` sets); "
         f"`{FIRST_ORDER}`: {', '.join(cpu.FIRST_ORDER_TYPES)}, given per compilation to "
         "jpanning's programs with first derivatives only, where XLA computes the "
         f"convolutions. Convolutions here: {cpu.convolution_library()} (`JPANNING_CPU_CONV`). "

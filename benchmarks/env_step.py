@@ -46,7 +46,7 @@ import numpy as np
 
 from benchmarks.reference import torch_device
 from benchmarks.scorers import time_all
-from jpanning import env as env_lib, masks as masks_lib, models, panning, report, scores
+from jpanning import cpu, env as env_lib, masks as masks_lib, models, panning, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 INPUT_SHAPE = (32, 32, 3)
@@ -197,6 +197,7 @@ def torch_variant(name: str, case: dict, threads: int, device: str = "cpu"):
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=["resnet20", "resnet20_panning", "vgg19"])
     p.add_argument("--batch-size", type=int, default=100, help="scoring batch (10 per class)")

@@ -19,7 +19,6 @@ import statistics
 import sys
 import time
 
-import jpanning  # noqa: F401  (the CPU setting, before JAX starts)
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -32,6 +31,7 @@ DN = ("NHWC", "HWIO", "NHWC")
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--size", type=int, default=16, help="input height and width")

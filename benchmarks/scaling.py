@@ -39,6 +39,9 @@ def main(argv=None):
     args = _parse(argv)
     flag = f"--xla_force_host_platform_device_count={max(args.devices)}"
     os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+    from jpanning import cpu
+
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts
 
     import jax  # after XLA_FLAGS: the CPU platform reads it once, at start-up
 

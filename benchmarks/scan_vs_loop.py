@@ -26,12 +26,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import masks as masks_lib, models, report, scores
+from jpanning import cpu, masks as masks_lib, models, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=100)

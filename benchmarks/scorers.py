@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.reference import torch_device
-from jpanning import masks as masks_lib, models, report, scores
+from jpanning import cpu, masks as masks_lib, models, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 INPUT_SHAPE = (32, 32, 3)
@@ -170,6 +170,7 @@ def summarize(times: dict) -> dict:
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--models", nargs="+", default=["resnet20", "vgg19"], choices=["resnet20", "vgg19"]

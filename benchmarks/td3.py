@@ -38,7 +38,7 @@ import numpy as np
 
 from benchmarks.reference import torch_device
 from benchmarks.scorers import time_all
-from jpanning import env as env_lib, masks as masks_lib, models, report
+from jpanning import cpu, env as env_lib, masks as masks_lib, models, report
 from jpanning.agents import td3
 from jpanning.agents.pendulum import Pendulum
 
@@ -292,6 +292,7 @@ def render(result: dict) -> list[str]:
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--parts",

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import masks as masks_lib, models, parallel, report, scores, train
+from jpanning import cpu, masks as masks_lib, models, parallel, report, scores, train
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 
@@ -118,6 +118,7 @@ def alternating_windows(runners: dict, steps: int | None, repeats: int, batch_si
 
 
 def main(argv=None):
+    cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="resnet20")
     p.add_argument("--batch-size", type=int, default=128)

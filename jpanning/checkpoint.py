@@ -8,14 +8,23 @@ run killed mid-write leaves the previous checkpoints intact; the newest ``keep``
 Signals are turned into a flag that the loops poll between jitted steps
 (:class:`StopSignal`): the loop finishes its step, writes a checkpoint and raises
 :class:`Interrupted`, and ``run.py --resume OUT`` continues from there.
+
+A run owns its directory while it lives (:func:`owned`): an exclusive ``fcntl.flock`` on
+``<directory>/.lock``, which the kernel releases when the process ends, however it ends.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
+import io
+import logging
 import os
 import signal
+import sys
 import threading
+import time
+import traceback
 from typing import Any
 
 import jax
@@ -24,6 +33,50 @@ import numpy as np
 from jpanning.errors import JPanningError
 
 EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+LOCK_FILE = ".lock"  # in a live run's directory; holds its pid
+
+
+@contextlib.contextmanager
+def owned(directory: str, name: str | None = None):
+    """Hold ``directory``'s lock (:data:`LOCK_FILE`, an exclusive ``fcntl.flock``) for the
+    ``with`` body: one live run per directory.
+
+    The lock belongs to the open file, so the kernel releases it when the process ends, a
+    crash or SIGKILL included: a lock file left behind never blocks a later run. The file
+    stays (removing it could let two runs lock two different files) and holds the owner's pid.
+    Where ``fcntl`` is missing (not a POSIX system) nothing is locked.
+
+    Args:
+        directory: an existing directory.
+        name: what errors call it (default: the directory's path).
+
+    Yields:
+        The lock file's path.
+
+    Raises:
+        JPanningError: another live process holds the lock.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield None
+        return
+    path = os.path.join(directory, LOCK_FILE)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            raise JPanningError(
+                f"{name or repr(directory)} is in use by a live run (process {owner}, which "
+                f"holds {path}); wait for it to end, or choose another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield path
+    finally:
+        os.close(fd)  # releases the lock
 
 
 class Interrupted(JPanningError):
@@ -72,6 +125,73 @@ def never() -> None:
     return None
 
 
+class _Kept(io.TextIOBase):
+    """A text stream that keeps what is written to it (from any thread) and when."""
+
+    def __init__(self):
+        self.parts: list[str] = []
+        self.last = time.monotonic()
+        self._lock = threading.Lock()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            self.parts.append(text)
+            self.last = time.monotonic()
+        return len(text)
+
+    def getvalue(self) -> str:
+        with self._lock:
+            return "".join(self.parts)
+
+
+def _settle(kept: _Kept, settle: float, limit: float) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < min(kept.last + settle, deadline):
+        time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def _stderr_kept(settle: float = 0.25, limit: float = 5.0):
+    """``sys.stderr``, the ``asyncio`` logger and ``sys.unraisablehook`` kept (a
+    :class:`_Kept`, yielded) for the body and, when the body raised, until nothing more was written for ``settle`` seconds (at
+    most ``limit``), before and after a garbage collection.
+
+    When orbax fails to read a damaged checkpoint, tensorstore's reads still in flight finish
+    in background threads after the restore has given up, each printing a traceback ("Event
+    loop is closed", through ``sys.unraisablehook``) within milliseconds (~1,300 lines of
+    ``sys.stderr`` for a ResNet), and
+    its orphaned asyncio tasks log "Task exception was never retrieved" whenever they are
+    garbage-collected: the collection here makes that happen inside the window."""
+    kept = _Kept()
+    log = logging.getLogger("asyncio")
+    handler = logging.StreamHandler(kept)
+    handler.setFormatter(logging.Formatter("%(levelname)s:%(name)s:%(message)s"))
+    propagate = log.propagate
+    log.addHandler(handler)
+    log.propagate = False
+
+    def unraisable(info):
+        kept.write("".join(traceback.format_exception(info.exc_value)))
+
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    try:
+        with contextlib.redirect_stderr(kept):
+            try:
+                yield kept
+            except BaseException:
+                _settle(kept, settle, limit)
+                gc.collect()
+                _settle(kept, settle, limit)
+                raise
+    finally:
+        sys.unraisablehook = hook
+        log.removeHandler(handler)
+        log.propagate = propagate
+
+
 class Checkpoints:
     """Numbered checkpoints of one loop in ``directory`` (an orbax ``CheckpointManager``).
 
@@ -80,13 +200,17 @@ class Checkpoints:
         every: also checkpoint every this many steps inside an epoch (0: only where the loop
             chooses, at epoch ends and on a stop request).
         keep: how many of the newest checkpoints stay on disk.
+        verbose: show what orbax and tensorstore print to ``sys.stderr`` while failing to read
+            a damaged checkpoint (hundreds of lines of background-thread tracebacks);
+            otherwise it is dropped, and :meth:`restore` reports each failure in one line.
     """
 
-    def __init__(self, directory: str, every: int = 0, keep: int = 2):
+    def __init__(self, directory: str, every: int = 0, keep: int = 2, verbose: bool = False):
         import orbax.checkpoint as ocp
 
         self.directory = os.path.abspath(directory)
         self.every = int(every)
+        self.verbose = bool(verbose)
         self._ocp = ocp
         self._manager = ocp.CheckpointManager(
             self.directory,
@@ -139,7 +263,7 @@ class Checkpoints:
                 }
                 if extra:
                     items["extra"] = ocp.args.StandardRestore()
-                got = self._manager.restore(step, args=ocp.args.Composite(**items))
+                got = self._restore(step, ocp.args.Composite(**items))
                 leaves = jax.tree.leaves(got.state)
                 state = jax.tree.unflatten(jax.tree.structure(like), leaves)
                 _check_shapes(like, state)
@@ -157,6 +281,21 @@ class Checkpoints:
             "directory to start that stage over"
         )
 
+    def _restore(self, step: int, args):
+        """orbax's restore of ``step``, with what it prints to ``sys.stderr`` kept
+        (:func:`_stderr_kept`): passed on after a success, and after a failure only when
+        :attr:`verbose`."""
+        kept = None
+        try:
+            with _stderr_kept() as kept:
+                got = self._manager.restore(step, args=args)
+        except Exception:
+            if self.verbose:
+                sys.stderr.write(kept.getvalue() if kept is not None else "")
+            raise
+        sys.stderr.write(kept.getvalue())
+        return got
+
     def close(self) -> None:
         self._manager.close()
 
@@ -168,12 +307,12 @@ def _check_shapes(like, state) -> None:
 
 
 @contextlib.contextmanager
-def opened(directory: str | None, every: int = 0):
+def opened(directory: str | None, every: int = 0, verbose: bool = False):
     """:class:`Checkpoints` in ``directory`` for the ``with`` body (None: yields None)."""
     if directory is None:
         yield None
         return
-    ckpt = Checkpoints(directory, every)
+    ckpt = Checkpoints(directory, every, verbose=verbose)
     try:
         yield ckpt
     finally:

@@ -274,6 +274,19 @@ def build_parser() -> argparse.ArgumentParser:
         "checkpoint; the other arguments are ignored",
     )
     p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="run into an --out that holds a finished run (results.json, refused otherwise): "
+        "its results.json and any checkpoints/ are removed first, its other files replaced "
+        "as this run writes them",
+    )
+    p.add_argument(
+        "--verbose",
+        action="store_true",
+        help="on an error, the tracebacks too (Python's, and what orbax prints while failing "
+        "to read a damaged checkpoint), not just the one line",
+    )
+    p.add_argument(
         "--checkpoint-every",
         type=_positive(int),
         default=None,
@@ -299,10 +312,13 @@ def build_parser() -> argparse.ArgumentParser:
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
 RUN_FILE = "run.json"  # the arguments of the run in OUT (and its run_id), for --resume
 SCREEN_FILES = ("masks.npz", "screen.json")  # the screening's result, reused by --resume
-NOT_SAVED = ("resume", "no_progress", "out")  # arguments a resumed run takes from its own call
+# arguments a resumed run takes from its own call
+NOT_SAVED = ("resume", "no_progress", "out", "overwrite", "verbose")
 # what --resume may change: how the run goes on, not what it computes (--allow-collapsed lets a
 # refused mask train without redoing its search)
-RESUME_MAY_SET = ("allow_collapsed", "devices", "checkpoint_every", "data_dir", "no_progress")
+RESUME_MAY_SET = (
+    "allow_collapsed", "devices", "checkpoint_every", "data_dir", "no_progress", "verbose"
+)  # fmt: skip
 PATH_ARGS = ("pretrained", "policy", "data_dir")  # saved absolute, so --resume works anywhere
 
 
@@ -373,6 +389,7 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, k) != defaults[k]:
             setattr(resumed, k, getattr(args, k))
     resumed.out, resumed.resume, resumed.no_progress = out, out, args.no_progress
+    resumed.verbose, resumed.overwrite = args.verbose, False
     return resumed
 
 
@@ -414,16 +431,18 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     What a run computes is kept as it goes: the arguments (run.json), the screening's masks
     and reports (masks.npz, screen.json, the policy or the pretrained network) and training
     checkpoints (checkpoints/, orbax), so ``--resume OUT`` continues after a stop or a crash;
-    the checkpoints are removed once results.json is written.
+    the checkpoints are removed once results.json is written. While it lives the run holds
+    OUT's lock (OUT/.lock): another run into OUT is refused, and so is a new run into a folder
+    holding a finished run (results.json) without ``--overwrite`` (:func:`_own_out`).
     """
     from jpanning import checkpoint
 
     if args.resume is not None:
         args = _resumed_args(args)
         print(f"resuming the run in {args.out}")
-    with checkpoint.StopSignal() as stop:
+    with checkpoint.StopSignal() as stop, contextlib.ExitStack() as owned:
         try:
-            return _run(args, dataset, stop)
+            return _run(args, dataset, stop, owned)
         except RunFailed as e:  # a result of this run: recorded, so the folder is not "stopped"
             if getattr(args, "run_id", None) and os.path.isdir(args.out):
                 from jpanning import report
@@ -445,7 +464,37 @@ def _check_stop(stop, out: str, where: str) -> None:
         )
 
 
-def _run(args: argparse.Namespace, dataset, stop) -> dict:
+def _own_out(args: argparse.Namespace, owned: contextlib.ExitStack) -> None:
+    """Hold OUT's lock until ``owned`` closes (:func:`jpanning.checkpoint.owned`: one live run
+    per folder; only the process that writes results locks), then, for a new run, refuse a
+    folder with a finished run (results.json) unless --overwrite, which removes its
+    results.json and any checkpoints/ first, or one with an interrupted run."""
+    from jpanning import checkpoint, parallel
+
+    if parallel.is_primary():
+        owned.enter_context(checkpoint.owned(args.out, f"--out {args.out!r}"))
+    if args.resume is not None:
+        return
+    finished = os.path.join(args.out, "results.json")
+    if os.path.isfile(finished):
+        if not args.overwrite:
+            raise JPanningError(
+                f"--out {args.out!r} holds a finished run (results.json); replace it with "
+                "--overwrite, or choose another --out"
+            )
+        if parallel.is_primary():
+            os.unlink(finished)
+            shutil.rmtree(os.path.join(args.out, "checkpoints"), ignore_errors=True)
+        return
+    left = interrupted_run(args.out)
+    if left:
+        raise JPanningError(
+            f"--out {args.out!r} holds an interrupted run ({left}); continue it with "
+            f"--resume {args.out}, or choose another --out (or delete that one) to start over"
+        )
+
+
+def _run(args: argparse.Namespace, dataset, stop, owned: contextlib.ExitStack) -> dict:
     import jax
     import numpy as np
 
@@ -481,12 +530,7 @@ def _run(args: argparse.Namespace, dataset, stop) -> dict:
     if args.pretrained is not None and not os.path.isfile(args.pretrained):
         raise JPanningError(f"--pretrained {args.pretrained!r} does not exist")
     _check_out_dir(args.out)
-    left = interrupted_run(args.out) if args.resume is None else None
-    if left:
-        raise JPanningError(
-            f"--out {args.out!r} holds an interrupted run ({left}); continue it with "
-            f"--resume {args.out}, or choose another --out (or delete that one) to start over"
-        )
+    _own_out(args, owned)
     sparsity = 0.0 if args.method == "dense" else args.ratio
 
     if args.no_progress and args.dataset != "synthetic":
@@ -695,7 +739,7 @@ def _train(args: argparse.Namespace, stage: str, model, variables, dataset, conf
     from jpanning import checkpoint, train
 
     with checkpoint.opened(
-        os.path.join(args.out, "checkpoints", stage), args.checkpoint_every or 0
+        os.path.join(args.out, "checkpoints", stage), args.checkpoint_every or 0, args.verbose
     ) as ckpt:
         return train.train(
             model,
@@ -900,7 +944,9 @@ def _search_checkpoints(args: argparse.Namespace):
     from jpanning import checkpoint
 
     every = args.checkpoint_every or SEARCH_CHECKPOINT_EVERY
-    with checkpoint.opened(os.path.join(args.out, "checkpoints", "search"), every) as ckpt:
+    with checkpoint.opened(
+        os.path.join(args.out, "checkpoints", "search"), every, args.verbose
+    ) as ckpt:
         yield ckpt
 
 
@@ -1093,14 +1139,19 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jpanning import parallel
+    from jpanning import cpu, parallel
 
     args = build_parser().parse_args(argv)
+    cpu.configure()  # the process's CPU tuning, before JAX starts (importing jpanning sets none)
     try:
         parallel.initialize()
         enable_compilation_cache()
         run(args)
     except JPanningError as e:
+        if args.verbose:
+            import traceback
+
+            traceback.print_exc()
         print(f"run.py: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)
     except KeyboardInterrupt:

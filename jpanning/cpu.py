@@ -1,12 +1,22 @@
 """XLA:CPU settings that make convolutions fast on a CPU, chosen automatically per backend.
 
+Importing jpanning changes nothing in the process: :func:`configure` is the one explicit call
+that tunes it (the ``XLA_FLAGS`` setting and glibc's allocator below, and optionally the
+convolution library). ``run.py`` and the benchmarks make it first thing; a program of your own
+makes it before JAX starts its backends (its first computation)::
+
+    import jpanning.cpu
+    jpanning.cpu.configure()
+
 Where ``jpanning/_onednn_conv.so`` is built (``make setup``: Debian's ``libdnnl-dev`` and
 ``scripts/build_onednn.sh``), :func:`conv_general_dilated` on a CPU backend hands its float32
 NHWC convolutions, forward and both gradients, to oneDNN through XLA's FFI
 (:mod:`jpanning.onednn`), the library PyTorch's CPU convolutions use; that closed the gap to
-PyTorch (``benchmarks/results/cpu_conv_cpu.md``). ``JPANNING_CPU_CONV=xla`` keeps XLA's
+PyTorch (``benchmarks/results/cpu_conv_cpu.md``). ``configure(convolution="xla")``
+(:func:`set_convolution`; ``JPANNING_CPU_CONV=xla`` as the process default) keeps XLA's
 convolutions, for which the rest of this module's settings were made; with oneDNN's the
-process setting below still applies and :func:`first_order_options` adds nothing.
+process setting below still applies and :func:`first_order_options` adds nothing. The choice
+is made when a convolution is traced: functions traced before a change keep the old one.
 
 jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the kernel
 gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
@@ -19,7 +29,7 @@ them back to Eigen, multi-threaded. Two settings, measured in
 ``benchmarks/results/jaxlib-0.11/``):
 
 - :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
-  whole process in ``XLA_FLAGS`` when ``jpanning`` is imported, so every model, scorer and
+  whole process in ``XLA_FLAGS`` by :func:`configure`, so every model, scorer and
   user-written ``jax.jit`` gets it without code changes. It is never slower than XLA's
   default on the benchmark's workloads.
 - :data:`FIRST_ORDER_TYPES` adds elementwise fusions: faster again for programs whose
@@ -55,7 +65,7 @@ XLA:CPU allocates each execution's temporary buffer anew, and glibc's malloc map
 that large fresh from the kernel and unmaps it when it is freed, so every execution
 page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~246,000
 faults of 4 KiB, ~1 GB, and ~0.8 s of kernel time per call on 2 cores).
-:func:`configure_allocator`, also run by ``import jpanning`` where JAX will run on the CPU,
+:func:`configure_allocator`, also run by :func:`configure` where JAX will run on the CPU,
 has glibc keep freed memory for the next execution (``benchmarks/allocator.py``,
 ``benchmarks/results/allocator_cpu.md``).
 
@@ -110,7 +120,7 @@ def _jaxlib_measured() -> bool:
 
 def user_choice() -> bool:
     """Whether the user decided the CPU setting: ``JPANNING_CPU_FAST=0`` or their own
-    ``XLA_FLAGS`` value for the option (read when :func:`configure` first ran)."""
+    ``XLA_FLAGS`` value for the option (read when :func:`configure_flags` first ran)."""
     return _USER_CHOICE if _USER_CHOICE is not None else _user_choice_now()
 
 
@@ -132,9 +142,47 @@ def _backends_started() -> bool:
 _USER_CHOICE: bool | None = None
 
 
-def configure() -> bool:
-    """Put :data:`PROCESS_TYPES` into ``XLA_FLAGS`` for this process; ``import jpanning``
-    calls it. Does nothing (returns False) where the user chose (:func:`user_choice`), with an
+def configure(*, allocator: bool = True, convolution: str | None = None) -> bool:
+    """Tune this process for XLA:CPU: the explicit call that ``run.py`` and the benchmarks make
+    first; importing jpanning does not. Call it before JAX's first computation.
+
+    It writes ``os.environ["XLA_FLAGS"]`` (:func:`configure_flags`), sets glibc's ``mallopt``
+    (:func:`configure_allocator`, where JAX will run on the CPU) and, if given, the convolution
+    library (:func:`set_convolution`). Each part leaves a user's own choice alone
+    (``JPANNING_CPU_FAST=0``, the option in ``XLA_FLAGS``, glibc's ``MALLOC_*`` variables), and
+    calling it again changes nothing more. GPUs and TPUs are unaffected.
+
+    Args:
+        allocator: also keep freed memory in the process (:func:`configure_allocator`); it
+            cannot be undone in a running process.
+        convolution: ``"auto"``, ``"onednn"`` or ``"xla"`` (:func:`set_convolution`); None
+            leaves the process default (``JPANNING_CPU_CONV``, else ``auto``).
+
+    Returns:
+        Whether the ``XLA_FLAGS`` setting is in force (:func:`configure_flags`).
+    """
+    if convolution is not None:
+        set_convolution(convolution)
+    flags = configure_flags()
+    if allocator:
+        configure_allocator()
+    return flags
+
+
+def set_convolution(choice: str | None) -> str | None:
+    """Which library computes the CPU convolutions traced from now on (``"auto"``,
+    ``"onednn"``, ``"xla"``; None: the process default, ``JPANNING_CPU_CONV`` else ``auto``):
+    :func:`jpanning.onednn.set_choice`. Part of what a compiled function depends on: it is read
+    when a convolution is traced, so functions traced before a change keep the old choice
+    (``jax.clear_caches()`` drops them). Returns the previous explicit choice."""
+    from jpanning import onednn
+
+    return onednn.set_choice(choice)
+
+
+def configure_flags() -> bool:
+    """Put :data:`PROCESS_TYPES` into ``XLA_FLAGS`` for this process (:func:`configure` calls
+    it). Does nothing (returns False) where the user chose (:func:`user_choice`), with an
     unmeasured jaxlib, or once JAX's backends have started (XLA has read its flags then).
 
     Returns:
@@ -188,7 +236,7 @@ def _cpu_expected() -> bool:
 
 
 def configure_allocator() -> str:
-    """Keep the memory XLA:CPU frees for its next allocation; ``import jpanning`` calls it.
+    """Keep the memory XLA:CPU frees for its next allocation; :func:`configure` calls it.
 
     XLA:CPU allocates every execution's temporary buffer anew and glibc maps allocations
     that large fresh from the kernel and unmaps them when freed: each execution page-faults
@@ -270,7 +318,8 @@ def describe() -> dict:
 def convolution_library() -> str:
     """Which library computes this process's CPU convolutions (:func:`conv_general_dilated`
     on a CPU backend): ``"oneDNN 2.6.3"`` (:mod:`jpanning.onednn`) or ``"XLA"`` (another
-    backend, the CPU setting off, or ``JPANNING_CPU_CONV``'s choice)."""
+    backend, the CPU setting off, or the choice of :func:`set_convolution` or
+    ``JPANNING_CPU_CONV``)."""
     import jax
 
     from jpanning import onednn
@@ -311,8 +360,9 @@ def _path(lhs, rhs, lhs_dilation, rhs_dilation, dimension_numbers, groups) -> st
 
 def _onednn_applies(lhs, rhs, padding, preferred) -> bool:
     """Whether a ``"canonical"`` convolution runs in oneDNN (:mod:`jpanning.onednn`): float32
-    operands and result, non-negative padding, no empty operand or output, and
-    ``JPANNING_CPU_CONV`` allowing it (``auto``: where the library is built)."""
+    operands and result, non-negative padding, no empty operand or output, and the
+    convolution choice (:func:`set_convolution`) allowing it (``auto``: where the library is
+    built)."""
     import numpy as np
 
     from jpanning import onednn

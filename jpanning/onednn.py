@@ -18,10 +18,12 @@ convolution's batch; any other batching runs the primitive once per member (``la
 Off the CPU the primitives lower to ``lax.conv_general_dilated`` and its transposes.
 
 :func:`jpanning.cpu.conv_general_dilated`, the convolution every jpanning model calls, uses
-these on a CPU backend when the library is built (:func:`available`); ``JPANNING_CPU_CONV``
-forces a choice: ``onednn`` (an error where it is not built), ``xla`` (XLA's convolution, as
-before), ``auto`` (the default: oneDNN when built and the CPU backend has one device; XLA
-cannot partition a custom call over several).
+these on a CPU backend when the library is built (:func:`available`). :func:`set_choice` (or
+``jpanning.cpu.configure(convolution=...)``) forces a choice: ``onednn`` (an error where it is
+not built), ``xla`` (XLA's convolution, as before), ``auto`` (oneDNN when built and the CPU
+backend has one device; XLA cannot partition a custom call over several). Without it the
+process default is ``JPANNING_CPU_CONV``, else ``auto``. The choice is made when a convolution
+is traced, so it is part of what a compiled function depends on (:func:`set_choice`).
 """
 
 from __future__ import annotations
@@ -41,17 +43,50 @@ _TARGETS = {
     "kernel_grad": "JpanningOnednnConvKernelGrad",
 }
 _STATE: dict = {}  # "lib" (ctypes.CDLL) or "error" (why it is unavailable); "prims"
+_CHOICE: str | None = None  # set_choice's; None: the process default (ENV_CHOICE)
+
+
+def _checked(value: str, source: str) -> str:
+    value = value.strip().lower() or "auto"
+    if value not in CHOICES:
+        raise JPanningError(
+            f"{source}={value!r} is not a convolution choice; choose from: " + ", ".join(CHOICES)
+        )
+    return value
 
 
 def choice() -> str:
-    """``JPANNING_CPU_CONV``: ``auto`` (default), ``onednn`` or ``xla``."""
-    value = os.environ.get(ENV_CHOICE, "auto").strip().lower() or "auto"
-    if value not in CHOICES:
-        raise JPanningError(
-            f"{ENV_CHOICE}={value!r} is not a convolution choice; choose from: "
-            + ", ".join(CHOICES)
-        )
-    return value
+    """The convolution choice in force: ``auto``, ``onednn`` or ``xla``; :func:`set_choice`'s,
+    else ``JPANNING_CPU_CONV`` (read at each call), else ``auto``."""
+    if _CHOICE is not None:
+        return _CHOICE
+    return _checked(os.environ.get(ENV_CHOICE, "auto"), ENV_CHOICE)
+
+
+def set_choice(value: str | None) -> str | None:
+    """Choose which library computes the CPU convolutions traced from now on.
+
+    The choice is read when :func:`jpanning.cpu.conv_general_dilated` is traced, not when a
+    compiled program runs: a function traced (jitted and called, lowered) before a change
+    keeps the old choice, and JAX's caches of traced functions do not see the change. Set it
+    before tracing, or call ``jax.clear_caches()`` after changing it.
+
+    Args:
+        value: ``"auto"`` (oneDNN where built and the CPU backend has one device),
+            ``"onednn"`` (an error at trace time where it is not built), ``"xla"`` (XLA's
+            convolution), or None (back to the process default: ``JPANNING_CPU_CONV``, else
+            ``auto``).
+
+    Returns:
+        The previous explicit choice (None: it was the process default), to restore it.
+
+    Raises:
+        JPanningError: ``value`` is not one of :data:`CHOICES`.
+    """
+    global _CHOICE
+    previous = _CHOICE
+    _CHOICE = None if value is None else _checked(value, "convolution")
+    return previous
 
 
 def _load():
@@ -101,7 +136,8 @@ def use_onednn() -> bool:
     if value == "xla":
         return False
     if value == "onednn" and not available():
-        raise JPanningError(f"{ENV_CHOICE}=onednn, but {unavailable_reason()}")
+        source = "convolution" if _CHOICE is not None else ENV_CHOICE
+        raise JPanningError(f"{source}=onednn, but {unavailable_reason()}")
     return available() and (value == "onednn" or _one_cpu_device())
 
 

@@ -3,7 +3,23 @@
 import jax
 import pytest
 
-from jpanning import data, masks as M, models, pruning
+from jpanning import cpu, data, masks as M, models, pruning
+
+
+def pytest_configure(config):
+    """The CPU tuning run.py has (``XLA_FLAGS`` and the allocator; importing jpanning sets
+    neither), before collection imports the test modules and anything starts JAX's backends:
+    tests/test_cpu.py checks programs compiled under it."""
+    cpu.configure()
+
+
+@pytest.fixture
+def xla_convolution():
+    """XLA's CPU convolutions (``cpu.set_convolution("xla")``) for the test, whatever the
+    process default; the previous choice back afterwards."""
+    previous = cpu.set_convolution("xla")
+    yield
+    cpu.set_convolution(previous)
 
 
 def _tiny_problem(sparsity: float, options=None):

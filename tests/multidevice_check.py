@@ -9,10 +9,11 @@ import sys
 import jax
 import numpy as np
 
-from jpanning import data, env as E, masks as M, models, parallel, pruning, train
+from jpanning import cpu, data, env as E, masks as M, models, parallel, pruning, train
 
 
 def main() -> None:
+    cpu.configure()  # as run.py, before JAX starts
     assert jax.device_count() == 4, jax.devices()
     mesh = parallel.make_mesh()
     dataset = data.load_dataset("synthetic", seed=0)

@@ -1,5 +1,6 @@
 """jpanning.cpu: the CPU convolution setting gives the numbers of XLA's default path, is in
-force for every jit once jpanning is imported, and leaves a user's choice alone."""
+force for every jit once ``cpu.configure()`` ran (tests/conftest.py calls it, as run.py does),
+and leaves a user's choice alone."""
 
 import functools
 import json
@@ -124,13 +125,12 @@ def test_convolution_matches_lax(shape, kernel, stride, padding):
     assert ("convolution(" not in hlo) == (small or in_onednn)
 
 
-def test_backward_convolutions_in_a_loop_body_are_canonical(monkeypatch):
+def test_backward_convolutions_in_a_loop_body_are_canonical(xla_convolution):
     """Inside a ``lax.map`` body, the gradients of :func:`cpu.conv_general_dilated` with XLA's
-    convolution (where oneDNN is not built, or ``JPANNING_CPU_CONV=xla``) compile to
+    convolution (where oneDNN is not built, or ``cpu.set_convolution("xla")``) compile to
     convolutions in XLA:CPU's canonical layout (``b01f_01io->b01f``, its fast path); those of
     ``lax.conv_general_dilated`` do not (XLA leaves their operands untransposed there), and
     both give the same gradients."""
-    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     rng = np.random.default_rng(3)
     xs = jnp.asarray(rng.normal(size=(2, 4, 9, 9, 12)).astype(np.float32))
     w = jnp.asarray(rng.normal(size=(3, 3, 12, 10)).astype(np.float32) / 3)
@@ -183,7 +183,7 @@ class _UserNet(nn.Module):
 
 
 def test_user_model_gradient_compiles_with_the_process_setting():
-    """In this process (jpanning imported before JAX started, as conftest does) a plain
+    """In this process (``cpu.configure()`` before JAX started, as conftest does) a plain
     ``jax.jit`` of a user's Flax model's gradient compiles to the program of the explicit
     :data:`cpu.PROCESS_TYPES` option, not to XLA's default one."""
     model = _UserNet()
@@ -204,11 +204,10 @@ def test_user_model_gradient_compiles_with_the_process_setting():
     assert plain != text(cpu.options(cpu.XLA_DEFAULT_TYPES))
 
 
-def test_train_step_options_give_the_same_training(monkeypatch):
+def test_train_step_options_give_the_same_training(xla_convolution):
     """Three SGD steps of the training step with its CPU options (given with XLA's
     convolutions) and with the process setting give the same losses and parameters (float32
     rounding)."""
-    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     model = models.create_model("tinycnn", 10)
     variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
     tx = optax.sgd(0.1, momentum=0.9)
@@ -233,12 +232,11 @@ def test_train_step_options_give_the_same_training(monkeypatch):
     )
 
 
-def test_first_order_options_give_the_same_scores(monkeypatch):
+def test_first_order_options_give_the_same_scores(xla_convolution):
     """SNIP (a forward and a backward pass with train-mode BatchNorm) compiled with
     :func:`cpu.first_order_options` (given with XLA's convolutions) is another program than
     under the process setting (elementwise fusions in YNNPACK) with the same scores (float32
     rounding)."""
-    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     model = models.create_model("tinycnn", 10)
     variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
     params, stats = variables["params"], variables["batch_stats"]
@@ -267,7 +265,10 @@ if sys.argv[1] == "started":
     jax.devices()
 import jpanning
 from jpanning import cpu
-print(json.dumps({"flags": os.environ.get("XLA_FLAGS"), "user": cpu.user_choice(),
+flags_at_import = os.environ.get("XLA_FLAGS")
+cpu.configure(convolution=sys.argv[2])
+print(json.dumps({"import": flags_at_import, "flags": os.environ.get("XLA_FLAGS"),
+                  "user": cpu.user_choice(),
                   "train": cpu.first_order_options()}))
 """
 
@@ -287,27 +288,35 @@ def _run_probe(code, *args, drop=(), **env):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def _probe(case, **env):
-    """:data:`_PROBE` with XLA's convolutions (the first-order options apply with them)."""
-    env = {"JPANNING_CPU_CONV": "xla"} | env
-    return _run_probe(_PROBE, case, drop=("XLA_FLAGS", cpu.ENV_SWITCH), **env)
+def _probe(case, convolution="xla", **env):
+    """:data:`_PROBE`, configured with XLA's convolutions by default (the first-order options
+    apply with them)."""
+    drop = ("XLA_FLAGS", cpu.ENV_SWITCH, "JPANNING_CPU_CONV")
+    return _run_probe(_PROBE, case, convolution, drop=drop, **env)
 
 
-def test_import_sets_the_flag_and_respects_choices():
-    """Fresh processes: ``import jpanning`` adds the option to ``XLA_FLAGS`` (after flags the
-    user set for other things); ``JPANNING_CPU_FAST=0`` and a user's own value of the option
-    are left alone, and so is a process whose JAX had started (XLA has read its flags)."""
+def test_configure_sets_the_flag_and_respects_choices():
+    """Fresh processes: ``import jpanning`` leaves ``XLA_FLAGS`` alone; ``cpu.configure()``
+    adds the option (after flags the user set for other things); ``JPANNING_CPU_FAST=0`` and
+    a user's own value of the option are left alone, and so is a process whose JAX had started
+    (XLA has read its flags). ``configure(convolution=...)`` chooses the convolution over
+    ``JPANNING_CPU_CONV``, the process default."""
     value = cpu.fusion_types(cpu.PROCESS_TYPES)
-    fresh = _probe("fresh", XLA_FLAGS="--xla_cpu_enable_fast_math=false")
-    assert fresh["flags"] == f"--xla_cpu_enable_fast_math=false --{cpu.YNN_OPTION}={value}"
+    theirs = "--xla_cpu_enable_fast_math=false"
+    fresh = _probe("fresh", XLA_FLAGS=theirs)
+    assert fresh["import"] == theirs
+    assert fresh["flags"] == f"{theirs} --{cpu.YNN_OPTION}={value}"
     assert fresh["user"] is False and fresh["train"] == cpu.options(cpu.FIRST_ORDER_TYPES)
+    # oneDNN's convolutions (where built) take no first-order options: the explicit choice
+    # wins over the process default
+    assert _probe("fresh", JPANNING_CPU_CONV="onednn")["train"] == fresh["train"]
 
     off = _probe("fresh", JPANNING_CPU_FAST="0")
-    assert off == {"flags": None, "user": True, "train": None}
+    assert off == {"import": None, "flags": None, "user": True, "train": None}
 
     mine = f"--{cpu.YNN_OPTION}="
     user = _probe("fresh", XLA_FLAGS=mine)
-    assert user == {"flags": mine, "user": True, "train": None}
+    assert user == {"import": mine, "flags": mine, "user": True, "train": None}
 
     started = _probe("started")
     assert started["flags"] is None and started["user"] is False
@@ -323,9 +332,10 @@ def test_import_sets_the_flag_and_respects_choices():
         ("0.12.0", False),
     ],
 )
-def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
+def test_the_setting_applies_only_to_the_measured_jaxlib(
+    monkeypatch, xla_convolution, version, measured
+):
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
-    monkeypatch.setenv("JPANNING_CPU_CONV", "xla")
     assert cpu._jaxlib_measured() is measured
     assert cpu.first_order_measurable() is measured
     assert (cpu.first_order_options() is not None) is measured
@@ -336,6 +346,7 @@ import ctypes, json, resource, sys, threading
 import jpanning
 from jpanning import cpu
 
+cpu.configure()
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
@@ -365,9 +376,9 @@ def _malloc_probe(mib=64, **env):
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_import_keeps_freed_memory_for_the_next_allocation():
-    """Fresh processes free and reallocate 64 MiB three times on a thread: after ``import
-    jpanning`` the third time reuses the process's pages (no page faults); with the setting
+def test_configure_keeps_freed_memory_for_the_next_allocation():
+    """Fresh processes free and reallocate 64 MiB three times on a thread: after
+    ``cpu.configure()`` the third time reuses the process's pages (no page faults); with the setting
     off, or with the user's own malloc settings, glibc maps it fresh and faults every page
     back in (16,384 faults of 4 KiB, fewer with transparent huge pages). Also for 2.25 GiB,
     more than the largest positive trim threshold (2**31 - 1), which would hand the heap's top

@@ -200,9 +200,9 @@ def test_concurrent_calls_from_threads_agree():
             np.testing.assert_array_equal(g, r)
 
 
-def test_models_and_scorers_use_onednn_and_agree_with_xla(monkeypatch):
+def test_models_and_scorers_use_onednn_and_agree_with_xla():
     """A model's SNIP scores with oneDNN (the default here) and with XLA's convolution
-    (``JPANNING_CPU_CONV=xla``): the same scores within float32 rounding, and only the
+    (``cpu.set_convolution("xla")``): the same scores within float32 rounding, and only the
     default program calls oneDNN, with no change by the caller."""
     model = models.create_model("tinycnn", 10)
     variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
@@ -219,8 +219,11 @@ def test_models_and_scorers_use_onednn_and_agree_with_xla(monkeypatch):
         return text, f(variables["params"], batch)
 
     text, got = snip()
-    monkeypatch.setenv(onednn.ENV_CHOICE, "xla")
-    xla_text, want = snip()
+    previous = cpu.set_convolution("xla")
+    try:
+        xla_text, want = snip()
+    finally:
+        cpu.set_convolution(previous)
     assert "jpanning_onednn_kernel_grad" in text and " convolution(" not in text
     assert "jpanning_onednn" not in xla_text and " convolution(" in xla_text
     for g, r in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
@@ -228,6 +231,15 @@ def test_models_and_scorers_use_onednn_and_agree_with_xla(monkeypatch):
 
 
 def test_choice_is_checked_and_unavailability_is_reported(monkeypatch):
+    """The choice, explicit (``set_choice``) or the process default (``JPANNING_CPU_CONV``), is
+    checked, and ``onednn`` where the library is missing is an error naming where it came
+    from."""
+    monkeypatch.setattr(onednn, "_CHOICE", None)  # whatever this process chose, restored
+    with pytest.raises(JPanningError, match="convolution='cudnn'.*auto, onednn, xla"):
+        onednn.set_choice("cudnn")
+    monkeypatch.setenv(onednn.ENV_CHOICE, "xla")
+    assert onednn.set_choice("ONEDNN") is None and onednn.choice() == "onednn"  # wins
+    assert onednn.set_choice(None) == "onednn" and onednn.choice() == "xla"  # the default
     monkeypatch.setenv(onednn.ENV_CHOICE, "cudnn")
     with pytest.raises(JPanningError, match="JPANNING_CPU_CONV='cudnn'.*auto, onednn, xla"):
         onednn.choice()
@@ -236,6 +248,10 @@ def test_choice_is_checked_and_unavailability_is_reported(monkeypatch):
     monkeypatch.setattr(onednn, "_STATE", {"error": "/x/_onednn_conv.so is not built"})
     with pytest.raises(JPanningError, match="JPANNING_CPU_CONV=onednn, but /x/_onednn_conv.so"):
         onednn.use_onednn()
+    onednn.set_choice("onednn")
+    with pytest.raises(JPanningError, match="convolution=onednn, but /x/_onednn_conv.so"):
+        onednn.use_onednn()
+    onednn.set_choice(None)
     monkeypatch.setenv(onednn.ENV_CHOICE, "auto")
     assert not onednn.use_onednn()  # auto: XLA's convolution where oneDNN is missing
     x, w = jnp.ones((2, 5, 5, 4)), jnp.ones((3, 3, 4, 3))
@@ -247,13 +263,16 @@ def test_choice_is_checked_and_unavailability_is_reported(monkeypatch):
     assert "convolution(" in hlo and "jpanning_onednn" not in hlo
 
 
-def test_first_order_options_follow_the_convolution_library(monkeypatch):
+def test_first_order_options_follow_the_convolution_library():
     """jpanning's first-order programs get YNNPACK's elementwise fusions with XLA's
     convolutions only (with oneDNN's they measured slower: benchmarks/cpu_options.py)."""
     assert cpu.first_order_options() is None
-    monkeypatch.setenv(onednn.ENV_CHOICE, "xla")
-    assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
-    assert cpu.convolution_library() == "XLA"
+    previous = cpu.set_convolution("xla")
+    try:
+        assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
+        assert cpu.convolution_library() == "XLA"
+    finally:
+        cpu.set_convolution(previous)
 
 
 def test_empty_shapes_stay_with_lax():
