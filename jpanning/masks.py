@@ -11,13 +11,15 @@ Conventions (used everywhere in jpanning):
     NNX, ``w`` for Haiku, ``weight`` for Equinox; case-insensitive) and it has at least two
     dimensions, i.e. the weights of convolutions and dense layers (first conv, last
     classifier and 1x1 shortcuts included). Biases, norm scales/offsets, running statistics
-    and Flax/Haiku embeddings are never pruned (Equinox's ``Embedding.weight`` is). A tree with **no** leaf of such a name (a plain
-    pytree, e.g. a list of ``(W, b)`` pairs) has every leaf of rank >= 2 prunable instead
-    (:func:`prunable_tree`). Pass your own ``filter_fn`` to :func:`prunable_tree` to change that.
+    and Flax/Haiku embeddings are never pruned (Equinox's ``Embedding.weight`` is). A tree
+    with **no** leaf of such a name (a plain pytree, e.g. a list of ``(W, b)`` pairs) has
+    every leaf of rank >= 2 prunable instead (:func:`prunable_tree`). Pass your own
+    ``filter_fn`` to :func:`prunable_tree`, or your own ``prunable`` tree, to change that.
 * **Additive** leaves (:func:`additive_tree`) are the ones a network adds to its activations:
-    biases and norm offsets, by name (:data:`ADDITIVE_NAMES`), or, in a tree without known
-    names, every non-prunable leaf of rank 1. SynFlow's ``'io'`` rescaling scales them with
-    the input (``jpanning.scores.synflow``, which checks that this holds).
+    biases and norm offsets, by name (:data:`ADDITIVE_NAMES`: ``bias`` for Flax and
+    Equinox, ``b`` and ``offset`` for Haiku, ``beta``), and, in a tree without weight names,
+    every leaf of rank 1. SynFlow's ``'io'`` rescaling scales them with the input
+    (``jpanning.scores.synflow``, which checks that this holds).
 * **Sparsity** is the pruned fraction of the prunable weights; **density** = 1 - sparsity.
 """
 
@@ -61,8 +63,10 @@ def leaf_name(path) -> str:
     ``('linear', 'kernel', .value)`` is named ``'kernel'``.
     """
     path = tuple(path)
-    while len(path) > 1 and isinstance(path[-1], jax.tree_util.GetAttrKey) and (
-        path[-1].name == "value"
+    while (
+        len(path) > 1
+        and isinstance(path[-1], jax.tree_util.GetAttrKey)
+        and (path[-1].name == "value")
     ):
         path = path[:-1]
     return _key_name(path[-1]).lower() if path else ""

@@ -601,9 +601,8 @@ def synflow(
         grads = jax.grad(lambda w: out_scale * network(w, ones * in_scale))(scaled)
         return treedef.unflatten([jnp.abs(p * g) for p, g in zip(abs_params, grads)])
     x = ones * in_scale
-    r, (grads, grad_x) = jax.value_and_grad(
-        lambda w, x: out_scale * network(w, x), argnums=(0, 1)
-    )(scaled, x)
+    rescaled_flow = lambda w, x: out_scale * network(w, x)
+    r, (grads, grad_x) = jax.value_and_grad(rescaled_flow, argnums=(0, 1))(scaled, x)
     # ∂R'/∂m = |θ| f ⊙ ∂R'/∂w': the true scores times s·λ ('io') or / ∏ c ('layer').
     scores = [jnp.abs(p * f * g) for p, f, g in zip(abs_params, factor, grads)]
     # Euler's identity checks the homogeneity the rescaling relies on, from this gradient:
@@ -769,8 +768,7 @@ def _effective_masks(apply_fn, masks, input_shape: tuple, flags: tuple, dtype):
     dtype = _compute_dtype(dtype, reference)
     kept = [(jnp.asarray(x) != 0).astype(dtype) for x in leaves]
     scale = [
-        _layer_gain(k, _fan_out_axis(path)) if f else None
-        for path, k, f in zip(paths, kept, flags)
+        _layer_gain(k, _fan_out_axis(path)) if f else None for path, k, f in zip(paths, kept, flags)
     ]
     x0 = jnp.ones((1,) + input_shape, dtype)
 

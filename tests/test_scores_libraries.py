@@ -10,6 +10,7 @@ against the literal computation on the flattened float64 parameter vector.
 
 import dataclasses
 import functools
+import itertools
 
 import flax.linen as nn
 import jax
@@ -29,7 +30,7 @@ SIZES = (3, 5, 4, 3)
 def _draws(seed=0):
     """Weights [in, out], biases, and the norm's scale and shift, all non-zero."""
     rng = np.random.default_rng(seed)
-    w = [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in zip(SIZES[:-1], SIZES[1:])]
+    w = [rng.normal(size=(a, b)) / np.sqrt(a) for a, b in itertools.pairwise(SIZES)]
     b = [rng.normal(size=n) * 0.3 for n in SIZES[1:]]
     scale, shift = 1 + 0.2 * rng.normal(size=SIZES[1]), 0.3 * rng.normal(size=SIZES[1])
     return w, b, scale, shift
