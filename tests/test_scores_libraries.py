@@ -288,8 +288,9 @@ def test_float32_synflow_ranks_like_the_float64_literal(style):
 
 
 def _synflow_cases():
-    """Networks where a rescaling's homogeneity fails, and the default rescale was wrong."""
-    named_b = haiku_style("b")  # io scaled only leaves named 'bias': 10% off before
+    """Networks on which the default 'io' was silently wrong before its check (now 'io'
+    holds on the first, falls back on the others); 'layer' fails on all (non-zero biases)."""
+    named_b = haiku_style("b")  # 'io' scaled only leaves named 'bias': up to 4x off before
     unknown = haiku_style("shift")  # a bias name no library uses: not scaled with the input
     params, apply, prunable = haiku_style("b")
     tanh = (params, functools.partial(apply, act=jnp.tanh), prunable)  # not homogeneous
