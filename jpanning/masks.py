@@ -6,10 +6,20 @@ Conventions (used everywhere in jpanning):
     param's shape and dtype holding 0 or 1. Leaves that are never pruned hold ones, so
     ``apply(params, masks)`` is a plain ``jax.tree.map`` and users never special-case them.
 * The **prunable set** is decided by one filter, :func:`is_prunable`: a leaf is prunable when
-    its last path key is ``kernel`` and it has at least two dimensions, i.e. the weights of
-    convolutions and dense layers (first conv, last classifier and 1x1 shortcuts included).
-    Biases, BatchNorm scales/offsets and running statistics are never pruned. Pass your own
-    ``filter_fn`` to :func:`prunable_tree` to change that.
+    its name (:func:`leaf_name`: the last path key, past the ``.value`` of Flax NNX state) is
+    a weight name of some JAX library (:data:`WEIGHT_NAMES`: ``kernel`` for Flax linen and
+    NNX, ``w`` for Haiku, ``weight`` for Equinox; case-insensitive) and it has at least two
+    dimensions, i.e. the weights of convolutions and dense layers (first conv, last
+    classifier and 1x1 shortcuts included). Biases, norm scales/offsets, running statistics
+    and Flax/Haiku embeddings are never pruned (Equinox's ``Embedding.weight`` is). A tree
+    with **no** leaf of such a name (a plain pytree, e.g. a list of ``(W, b)`` pairs) has
+    every leaf of rank >= 2 prunable instead (:func:`prunable_tree`). Pass your own
+    ``filter_fn`` to :func:`prunable_tree`, or your own ``prunable`` tree, to change that.
+* **Additive** leaves (:func:`additive_tree`) are the ones a network adds to its activations:
+    biases and norm offsets, by name (:data:`ADDITIVE_NAMES`: ``bias`` for Flax and
+    Equinox, ``b`` and ``offset`` for Haiku, ``beta``), and, in a tree without weight names,
+    every leaf of rank 1. SynFlow's ``'io'`` rescaling scales them with the input
+    (``jpanning.scores.synflow``, which checks that this holds).
 * **Sparsity** is the pruned fraction of the prunable weights; **density** = 1 - sparsity.
 """
 
@@ -41,14 +51,60 @@ def path_str(path) -> str:
     return "/".join(_key_name(p) for p in path)
 
 
+# Parameter names of the JAX libraries (Flax linen and NNX, Haiku, Equinox), lower case.
+WEIGHT_NAMES = ("kernel", "w", "weight")  # conv and dense weights: prunable at rank >= 2
+ADDITIVE_NAMES = ("bias", "b", "offset", "beta")  # added to activations: biases, norm shifts
+
+
+def leaf_name(path) -> str:
+    """A leaf's own name in lower case: its last path key, past NNX's ``.value``.
+
+    Flax NNX state (``nnx.split``) holds each variable's array under the attribute ``value``:
+    ``('linear', 'kernel', .value)`` is named ``'kernel'``.
+    """
+    path = tuple(path)
+    while (
+        len(path) > 1
+        and isinstance(path[-1], jax.tree_util.GetAttrKey)
+        and (path[-1].name == "value")
+    ):
+        path = path[:-1]
+    return _key_name(path[-1]).lower() if path else ""
+
+
 def is_prunable(path, leaf) -> bool:
-    """The default filter: conv and dense kernels (last key 'kernel', ndim >= 2)."""
-    return bool(path) and _key_name(path[-1]) == "kernel" and np.ndim(leaf) >= 2
+    """The default filter: conv and dense weights (name in :data:`WEIGHT_NAMES`, ndim >= 2)."""
+    return bool(path) and leaf_name(path) in WEIGHT_NAMES and np.ndim(leaf) >= 2
+
+
+def _names_known(params: PyTree) -> bool:
+    """Whether some leaf of rank >= 2 bears a weight name (a model library's tree)."""
+    flat, _ = jax.tree_util.tree_flatten_with_path(params)
+    return any(is_prunable(path, x) for path, x in flat)
 
 
 def prunable_tree(params: PyTree, filter_fn: FilterFn = is_prunable) -> PyTree:
-    """A pytree of Python bools shaped like ``params``: True where a leaf may be pruned."""
+    """A pytree of Python bools shaped like ``params``: True where a leaf may be pruned.
+
+    With the default filter and a tree where no leaf has a weight name (a plain pytree),
+    every leaf of rank >= 2 is prunable.
+    """
+    if filter_fn is is_prunable and not _names_known(params):
+        filter_fn = lambda path, x: np.ndim(x) >= 2
     return jax.tree_util.tree_map_with_path(lambda p, x: bool(filter_fn(p, x)), params)
+
+
+def additive_tree(params: PyTree) -> PyTree:
+    """A pytree of Python bools shaped like ``params``: True where a leaf adds to activations.
+
+    Those are biases and norm offsets, named in :data:`ADDITIVE_NAMES`; in a tree without
+    weight names (see :func:`prunable_tree`), also every leaf of rank 1.
+    """
+    plain = not _names_known(params)
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: (bool(p) and leaf_name(p) in ADDITIVE_NAMES) or (plain and np.ndim(x) == 1),
+        params,
+    )
 
 
 def ones_like(params: PyTree) -> PyTree:

@@ -200,6 +200,44 @@ def test_filter_selects_conv_and_dense_kernels_only():
     }
 
 
+def test_filter_and_additive_leaves_follow_every_library_names():
+    from flax import nnx
+
+    haiku = {
+        "conv2_d": {"w": jnp.ones((3, 3, 1, 4)), "b": jnp.ones(4)},
+        "layer_norm": {"scale": jnp.ones(4), "offset": jnp.ones(4)},
+        "embed": {"embeddings": jnp.ones((5, 4))},
+    }
+    assert M.prunable_tree(haiku) == {
+        "conv2_d": {"w": True, "b": False},
+        "layer_norm": {"scale": False, "offset": False},
+        "embed": {"embeddings": False},
+    }
+    assert M.additive_tree(haiku) == {
+        "conv2_d": {"w": False, "b": True},
+        "layer_norm": {"scale": False, "offset": True},
+        "embed": {"embeddings": False},
+    }
+    # Equinox: attribute paths, weight [out, in, kh, kw], conv bias [out, 1, 1].
+    equinox = [{"weight": jnp.ones((4, 1, 3, 3)), "bias": jnp.ones((4, 1, 1))}]
+    assert M.prunable_tree(equinox) == [{"weight": True, "bias": False}]
+    assert M.additive_tree(equinox) == [{"weight": False, "bias": True}]
+    # Flax NNX state: every array sits under `.value`.
+    _, state = nnx.split(nnx.Linear(3, 2, rngs=nnx.Rngs(0)))
+    flat, _ = jax.tree_util.tree_flatten_with_path(state)
+    assert [M.path_str(p) for p, _ in flat] == ["bias/value", "kernel/value"]
+    assert [M.leaf_name(p) for p, _ in flat] == ["bias", "kernel"]
+    assert jax.tree.leaves(M.prunable_tree(state)) == [False, True]
+    assert jax.tree.leaves(M.additive_tree(state)) == [True, False]
+    # No known name anywhere: every leaf of rank >= 2 is prunable, rank-1 leaves additive.
+    plain = [(jnp.ones((3, 4)), jnp.ones(4)), (jnp.ones((4, 2)), jnp.ones(2)), jnp.ones(())]
+    assert M.prunable_tree(plain) == [(True, False), (True, False), False]
+    assert M.additive_tree(plain) == [(False, True), (False, True), False]
+    # A known name anywhere: names decide, an unnamed matrix stays unpruned.
+    mixed = {"dense": {"kernel": jnp.ones((3, 4))}, "table": jnp.ones((5, 3))}
+    assert M.prunable_tree(mixed) == {"dense": {"kernel": True}, "table": False}
+
+
 def test_masked_optimizer_keeps_pruned_weights_and_momentum_exactly_zero():
     rng = np.random.default_rng(1)
     params = {
