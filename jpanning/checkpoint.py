@@ -177,19 +177,24 @@ def _stderr_kept(settle: float = 0.25, limit: float = 5.0):
         kept.write("".join(traceback.format_exception(info.exc_value)))
 
     hook, sys.unraisablehook = sys.unraisablehook, unraisable
+    failed = False
     try:
         with contextlib.redirect_stderr(kept):
             try:
                 yield kept
             except BaseException:
+                failed = True
                 _settle(kept, settle, limit)
                 gc.collect()
                 _settle(kept, settle, limit)
                 raise
     finally:
-        sys.unraisablehook = hook
-        log.removeHandler(handler)
-        log.propagate = propagate
+        # After a failed restore the process is about to stop with one line: late tracebacks
+        # of orphaned tasks (a loaded machine can delay them past the window) stay kept.
+        if not failed:
+            sys.unraisablehook = hook
+            log.removeHandler(handler)
+            log.propagate = propagate
 
 
 class Checkpoints:
