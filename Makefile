@@ -13,10 +13,14 @@ $(VENV)/.installed: requirements.txt
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	touch $@
 
-# oneDNN's convolutions for XLA:CPU (jpanning.onednn): Debian's libdnnl-dev where apt-get can
-# install it, then a g++ build against jaxlib's FFI headers; without it, XLA's convolutions.
-jpanning/_onednn_conv.so: $(VENV)/.installed jpanning/csrc/onednn_conv.cc scripts/build_onednn.sh
-	@sh scripts/build_onednn.sh $(PY)
+# oneDNN's convolutions for XLA:CPU (jpanning.onednn): oneDNN 3.2 pip-installed into the venv
+# (ONEDNN=pip, the default) or Debian's libdnnl-dev 2.6 (ONEDNN=debian), then a g++ build
+# against jaxlib's FFI headers; without it, XLA's convolutions. Phony: the script rebuilds when
+# the source, the script or the ONEDNN choice changed.
+ONEDNN ?= pip
+.PHONY: jpanning/_onednn_conv.so
+jpanning/_onednn_conv.so: $(VENV)/.installed
+	@ONEDNN=$(ONEDNN) sh scripts/build_onednn.sh $(PY)
 
 # Fashion-MNIST from Debian's dataset-fashion-mnist: the built-in offline default data.
 data:

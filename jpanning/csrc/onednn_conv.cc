@@ -10,7 +10,8 @@
 // (stream, scratchpad, blocked kernel) is per calling thread, so concurrent calls from
 // XLA's threads do not share buffers.
 //
-// Build: scripts/build_onednn.sh (g++ against jaxlib's FFI headers and Debian's libdnnl-dev).
+// Build: scripts/build_onednn.sh (g++ against jaxlib's FFI headers and oneDNN 3.x from PyPI's
+// wheels or Debian's libdnnl-dev 2.x).
 
 #include <cstdint>
 #include <cstdlib>
@@ -24,8 +25,10 @@
 #include "oneapi/dnnl/dnnl.hpp"
 #include "xla/ffi/api/ffi.h"
 
-#if DNNL_VERSION_MAJOR != 2
-#error "jpanning's oneDNN convolution is written for the oneDNN 2.x API"
+// oneDNN 2.x (Debian's libdnnl-dev) builds a primitive descriptor from an operation
+// descriptor; 3.x (PyPI's wheels) constructs it directly. Only Build() differs.
+#if DNNL_VERSION_MAJOR != 2 && DNNL_VERSION_MAJOR != 3
+#error "jpanning's oneDNN convolution is written for the oneDNN 2.x and 3.x APIs"
 #endif
 
 namespace ffi = xla::ffi;
@@ -89,28 +92,50 @@ std::shared_ptr<Entry> Build(Op op, const Geometry& g) {
   auto wei_any = Md(wei, tag::any), wei_hwio = Md(wei, tag::hwio);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
-  auto fwd_desc = dnnl::convolution_forward::desc(
-      dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct, src_md, wei_any,
-      dst_md, strides, pad_l, pad_r);
-  auto fwd_pd = dnnl::convolution_forward::primitive_desc(fwd_desc, attr, eng);
+  const auto direct = dnnl::algorithm::convolution_direct;
+#if DNNL_VERSION_MAJOR >= 3
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      eng, dnnl::prop_kind::forward_training, direct, src_md, wei_any, dst_md, strides, pad_l,
+      pad_r, attr);
+#else
+  auto fwd_pd = dnnl::convolution_forward::primitive_desc(
+      dnnl::convolution_forward::desc(dnnl::prop_kind::forward_training, direct, src_md,
+                                      wei_any, dst_md, strides, pad_l, pad_r),
+      attr, eng);
+#endif
   auto entry = std::make_shared<Entry>();
   if (op == Op::kForward) {
     entry->prim = dnnl::convolution_forward(fwd_pd);
     entry->kernel_md = fwd_pd.weights_desc();
     entry->scratch_bytes = fwd_pd.scratchpad_desc().get_size();
   } else if (op == Op::kInputGrad) {
-    auto desc = dnnl::convolution_backward_data::desc(dnnl::algorithm::convolution_direct,
-                                                      src_md, wei_any, dst_md, strides, pad_l,
-                                                      pad_r);
-    auto pd = dnnl::convolution_backward_data::primitive_desc(desc, attr, eng, fwd_pd);
+#if DNNL_VERSION_MAJOR >= 3
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        eng, direct, src_md, wei_any, dst_md, strides, pad_l, pad_r, fwd_pd, attr);
+    // 3.x picks brgconv_strided for a strided input gradient: on ResNet-20's stride-2 layers
+    // (AVX-512) 1.7-1.8x slower than the jit kernel 2.x picks (benchmarks.onednn_builds).
+    while (std::string(pd.impl_info_str()).rfind("brgconv_strided:avx512", 0) == 0 &&
+           pd.next_impl()) {
+    }
+#else
+    auto pd = dnnl::convolution_backward_data::primitive_desc(
+        dnnl::convolution_backward_data::desc(direct, src_md, wei_any, dst_md, strides, pad_l,
+                                              pad_r),
+        attr, eng, fwd_pd);
+#endif
     entry->prim = dnnl::convolution_backward_data(pd);
     entry->kernel_md = pd.weights_desc();
     entry->scratch_bytes = pd.scratchpad_desc().get_size();
   } else {
-    auto desc = dnnl::convolution_backward_weights::desc(dnnl::algorithm::convolution_direct,
-                                                         src_md, wei_any, dst_md, strides,
-                                                         pad_l, pad_r);
-    auto pd = dnnl::convolution_backward_weights::primitive_desc(desc, attr, eng, fwd_pd);
+#if DNNL_VERSION_MAJOR >= 3
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        eng, direct, src_md, wei_any, dst_md, strides, pad_l, pad_r, fwd_pd, attr);
+#else
+    auto pd = dnnl::convolution_backward_weights::primitive_desc(
+        dnnl::convolution_backward_weights::desc(direct, src_md, wei_any, dst_md, strides,
+                                                 pad_l, pad_r),
+        attr, eng, fwd_pd);
+#endif
     entry->prim = dnnl::convolution_backward_weights(pd);
     entry->kernel_md = pd.diff_weights_desc();
     entry->scratch_bytes = pd.scratchpad_desc().get_size();
