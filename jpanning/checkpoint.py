@@ -286,6 +286,33 @@ class Checkpoints:
             "directory to start that stage over"
         )
 
+    def restore_saved(self) -> tuple:
+        """The newest checkpoint as saved, without a template: ``(step, state, meta, extra)``
+        with ``state`` and ``extra`` nested dicts of numpy arrays (a dataclass's fields by
+        name), for reading a part of a state without building the whole (e.g. the actor of a
+        search that is still running).
+
+        Raises:
+            JPanningError: no checkpoint, or the newest is not readable.
+        """
+        ocp = self._ocp
+        step = self.latest()
+        if step is None:
+            raise JPanningError(f"no checkpoint in {self.directory}")
+        items = {"state": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
+        if os.path.isdir(os.path.join(self.directory, str(step), "extra")):
+            items["extra"] = ocp.args.StandardRestore()
+        try:
+            got = self._restore(step, ocp.args.Composite(**items))
+        except Exception as e:  # orbax/tensorstore raise many types on damaged files
+            raise JPanningError(
+                f"checkpoint {step} in {self.directory} is not readable "
+                f"({type(e).__name__}: {str(e).splitlines()[0][:200]})"
+            )
+        as_numpy = lambda tree: jax.tree.map(np.asarray, tree)
+        extra = as_numpy(got.extra) if "extra" in items else None
+        return step, as_numpy(got.state), dict(got.meta), extra
+
     def _restore(self, step: int, args):
         """orbax's restore of ``step``, with what it prints to ``sys.stderr`` kept
         (:func:`_stderr_kept`): passed on after a success, and after a failure only when

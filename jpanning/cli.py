@@ -143,9 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--preset",
-        default="paper",
+        default=None,
         choices=("paper", "quick"),
-        help="rlpanning and purl: search budget; paper: the authors' (rlpanning: 50k agent "
+        help="rlpanning and purl: search budget (for rlpanning it implies --search); paper, "
+        "the default: the authors' (rlpanning: 50k agent "
         "steps, T=100, 256-256 MLPs; purl: 55 episodes, 1,000 retraining images per layer); "
         "quick: minutes on a CPU (rlpanning: 200 steps, T=20, 64-64 MLPs; purl: 8 episodes, "
         "128 images): a smoke test",
@@ -158,10 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--scoring",
-        default="fresh",
+        default=None,
         choices=("fresh", "pool"),
         help="panning, rlpanning: SNIP/GraSP on a new class-balanced batch every round or "
-        "step (fresh; the authors') or on a pool of --pool-size batches scored once (pool)",
+        "step (fresh; the authors', the default) or on a pool of --pool-size batches scored "
+        "once (pool); screening with a policy: default the policy's own",
     )
     p.add_argument(
         "--pool-size",
@@ -194,7 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--policy",
         default=None,
         metavar="PATH",
-        help="rlpanning: screen with this saved policy (a run's policy.msgpack), no search",
+        help="rlpanning: screen with this saved policy (a run's policy.msgpack), no search "
+        "(default: the policy that ships for --model, see --search)",
+    )
+    p.add_argument(
+        "--search",
+        action="store_true",
+        help="rlpanning: train a new policy (TD3, --preset's budget) instead of screening with "
+        "the one that ships with jpanning",
     )
     p.add_argument(
         "--purl-episodes",
@@ -494,6 +503,24 @@ def _own_out(args: argparse.Namespace, owned: contextlib.ExitStack) -> None:
         )
 
 
+def _choose_policy(args: argparse.Namespace) -> None:
+    """RL Panning screens with ``--policy``, or searches (``--search``, or a search budget:
+    ``--preset``, ``--agent-steps``), or else screens with the policy that ships for
+    ``--model``: never a silent multi-hour search."""
+    from jpanning import rlpanning
+
+    if args.policy is not None and args.search:
+        raise JPanningError(
+            "--search trains a new policy and --policy screens with a saved one; give one of them"
+        )
+    if args.policy is None and (args.preset is not None or args.agent_steps is not None):
+        args.search = True  # a search budget was given
+    if args.search or args.policy is not None:
+        return
+    args.policy, line = rlpanning.shipped_policy(args.model)
+    print(f"rlpanning: {line}")
+
+
 def _run(args: argparse.Namespace, dataset, stop, owned: contextlib.ExitStack) -> dict:
     import jax
     import numpy as np
@@ -518,10 +545,16 @@ def _run(args: argparse.Namespace, dataset, stop, owned: contextlib.ExitStack) -
         args.out = os.path.join(
             "runs", f"{args.model}-{args.dataset}-{args.method}-{args.ratio}-seed{args.seed}"
         )
-    if args.policy is not None and args.method != "rlpanning":
-        raise JPanningError(f"--policy is for --method rlpanning, not {args.method!r}")
+    for flag in ("policy", "search"):
+        if getattr(args, flag) and args.method != "rlpanning":
+            raise JPanningError(f"--{flag} is for --method rlpanning, not {args.method!r}")
     if args.policy is not None and not os.path.isfile(args.policy):
         raise JPanningError(f"--policy {args.policy!r} does not exist")
+    if args.method == "rlpanning" and args.resume is None:
+        _choose_policy(args)
+    args.preset = args.preset or "paper"
+    if args.scoring is None and not (args.method == "rlpanning" and args.policy):
+        args.scoring = "fresh"  # the authors'; a policy screens with its own by default
     if args.pretrained is not None and args.method not in TRAINED_METHODS:
         raise JPanningError(
             f"--pretrained is for the methods that prune a trained network "
@@ -1048,9 +1081,12 @@ def _rl_search(args: argparse.Namespace, problem, dataset, stop):
 
     if args.policy is None:
         config = rlpanning.config_from_options(problem.options)
-        pool_size = args.pool_size or config.pool_size
     else:
-        pool_size = args.pool_size or rlpanning.PRESETS[args.preset].pool_size
+        config = rlpanning.load_policy(args.policy)[1]
+        if args.scoring is None:  # the policy's own (results.json records it)
+            args.scoring = config.scoring
+            problem = dc.replace(problem, options=problem.options | {"scoring": args.scoring})
+    pool_size = args.pool_size or config.pool_size
     if args.scoring == "pool":
         data = rlpanning.score_pool(dataset, args.samples_per_class, pool_size, args.seed)
         scoring = f"a pool of {pool_size} scoring batches"
@@ -1100,7 +1136,12 @@ def _rl_report(args: argparse.Namespace, rl) -> dict:
             os.path.join(args.out, files["policy"]),
             rl.actor_params,
             rl.config,
-            meta={"model": args.model, "dataset": args.dataset, "seed": args.seed},
+            meta={
+                "model": args.model,
+                "dataset": args.dataset,
+                "seed": args.seed,
+                "agent_steps": rl.config.agent_steps,
+            },
             ranges=rl.ranges,
         )
         steps, returns = rlpanning.episode_returns(rl.metrics)

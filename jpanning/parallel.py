@@ -142,9 +142,7 @@ def vmap_over_devices(fn: Callable, mesh: Mesh | None, in_axes: Sequence[int | N
     # No collectives run inside: each device's slice is independent. check_vma=False because
     # JAX 0.10's varying-axes check rejects a lax.cond whose branches close over a replicated
     # constant (SynFlow's all-ones input under scores.synflow's Euler-check fallback).
-    return jax.shard_map(
-        mapped, mesh=mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False
-    )
+    return jax.shard_map(mapped, mesh=mesh, in_specs=specs, out_specs=P(AXIS), check_vma=False)
 
 
 def is_primary() -> bool:

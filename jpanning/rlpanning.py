@@ -371,6 +371,65 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
     return actor_params, config, meta
 
 
+def policy_from_checkpoint(directory: str) -> tuple[PyTree, Optional[env_lib.Ranges], int]:
+    """The actor of a search's newest checkpoint (``OUT/checkpoints/search``), with the
+    normalisation ranges it observed through at that step and the step: the policy of a
+    search that is still running or was stopped, for :func:`save_policy`.
+
+    Raises:
+        JPanningError: no readable checkpoint in ``directory``.
+    """
+    if not os.path.isdir(directory):
+        raise JPanningError(f"{directory!r} is not a directory")
+    with checkpoint_lib.opened(directory) as ckpt:
+        step, state, _, extra = ckpt.restore_saved()
+    try:
+        actor = jax.tree.map(jnp.asarray, state["agent"]["actor_params"])
+    except (KeyError, TypeError):
+        raise JPanningError(f"the checkpoint in {directory} is not an RL Panning search's")
+    ranges = final_ranges(extra) if extra is not None else None
+    return actor, ranges, step
+
+
+# -- the policies that ship with jpanning ----------------------------------------------------
+
+POLICY_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "policies")
+# model -> the policy trained for it: POLICY_DIR/<name>.msgpack, its card <name>.md beside it
+SHIPPED_POLICIES = {"resnet20": "resnet20-fashion_mnist"}
+TRANSFER_MODEL = "resnet20"  # whose policy screens a model that has none of its own
+
+
+def shipped_policy(model: str) -> tuple[str, str]:
+    """The policy file that ships for ``model`` and a line saying which it is.
+
+    A model without one of its own gets :data:`TRANSFER_MODEL`'s policy, unchanged (the
+    observation and the action do not depend on the network), and the line says so.
+
+    Raises:
+        JPanningError: no policy file ships (for ``model`` nor for :data:`TRANSFER_MODEL`).
+    """
+    name = SHIPPED_POLICIES.get(model)
+    own = name is not None
+    name = name or SHIPPED_POLICIES.get(TRANSFER_MODEL)
+    path = os.path.join(POLICY_DIR, f"{name}.msgpack") if name else None
+    if path is None or not os.path.isfile(path):
+        raise JPanningError(
+            f"no RL Panning policy ships for {model!r} in {POLICY_DIR}; train one with "
+            "--search (the authors' 50,000-step TD3 search; hours on a CPU) or pass --policy FILE"
+        )
+    meta = load_policy(path)[2]
+    trained = (
+        f"trained on {meta.get('model', '?')} / {meta.get('dataset', '?')}, "
+        f"{meta.get('agent_steps', '?')} agent steps; card: {os.path.splitext(path)[0]}.md"
+    )
+    if own:
+        return path, f"the policy shipped for {model} ({trained})"
+    return path, (
+        f"no policy ships for {model}; the {TRANSFER_MODEL} policy, unchanged ({trained}); "
+        "--search trains one for this model"
+    )
+
+
 # -- as a pruning method ---------------------------------------------------------------------
 
 

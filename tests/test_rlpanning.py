@@ -212,6 +212,24 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     assert r2["rl"]["ranges"] == r["rl"]["ranges"]  # screens through the policy's ranges
     assert not (second / "policy.msgpack").exists()
 
+    # The finished search exported with its card and learning curve.
+    log = tmp_path / "search.log"
+    log.write_text("RL search:  50%|#    | 20/40 [01:05<01:05, 0.3step/s]\rRL search:  100%|"
+                   "#    | 40/40 [02:10<00:00, 0.3step/s]\n")  # fmt: skip
+    exported = tmp_path / "shipped" / "p.msgpack"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "export_policy.py"), str(first),
+         str(exported), "--log", str(log)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    actor, config, meta = rlpanning.load_policy(str(exported))
+    assert (meta["agent_steps"], meta["search_steps"], config.rounds) == (40, 40, 4)
+    assert config.td3.hidden_sizes == (64, 64)  # the quick preset's
+    text = (tmp_path / "shipped" / "p.md").read_text()
+    assert "agent steps: 40 of 40\n" in text and "search wall time: 0.04 h over 1 process" in text
+    assert (tmp_path / "shipped" / "p.png").read_bytes()[:4] == b"\x89PNG"
+
 
 @pytest.mark.parametrize(
     "args,message",
@@ -227,3 +245,99 @@ def test_bad_rlpanning_input_is_one_line(args, message):
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], proc.stderr
+
+
+def _cli_args(*argv):
+    from jpanning import cli
+
+    return cli.build_parser().parse_args(["--dataset", "synthetic", *argv])
+
+
+def test_rlpanning_screens_with_the_shipped_policy_unless_a_search_is_asked(
+    tmp_path, monkeypatch, capsys
+):
+    from jpanning import cli
+
+    actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 7, 3).actor_params
+    path = tmp_path / "resnet20-fashion_mnist.msgpack"
+    meta = {"model": "resnet20", "dataset": "fashion_mnist", "agent_steps": 123}
+    rlpanning.save_policy(str(path), actor, CONFIG, meta=meta)
+    monkeypatch.setattr(rlpanning, "POLICY_DIR", str(tmp_path))
+    trained = "trained on resnet20 / fashion_mnist, 123 agent steps"
+
+    args = _cli_args("--model", "resnet20")
+    cli._choose_policy(args)
+    assert args.policy == str(path) and not args.search
+    assert f"the policy shipped for resnet20 ({trained}" in capsys.readouterr().out
+    args = _cli_args("--model", "tinycnn")  # no policy of its own: ResNet-20's, and it says so
+    cli._choose_policy(args)
+    assert args.policy == str(path) and not args.search
+    out = capsys.readouterr().out
+    assert f"no policy ships for tinycnn; the resnet20 policy, unchanged ({trained}" in out
+    # a search budget (or --search) searches; a saved policy screens without one
+    for argv in (["--search"], ["--preset", "quick"], ["--agent-steps", "40"]):
+        args = _cli_args("--model", "tinycnn", *argv)
+        cli._choose_policy(args)
+        assert args.search and args.policy is None, argv
+    args = _cli_args("--model", "tinycnn", "--preset", "quick", "--policy", str(path))
+    cli._choose_policy(args)
+    assert not args.search and args.policy == str(path)
+    with pytest.raises(JPanningError, match="--search trains a new policy and --policy"):
+        cli._choose_policy(_cli_args("--search", "--policy", str(path)))
+    # a damaged shipped file and a missing one are one clear error, never a silent search
+    path.write_bytes(b"\x93not msgpack")
+    with pytest.raises(JPanningError, match="is not a jpanning policy file"):
+        cli._choose_policy(_cli_args("--model", "resnet20"))
+    path.unlink()
+    with pytest.raises(JPanningError, match="no RL Panning policy ships for 'tinycnn'.*--search"):
+        cli._choose_policy(_cli_args("--model", "tinycnn"))
+
+
+def test_the_shipped_policy_screens_a_tiny_model_deterministically_at_the_exact_ratio(problem):
+    path, _ = rlpanning.shipped_policy("tinycnn")  # ResNet-20's, transferred
+    actor, config, meta = rlpanning.load_policy(path)
+    assert meta["model"] == "resnet20" and config.rounds == 100
+    prob, dataset = problem
+    pool = rlpanning.score_pool(dataset, 2, config.pool_size, seed=0)
+    config = dataclasses.replace(config, scoring="pool")
+    env, env_params = rlpanning.build_env(prob, pool, config)
+    runs = [
+        rlpanning.screen(
+            env, env_params, actor, config, 0.95, jax.random.key(3), ranges=meta["ranges"]
+        )
+        for _ in range(2)
+    ]
+    for a, b in zip(jax.tree.leaves(runs[0]), jax.tree.leaves(runs[1])):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    kept = M.sparsity_report(runs[0][0], prob.prunable)
+    assert kept["kept"] == int(kept["total"] * (1 - 0.95))
+    assert runs[0][1]["weights"].shape == (100, 3)
+
+
+def test_the_policy_of_a_stopped_search_is_read_from_its_checkpoint(tmp_path, pool_env):
+    from jpanning import checkpoint
+
+    _, env, env_params = pool_env
+    directory = str(tmp_path / "search")
+    stop = lambda: "SIGTERM" if len(seen) >= 12 else None
+    seen = []
+    with checkpoint.opened(directory, every=0) as ckpt:
+        with pytest.raises(checkpoint.Interrupted, match="at agent step 12"):
+            rlpanning.search(
+                env, env_params, CONFIG, jax.random.key(0), checkpoints=ckpt, stop=stop,
+                callback=lambda t, m: seen.append(t),
+            )  # fmt: skip
+    actor, ranges, step = rlpanning.policy_from_checkpoint(directory)
+    assert step == 12
+    # the same actor as the structured restore a resumed search starts from
+    init, _ = td3.make_step(env, CONFIG.agent_config(), action_size=3, obs_size=7)
+    like = jax.jit(init)(jax.random.key(0), env_params)
+    with checkpoint.opened(directory) as ckpt:
+        _, carry, _, done = ckpt.restore(like, extra=True)
+    for a, b in zip(jax.tree.leaves(carry.agent.actor_params), jax.tree.leaves(actor)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_array_equal(ranges.loss, done["info"]["ranges"][-1, 0])
+    np.testing.assert_array_equal(ranges.grad_norm, done["info"]["ranges"][-1, 1])
+    assert int(carry.agent.step) == 12 - 8  # trained past the warm-up: not the initial actor
+    with pytest.raises(JPanningError, match="is not a directory"):
+        rlpanning.policy_from_checkpoint(str(tmp_path / "missing"))

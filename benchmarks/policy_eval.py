@@ -1,0 +1,245 @@
+"""Has an RL Panning policy learned anything? Its episode returns against fixed controllers.
+
+        python -m benchmarks.policy_eval --policy jpanning/policies/resnet20-fashion_mnist.msgpack
+        python -m benchmarks.policy_eval --policy runs/x/policy.msgpack --model lenet5 \\
+            --targets 0.9 0.98 --seeds 0 --name lenet5-smoke
+
+On held-out targets (fixed, not drawn) and seeds, every controller plays the same episodes of
+the policy's own environment (its T, scoring, fusion, effective sparsity, and the
+normalisation ranges it observed through at the end of its search):
+
+* ``policy``: the trained actor, deterministic (what ``run.py`` screens with);
+* ``random``: actions drawn uniformly from [−1, 1]³ each round;
+* ``staircase``: the hand Panning fusion weights of the round's sparsity (the authors'
+  ``add`` or ``mul`` staircase, advanced as their ``Panning`` does);
+* ``synflow``, ``snip``, ``grasp``: one metric alone (weight 1, the others 0).
+
+A seed changes the network's initialization and the scoring batches (as ``run.py --seed``
+does); every controller of a seed sees the same network and the same batches. The episode
+return is the environment's (the authors' reward), so "the policy learned" means a higher
+return than every fixed controller on the same episodes. Also written per episode: the final
+effective sparsity, whether the network collapsed, and each reward term summed.
+
+Writes ``benchmarks/results/policy_eval/<name>/`` (``episodes.json``, ``table.md``), resuming
+from the episodes already there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jpanning import cpu, data, env as env_lib, masks as masks_lib, models, panning, pruning
+from jpanning import report, rlpanning
+from jpanning.agents import td3
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "policy_eval")
+CONTROLLERS = ("policy", "random", "staircase", "synflow", "snip", "grasp")
+TARGETS = (0.9, 0.95, 0.98, 0.99, 0.995)
+TERMS = ("r_sparsity", "r_loss", "r_gtg", "r_done")  # the reward's terms (env info)
+
+
+def staircase_actions(target: float, rounds: int, fusion: str) -> np.ndarray:
+    """``[T, 3]`` actions whose fusion weights ``(a + 1) / 2`` are hand Panning's staircase
+    row of each round (:func:`jpanning.panning.schedule_bands`)."""
+    config = panning.PanningConfig(rounds=rounds, fusion=fusion)
+    schedule = [float(env_lib.round_sparsity(target, t, rounds)) for t in range(rounds)]
+    rows = np.asarray(config.staircase, np.float64)[
+        panning.schedule_bands(schedule, config.thresholds)
+    ]
+    return 2.0 * rows - 1.0  # 'mul' rows have weights up to 1: still within [−1, 1]
+
+
+def single_metric_actions(metric: str, rounds: int) -> np.ndarray:
+    """``[T, 3]``: weight 1 on ``metric``, 0 on the others."""
+    row = -np.ones(3)
+    row[panning.METRICS.index(metric)] = 1.0
+    return np.tile(row, (rounds, 1))
+
+
+def build(model_name: str, dataset, config: rlpanning.RLPanningConfig, seed: int, spc: int):
+    """The environment ``run.py --model M --seed S`` screens in: the same initialization and
+    scoring data (a pool of the policy's size, or the training set for fresh batches)."""
+    key = jax.random.key(seed)
+    init_key, prune_key, _ = jax.random.split(key, 3)
+    model = models.create_model(model_name, dataset.num_classes)
+    variables = models.init_variables(model, init_key, dataset.input_shape)
+    problem = pruning.PruneProblem(
+        model=model,
+        variables=variables,
+        batch=data.scoring_batch(dataset, spc, seed=seed),
+        sparsity=0.5,
+        prunable=masks_lib.prunable_tree(variables["params"]),
+        key=prune_key,
+        options={"samples_per_class": spc},
+    )
+    if config.scoring == "pool":
+        scoring_data = rlpanning.score_pool(dataset, spc, config.pool_size, seed)
+    else:
+        scoring_data = (dataset.train_images, dataset.train_labels)
+    env, env_params = rlpanning.build_env(
+        problem, scoring_data, config, key=jax.random.fold_in(prune_key, 1)
+    )
+    return env, env_params, prune_key
+
+
+def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
+    """One episode; ``actions_of(t, obs)`` gives round t's action. Returns its totals."""
+    k_reset, k_steps = jax.random.split(key)
+    obs, state = reset(k_reset, env_params, target, ranges)
+    totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
+    info = None
+    for t in range(env_params.rounds):
+        action = jnp.asarray(actions_of(t, obs), jnp.float32)
+        obs, state, reward, terminated, _, info = step(
+            jax.random.fold_in(k_steps, t), state, action, env_params
+        )
+        totals["return"] += float(reward)
+        for term in TERMS:
+            totals[term] += float(info[term])
+        if bool(terminated):
+            break
+    return totals | {
+        "rounds_played": t + 1,
+        "collapsed": bool(info["collapsed"]),
+        "effective": float(state.effective),
+        "sparsity": float(info["sparsity"]),
+    }
+
+
+def controller(name, actor, agent_config, target, rounds, fusion, key):
+    """``actions_of(t, obs)`` for controller ``name``."""
+    if name == "policy":
+        act = jax.jit(lambda obs: td3.policy(actor, obs, agent_config, env_lib.ACTION_SIZE))
+        return lambda t, obs: act(obs)
+    if name == "random":
+        draws = np.asarray(jax.random.uniform(key, (rounds, 3), minval=-1.0, maxval=1.0))
+        return lambda t, obs: draws[t]
+    table = (
+        staircase_actions(target, rounds, fusion)
+        if name == "staircase"
+        else single_metric_actions(name, rounds)
+    )
+    return lambda t, obs: table[t]
+
+
+def summarise(episodes: list[dict], controllers, targets) -> str:
+    """Markdown: mean ± std of the return over seeds per controller and target, then the
+    policy's margin over the best fixed controller."""
+
+    def stats(c, s):
+        xs = [e["return"] for e in episodes if e["controller"] == c and e["target"] == s]
+        return (np.mean(xs), np.std(xs), len(xs)) if xs else (np.nan, np.nan, 0)
+
+    lines = [
+        "| controller | " + " | ".join(f"{s}" for s in targets) + " |",
+        "|---|" + "---|" * len(targets),
+    ]
+    for c in controllers:
+        cells = []
+        for s in targets:
+            m, sd, n = stats(c, s)
+            collapsed = sum(
+                e["collapsed"] for e in episodes if e["controller"] == c and e["target"] == s
+            )
+            cells.append(f"{m:.2f} ± {sd:.2f}" + (f" ({collapsed} collapsed)" if collapsed else ""))
+        lines.append(f"| {c} | " + " | ".join(cells) + " |")
+    if "policy" in controllers:
+        margins = []
+        for s in targets:
+            best = max((stats(c, s)[0], c) for c in controllers if c != "policy" and stats(c, s)[2])
+            margins.append(f"{stats('policy', s)[0] - best[0]:+.2f} vs {best[1]}")
+        lines.append("| policy − best fixed | " + " | ".join(margins) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--policy", required=True, help="a policy file (rlpanning.save_policy)")
+    p.add_argument("--model", default=None, help="default: the model the policy was trained on")
+    p.add_argument("--dataset", default=None, help="default: the policy's dataset")
+    p.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
+    p.add_argument("--samples-per-class", type=int, default=10)
+    p.add_argument("--name", default=None, help="results folder (default: model-dataset)")
+    args = p.parse_args(argv)
+    cpu.configure()
+    actor, config, meta = rlpanning.load_policy(args.policy)
+    model_name = args.model or meta.get("model")
+    dataset_name = args.dataset or meta.get("dataset")
+    out = os.path.join(RESULTS, args.name or f"{model_name}-{dataset_name}")
+    os.makedirs(out, exist_ok=True)
+    path = os.path.join(out, "episodes.json")
+    episodes = []
+    if os.path.isfile(path):
+        with open(path) as f:
+            episodes = json.load(f)["episodes"]
+    seen = {(e["controller"], e["target"], e["seed"]) for e in episodes}
+    dataset = data.load_dataset(dataset_name, seed=0)
+    agent_config = config.agent_config()
+    for seed in args.seeds:
+        todo = [(c, s) for s in args.targets for c in args.controllers if (c, s, seed) not in seen]
+        if not todo:
+            continue
+        env, env_params, key = build(model_name, dataset, config, seed, args.samples_per_class)
+        step, reset = jax.jit(env.step), jax.jit(env.reset)
+        for name, target in todo:
+            k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # same for all
+            actions_of = controller(
+                name, actor, agent_config, target, config.rounds, config.fusion,
+                jax.random.fold_in(k_episode, 7),
+            )  # fmt: skip
+            start = time.perf_counter()
+            result = play(
+                env, env_params, step, reset, actions_of, target, k_episode, meta["ranges"]
+            )
+            episodes.append(
+                {"controller": name, "target": target, "seed": seed}
+                | result
+                | {"seconds": time.perf_counter() - start}
+            )
+            print(
+                f"seed {seed} target {target} {name:9s} return {result['return']:8.2f} "
+                f"effective {result['effective']:.4f}"
+                + (" collapsed" if result["collapsed"] else ""),
+                flush=True,
+            )
+            report.write_json(
+                path,
+                {
+                    "command": "python -m benchmarks.policy_eval " + " ".join(sys.argv[1:]),
+                    "policy": os.path.abspath(args.policy),
+                    "policy_meta": {k: v for k, v in meta.items() if k != "ranges"},
+                    "env": rlpanning.env_options(config),
+                    "model": model_name,
+                    "dataset": dataset_name,
+                    "machine": platform.processor() or platform.machine(),
+                    "versions": {"jax": jax.__version__, "python": platform.python_version()},
+                    "episodes": episodes,
+                },
+            )
+    table = summarise(
+        episodes,
+        [c for c in CONTROLLERS if any(e["controller"] == c for e in episodes)],
+        sorted({e["target"] for e in episodes}),
+    )
+    header = (
+        f"# {os.path.basename(args.policy)} on {model_name} / {dataset_name}: episode return, "
+        f"mean ± std over seeds {sorted({e['seed'] for e in episodes})}\n\n"
+    )
+    report.atomic_write_bytes(os.path.join(out, "table.md"), (header + table).encode())
+    print(header + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
