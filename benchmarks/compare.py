@@ -48,6 +48,7 @@ from jpanning.checkpoint import Interrupted
 from jpanning.errors import JPanningError, RunFailed
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+SEARCH_FLAGS = ("--search", "--preset", "--agent-steps")  # run.py: RL Panning trains a policy
 OURS = ("panning", "rlpanning")  # the methods the verdict compares with the best baseline
 COSTS = "<!-- costs -->"  # where table.md's cost section starts (the README stops there)
 CSV_FIELDS = (
@@ -102,7 +103,9 @@ class Cell:
 def cells_of(grid: Grid) -> list[Cell]:
     """The grid's cells, seed by seed (a stopped run has whole seeds done first).
 
-    Dependencies: RL Panning at later ratios screens with the policy of its first ratio;
+    Dependencies: RL Panning, when ``run_args`` give it a search (``--search``, ``--preset``,
+    ``--agent-steps``), searches at its first ratio and screens the later ones with that
+    policy (without one, every cell screens with the policy jpanning ships);
     PuRL and uniform prune the network of the seed's dense cell (they train it themselves when
     its model.npz is missing, with the same result); uniform, when PuRL is in the grid, prunes
     to the sparsity the PuRL cell reached, so the two are compared at the same sparsity.
@@ -118,6 +121,7 @@ def cells_of(grid: Grid) -> list[Cell]:
         m for m in grid.methods if m == "uniform"
     ]
     cells = []
+    searches = any(a in grid.run_args for a in SEARCH_FLAGS)
     for seed in range(grid.seeds):
         seeded = common + ["--seed", str(seed)]
         dense = None
@@ -141,7 +145,7 @@ def cells_of(grid: Grid) -> list[Cell]:
                 if method == "rlpanning" and search is not None:
                     deps["policy_from"] = search
                 cells.append(Cell(method, ratio, seed, tuple(argv), **deps))
-                if method == "rlpanning" and search is None:
+                if method == "rlpanning" and search is None and searches:
                     search = cells[-1]
                 if method == "purl":
                     purl = cells[-1]

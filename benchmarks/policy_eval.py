@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import time
 
@@ -96,13 +95,14 @@ def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
     k_reset, k_steps = jax.random.split(key)
     obs, state = reset(k_reset, env_params, target, ranges)
     totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
-    info = None
+    info, weights = None, []
     for t in range(env_params.rounds):
         action = jnp.asarray(actions_of(t, obs), jnp.float32)
         obs, state, reward, terminated, _, info = step(
             jax.random.fold_in(k_steps, t), state, action, env_params
         )
         totals["return"] += float(reward)
+        weights.append(np.asarray(info["weights"], np.float64).round(4).tolist())
         for term in TERMS:
             totals[term] += float(info[term])
         if bool(terminated):
@@ -112,6 +112,7 @@ def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
         "collapsed": bool(info["collapsed"]),
         "effective": float(state.effective),
         "sparsity": float(info["sparsity"]),
+        "weights": weights,  # the fusion weights (synflow, snip, grasp) of each round
     }
 
 
@@ -161,6 +162,40 @@ def summarise(episodes: list[dict], controllers, targets) -> str:
     return "\n".join(lines) + "\n"
 
 
+def plot_weights(episodes: list[dict], path: str, title: str) -> None:
+    """The fusion weights the policy picks over the rounds (solid, mean over seeds) beside
+    the hand staircase (dashed), one panel per target; PNG."""
+    plt = report.pyplot()
+    targets = sorted({e["target"] for e in episodes if e["controller"] == "policy"})
+    if not targets:
+        return
+    fig, axes = plt.subplots(1, len(targets), figsize=(3.2 * len(targets), 3.2), sharey=True)
+    axes = np.atleast_1d(axes)
+    colors = {"synflow": "#1f77b4", "snip": "#ff7f0e", "grasp": "#2ca02c"}
+    for ax, target in zip(axes, targets):
+        for controller, style in (("policy", "-"), ("staircase", "--")):
+            runs = [
+                np.asarray(e["weights"])
+                for e in episodes
+                if e["controller"] == controller and e["target"] == target
+            ]
+            if not runs:
+                continue
+            rounds = min(len(r) for r in runs)
+            mean = np.mean([r[:rounds] for r in runs], axis=0)
+            for i, metric in enumerate(panning.METRICS):
+                ax.plot(
+                    np.arange(1, rounds + 1), mean[:, i], style, color=colors[metric],
+                    label=f"{metric} ({controller})",
+                )  # fmt: skip
+        ax.set_title(f"target {target}", fontsize=9)
+        ax.set_xlabel("round")
+    axes[0].set_ylabel("fusion weight (a + 1) / 2")
+    axes[-1].legend(fontsize=6, loc="best")
+    fig.suptitle(title, fontsize=10)
+    report.save_png(fig, path)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", required=True, help="a policy file (rlpanning.save_policy)")
@@ -185,6 +220,7 @@ def main(argv=None) -> int:
             episodes = json.load(f)["episodes"]
     seen = {(e["controller"], e["target"], e["seed"]) for e in episodes}
     dataset = data.load_dataset(dataset_name, seed=0)
+    environment = report.environment()
     agent_config = config.agent_config()
     for seed in args.seeds:
         todo = [(c, s) for s in args.targets for c in args.controllers if (c, s, seed) not in seen]
@@ -222,8 +258,7 @@ def main(argv=None) -> int:
                     "env": rlpanning.env_options(config),
                     "model": model_name,
                     "dataset": dataset_name,
-                    "machine": platform.processor() or platform.machine(),
-                    "versions": {"jax": jax.__version__, "python": platform.python_version()},
+                    "environment": environment,
                     "episodes": episodes,
                 },
             )
@@ -235,8 +270,15 @@ def main(argv=None) -> int:
     header = (
         f"# {os.path.basename(args.policy)} on {model_name} / {dataset_name}: episode return, "
         f"mean ± std over seeds {sorted({e['seed'] for e in episodes})}\n\n"
+        f"{report.machine_line(report.environment())}; command: `python -m "
+        f"benchmarks.policy_eval {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
     )
     report.atomic_write_bytes(os.path.join(out, "table.md"), (header + table).encode())
+    plot_weights(
+        episodes,
+        os.path.join(out, "weights.png"),
+        f"{os.path.basename(args.policy)} on {model_name}: policy (solid) vs hand staircase",
+    )
     print(header + table)
     return 0
 

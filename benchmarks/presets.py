@@ -124,6 +124,47 @@ PRESETS: dict[str, Grid] = {
         density_ratio=0.95,
         about="VGG-19 (BN) / CIFAR-10, 180 epochs, the Panning authors' recipe; for a GPU",
     ),
+    # Issue 29's screening-quality table: every at-init method at extreme sparsities, RL
+    # Panning screening with the policy jpanning ships (no search in the grid), one training
+    # budget for all (20k images, 8 epochs). About 37 cells per seed, ~4 minutes each on
+    # 2 CPU cores: run it seed by seed over sessions (it resumes), or on a GPU.
+    "screening-resnet20": Grid(
+        model="resnet20",
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99, 0.995, 0.998),
+        methods=AT_INIT,
+        seeds=3,
+        epochs=8,
+        train_limit=20000,
+        density_ratio=0.99,
+        about="ResNet-20 / Fashion-MNIST (20k), at-init methods at 0.95-0.998, 3 seeds, "
+        "8 epochs; the shipped RL Panning policy",
+    ),
+    # Does the ResNet-20 policy transfer? Unchanged, on networks it never saw, against hand
+    # Panning and SynFlow with the same budget (issue 29, part 3).
+    "transfer-vgg11": Grid(
+        model="vgg11",
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99),
+        methods=("dense", "synflow", "panning", "rlpanning"),
+        seeds=3,
+        epochs=8,
+        train_limit=20000,
+        density_ratio=0.99,
+        about="VGG-11 / Fashion-MNIST (20k): the ResNet-20 policy transferred, 8 epochs",
+    ),
+    "transfer-lenet5": Grid(
+        model="lenet5",
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99),
+        methods=("dense", "synflow", "panning", "rlpanning"),
+        seeds=3,
+        epochs=8,
+        train_limit=20000,
+        run_args=("--lr", "0.03"),  # no BatchNorm: cpu-hour's rate
+        density_ratio=0.99,
+        about="LeNet-5 / Fashion-MNIST (20k): the ResNet-20 policy transferred, 8 epochs",
+    ),
     # What the tests run: seconds, synthetic data.
     "tiny": Grid(
         model="lenet5",

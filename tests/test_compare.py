@@ -1,6 +1,7 @@
 """The benchmark harness: a tiny grid end to end, reuse of finished cells, the table's maths."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -91,6 +92,17 @@ def test_tiny_grid_writes_consistent_csv_table_and_plots(tiny_grid):
     assert "| 0.5 | rlpanning |" in table and "| 0.8 | rlpanning |" in table
     for png in ("accuracy.png", "density.png", "screen_time.png"):
         assert (tiny_grid / png).read_bytes()[:8] == PNG
+
+
+def test_without_a_search_budget_every_rlpanning_cell_screens_with_the_shipped_policy():
+    grid = PRESETS["screening-resnet20"]
+    assert not any(a in grid.run_args for a in compare.SEARCH_FLAGS)
+    rl = [c for c in compare.cells_of(grid) if c.method == "rlpanning"]
+    assert len(rl) == len(grid.ratios) * grid.seeds == 12
+    assert all(c.policy_from is None and "--policy" not in c.argv for c in rl)
+    searching = compare.cells_of(dataclasses.replace(grid, run_args=("--search",)))
+    rl = [c for c in searching if c.method == "rlpanning" and c.seed == 0]
+    assert rl[0].policy_from is None and all(c.policy_from == rl[0] for c in rl[1:])
 
 
 @pytest.mark.slow  # the 14-cell grid takes about a minute
