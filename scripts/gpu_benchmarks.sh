@@ -1,7 +1,8 @@
 #!/bin/bash
-# The GPU benchmark run of README's "On a GPU" section: td3, env_step, train_throughput and
-# scorers, PyTorch on the same GPU, each under a time limit so that one slow part does not
-# cost the others. Usage: scripts/gpu_benchmarks.sh [OUT_DIR] (default benchmarks/results).
+# The GPU benchmark run of docs/performance.md's "On a GPU" section: td3, env_step,
+# train_throughput and scorers, PyTorch on the same GPU, each under a time limit so that one
+# slow part does not cost the others. Usage: scripts/gpu_benchmarks.sh [OUT_DIR] (default
+# benchmarks/results).
 # Limits in seconds: T_TD3, T_ENV, T_TRAIN, T_SCORE. Full float32 instead of TF32:
 # JAX_DEFAULT_MATMUL_PRECISION=highest (PyTorch follows).
 OUT_DIR=${1:-benchmarks/results}
