@@ -436,7 +436,7 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"first derivatives only (training step, SNIP, eval forward; not the fused scores, "
         f"which hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}. "
         f"Every column, PyTorch's included, runs with the process's malloc setting: "
-        f"{cpu.allocator_setting()} (`benchmarks/allocator.py` compares the settings).",
+        f"{cpu.allocator_setting()} (`benchmarks/archive/allocator.py` compares the settings).",
         "",
     ]
     cols = [XLA, JPANNING_XLA, JPANNING, "torch"]

@@ -96,7 +96,7 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     step = jax.jit(env.step, compiler_options=options)
     fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
     # the vmapped step with the process's setting: the first-order options make it slower
-    # (benchmarks/results/cpu_options_cpu.md), and jpanning never compiles one itself
+    # (benchmarks/archive/results/cpu_options_cpu.md), and jpanning never compiles one itself
     vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
 
     masks = step(key, state, action, env_params)[1].masks

@@ -53,7 +53,7 @@ the padded input and one matmul (its gradients are then matmuls too) on a CPU ba
 The backward convolutions of a gradient taken inside a loop body (``lax.scan``, ``lax.map``,
 ``fori_loop``) lose XLA:CPU's fast path too: outside a loop XLA transposes their operands into
 the layout of its fast convolution, inside one it does not (a 3x3 layer's gradients ran
-~60x slower, ``benchmarks/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
+~60x slower, ``benchmarks/archive/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
 therefore gives every other CPU convolution of the same kind a ``jax.custom_jvp`` whose
 tangent maps read pre-transposed operands (the kernel as HWOI, the input as CHWN, the output
 written HWNC), chosen so that JAX's transposes of them, the input and kernel gradients, are
@@ -66,8 +66,8 @@ that large fresh from the kernel and unmaps it when it is freed, so every execut
 page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~246,000
 faults of 4 KiB, ~1 GB, and ~0.8 s of kernel time per call on 2 cores).
 :func:`configure_allocator`, also run by :func:`configure` where JAX will run on the CPU,
-has glibc keep freed memory for the next execution (``benchmarks/allocator.py``,
-``benchmarks/results/allocator_cpu.md``).
+has glibc keep freed memory for the next execution (``benchmarks/archive/allocator.py``,
+``benchmarks/archive/results/allocator_cpu.md``).
 
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
@@ -242,11 +242,11 @@ def configure_allocator() -> str:
     that large fresh from the kernel and unmaps them when freed: each execution page-faults
     its whole temporary buffer back in, zero-filled (SNIP of ResNet-20 at batch 256: ~246,000
     faults, ~1 GB, and ~0.8 s of system time per call on the 2-core benchmark machine;
-    ``benchmarks/results/allocator_cpu.md``). One malloc arena, no mmap'd chunks and no
+    ``benchmarks/archive/results/allocator_cpu.md``). One malloc arena, no mmap'd chunks and no
     trimming (glibc's ``mallopt``; :data:`MALLOC_SETTING`) make freed memory stay in the
     process and serve the next execution's buffers, however big. The process then keeps its
     peak heap until it exits, and small programs may run slower (batch 8: 0.69-0.89x in
-    ``benchmarks/results/allocator-b8/``, with no faults to save).
+    ``benchmarks/archive/results/allocator-b8/``, with no faults to save).
 
     Applied when glibc is the C library, JAX is expected to run on the CPU
     (:func:`_cpu_expected`), the user did not opt out (``JPANNING_CPU_FAST=0``) and did not set
@@ -285,7 +285,7 @@ def first_order_options() -> dict[str, str] | None:
     (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
     jaxlib and XLA's convolutions, unless the user chose; None (the process's settings)
     otherwise, oneDNN's convolutions included (:func:`convolution_library`), with which the
-    elementwise fusions made the same programs slower (``benchmarks/cpu_options.py``). Starts
+    elementwise fusions made the same programs slower (``benchmarks/archive/cpu_options.py``). Starts
     JAX's backends (to ask which is the default)."""
     if not first_order_measurable() or convolution_library() != "XLA":
         return None

@@ -131,10 +131,10 @@ def iterative_masks(
     Each round is one jitted call (compiled once: the round's sparsity is traced, the top-k
     count is computed inside the graph) and the rounds run in a host loop with the masks kept
     on the device, so a round's progress can be reported. A ``lax.scan`` over the rounds
-    costs the same with jpanning's models (``python -m benchmarks.scan_vs_loop``), but many
+    costs the same with jpanning's models (``python -m benchmarks.archive.scan_vs_loop``), but many
     times more on XLA:CPU for a model whose convolutions are plain ``lax.conv_general_dilated``
     (their gradients lose XLA's fast layout in a loop body: ``python -m
-    benchmarks.loop_body_conv``; see ``jpanning.cpu``).
+    benchmarks.archive.loop_body_conv``; see ``jpanning.cpu``).
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 

@@ -16,7 +16,7 @@ The search steps run as jitted calls from a host loop
 (:func:`jpanning.agents.td3.train_loop`), ``steps_per_call`` steps per call (a ``lax.scan``
 when more than one), so progress can be reported between calls. The environment's
 convolutions are ``jpanning.cpu.conv_general_dilated``, whose gradients keep XLA:CPU's fast
-path inside a scan body (``python -m benchmarks.loop_body_conv``).
+path inside a scan body (``python -m benchmarks.archive.loop_body_conv``).
 """
 
 from __future__ import annotations

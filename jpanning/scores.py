@@ -201,7 +201,7 @@ def _chunked_mean(fn: Callable[[Any], PyTree], batch, chunk_size: Optional[int])
     activations are alive at a time (unrolled, XLA keeps every chunk's activations alive).
     On XLA:CPU the scan body keeps the convolutions' fast path only for
     ``jpanning.cpu.conv_general_dilated`` (the models' convolution), whose custom derivatives
-    do what XLA does not do in a loop body (``python -m benchmarks.loop_body_conv``); a
+    do what XLA does not do in a loop body (``python -m benchmarks.archive.loop_body_conv``); a
     model built on ``lax.conv_general_dilated`` pays up to ~60x for its backward
     convolutions here. Exact when ``fn`` is a mean over independent
     examples (the default loss with an ``apply_fn`` in eval mode); with train-mode BatchNorm

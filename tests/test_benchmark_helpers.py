@@ -78,7 +78,7 @@ def test_unknown_torch_device_is_refused_before_torch_is_needed():
 
 
 def test_allocator_summary_pools_the_calls_of_every_child():
-    from benchmarks import allocator
+    from benchmarks.archive import allocator
 
     def child(malloc, seconds, faults):
         calls = {"seconds": seconds, "faults": faults, "system_s": [0.0] * len(seconds)}
@@ -103,7 +103,7 @@ def test_allocator_summary_pools_the_calls_of_every_child():
 def test_allocator_arms_set_glibc_through_its_environment(monkeypatch):
     """Each baseline child gets exactly its glibc variables (a user's own are dropped), so
     jpanning leaves malloc to them; the jpanning child gets none."""
-    from benchmarks import allocator
+    from benchmarks.archive import allocator
 
     monkeypatch.setenv("MALLOC_TOP_PAD_", "1")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "3")

@@ -265,7 +265,7 @@ def test_choice_is_checked_and_unavailability_is_reported(monkeypatch):
 
 def test_first_order_options_follow_the_convolution_library():
     """jpanning's first-order programs get YNNPACK's elementwise fusions with XLA's
-    convolutions only (with oneDNN's they measured slower: benchmarks/cpu_options.py)."""
+    convolutions only (with oneDNN's they measured slower: benchmarks/archive/cpu_options.py)."""
     assert cpu.first_order_options() is None
     previous = cpu.set_convolution("xla")
     try:

@@ -460,7 +460,7 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
     search is one program that ``jax.vmap`` runs over seeds. :func:`train_loop` drives the
     same steps from the host (progress bars). On XLA:CPU an environment whose convolutions
     are ``lax.conv_general_dilated`` is many times slower inside the scan
-    (``python -m benchmarks.loop_body_conv``); with jpanning's models it is not
+    (``python -m benchmarks.archive.loop_body_conv``); with jpanning's models it is not
     (``jpanning.cpu``).
 
     Args:

@@ -2,8 +2,8 @@
 processes with jpanning's malloc setting and with a baseline (glibc's default unless
 ``--baseline`` names another), the children alternating.
 
-        python -m benchmarks.allocator                  # ResNet-20; train b128, scores b256
-        python -m benchmarks.allocator --model resnet20_panning --baseline "trim at 2 GiB"
+        python -m benchmarks.archive.allocator  # ResNet-20; train b128, scores b256
+        python -m benchmarks.archive.allocator --model resnet20_panning --baseline "trim at 2 GiB"
 
 XLA:CPU allocates each execution's temporary buffer anew; with glibc's default malloc a buffer
 that large is mapped fresh from the kernel and unmapped when freed, so every execution
@@ -24,7 +24,7 @@ installed, PyTorch's training step and SNIP of the same network in the same chil
 (``benchmarks/reference/``). Per child: ``--warmup`` calls (the heap grows to its size), then
 ``--calls`` timed calls; per call, the minor page faults and system CPU time of the process.
 
-Writes ``benchmarks/results/allocator_<platform>.{json,md}``.
+Writes ``benchmarks/archive/results/allocator_<platform>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -171,7 +171,7 @@ def main(argv=None):
     runs = {arm: [] for arm in (JPANNING, args.baseline)}
     for r in range(args.rounds):
         for arm in runs:
-            cmd = [sys.executable, "-m", "benchmarks.allocator", *argv, "--child", arm]
+            cmd = [sys.executable, "-m", "benchmarks.archive.allocator", *argv, "--child", arm]
             out = subprocess.run(cmd, env=_arm_env(arm), capture_output=True, text=True, check=True)
             runs[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds}: {arm} done", flush=True)
@@ -237,7 +237,7 @@ def write(args, argv, runs, result) -> None:
         f"# malloc setting on XLA:CPU: {args.model}, train batch {args.train_batch}, "
         f"score batch {args.score_batch}",
         "",
-        f"Command: `python -m benchmarks.allocator {shlex.join(argv)}`  ",
+        f"Command: `python -m benchmarks.archive.allocator {shlex.join(argv)}`  ",
         report.machine_line(env, ("jax", "jaxlib", "flax"), extra=_torch_version()),
         "",
         f"{args.rounds} child processes per setting, alternating; in each, {args.warmup} "

@@ -2,7 +2,7 @@
 jpanning's programs compiled twice, with the process setting and with those options, timed
 alternately in one process.
 
-        python -m benchmarks.cpu_options                       # ResNet-20, batch 128
+        python -m benchmarks.archive.cpu_options  # ResNet-20, batch 128
 
 The options add YNNPACK's elementwise fusions (:data:`jpanning.cpu.FIRST_ORDER_TYPES`) to the
 process setting (:data:`jpanning.cpu.PROCESS_TYPES`). jpanning gives them to its programs
@@ -16,7 +16,7 @@ benchmark is the measurement behind that split. Programs, on ``--model`` with a 
 environment step at round 50 of 100 in pool mode, recomputing the dense maps, and vmapped
 over 4 environments in pool mode (each with its own mask).
 
-Writes ``benchmarks/results/cpu_options_<platform>.{json,md}``.
+Writes ``benchmarks/archive/results/cpu_options_<platform>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -131,7 +131,7 @@ def main(argv=None):
     md = [
         f"# XLA:CPU options per program: {args.model}, batch {args.batch_size} x (32, 32, 3)",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.cpu_options', *argv])}`  ",
+        f"Command: `{' '.join(['python -m benchmarks.archive.cpu_options', *argv])}`  ",
         report.machine_line(env, ("jax", "jaxlib", "flax")),
         "",
         f"Medians of {args.repeats} alternating calls, seconds. `{PROCESS}`: "
