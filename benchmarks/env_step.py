@@ -37,15 +37,14 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from benchmarks.reference import torch_device
-from benchmarks.scorers import time_all
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, panning, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -112,19 +111,16 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
     fused = panning.normalise(flow(params, masks, batch), prunable)
 
-    def blocking(fn):
-        return lambda: jax.block_until_ready(fn())
-
     run = {
-        "step": blocking(lambda: step(key, state, action, env_params)),
-        FRESH_STEP: blocking(lambda: fresh_step(key, state, action, fresh_params)),
-        "step (effective=paths)": blocking(lambda: step(key, state, action, paths_params)),
-        "floor/synflow_grad": blocking(lambda: flow(params, masks, batch)),
-        "floor/masked_loss_grad": blocking(lambda: masked(params, masks, batch)),
-        "floor/topk": blocking(lambda: topk(fused, jnp.float32(0.8))),
+        "step": timing.blocking(lambda: step(key, state, action, env_params)),
+        FRESH_STEP: timing.blocking(lambda: fresh_step(key, state, action, fresh_params)),
+        "step (effective=paths)": timing.blocking(lambda: step(key, state, action, paths_params)),
+        "floor/synflow_grad": timing.blocking(lambda: flow(params, masks, batch)),
+        "floor/masked_loss_grad": timing.blocking(lambda: masked(params, masks, batch)),
+        "floor/topk": timing.blocking(lambda: topk(fused, jnp.float32(0.8))),
     }
     if batched:
-        run[f"step x {envs}"] = blocking(lambda: vstep(keys, states, actions, env_params))
+        run[f"step x {envs}"] = timing.blocking(lambda: vstep(keys, states, actions, env_params))
     info = {
         "step_compiler_options": options,  # pool-mode step and floor; None: the process's
         "vmapped_step_compiler_options": None,
@@ -244,8 +240,8 @@ def main(argv=None):
                 name, case, args.threads, args.torch_device
             )
             print(name, "jpanning vs torch:", info["jax_vs_torch"], flush=True)
-        times = time_all(run, args.repeats)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times = timing.time_all(run, args.repeats)
+        med = timing.medians(times)
         if batched:
             med[f"step x {args.envs}"] /= args.envs  # per environment
         floor = sum(v for k, v in med.items() if k.startswith("floor/"))
@@ -305,8 +301,7 @@ def markdown(args, env, results, argv) -> list[str]:
     md = [
         f"# Panning environment step, scoring batch {args.batch_size} x {INPUT_SHAPE}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.env_step', *argv])}`  ",
-        report.machine_line(env, ("jax", "flax")),
+        *timing.header(timing.command("env_step", argv), env, ("jax", "flax")),
         "",
         f"Medians of {args.repeats} alternating repeats, seconds. Step at round 50 of 100 "
         f"(target 0.95); `step x {args.envs}` is per environment of a vmapped batch. Floor: "
@@ -326,7 +321,7 @@ def markdown(args, env, results, argv) -> list[str]:
         if r.get("date", env["date"]) != env["date"]:  # kept by --update from an earlier run
             md += [
                 f"From an earlier run: {r['date']}, command `"
-                + " ".join(["python -m benchmarks.env_step", *r.get("argv", [])])
+                + timing.command("env_step", r.get("argv", []))
                 + "`.",
                 "",
             ]

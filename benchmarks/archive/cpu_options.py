@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.env_step import mid_episode
-from benchmarks.scorers import time_all
+from benchmarks.timing import time_all
 from benchmarks.train_throughput import random_masked_setup
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, report, scores
 
