@@ -97,8 +97,6 @@ def magnitude(problem: PruneProblem):
 # ----------------------------------------------------------------------------------------------
 # Data and data-free scores, single-shot and iterative.
 
-GRASP_TEMPERATURE = 200.0  # GraSP's reference code divides the logits by 200 for its score
-
 
 def train_apply_fn(problem: PruneProblem):
     """``apply_fn`` with BatchNorm on the scoring batch's own statistics (SNIP, GraSP)."""
@@ -108,9 +106,6 @@ def train_apply_fn(problem: PruneProblem):
 def eval_apply_fn(problem: PruneProblem):
     """``apply_fn`` with BatchNorm on its running statistics (SynFlow's all-ones input)."""
     return models.make_apply_fn(problem.model, problem.variables["batch_stats"], train=False)
-
-
-exponential_schedule = masks_lib.exponential_schedule
 
 
 def iterative_masks(
@@ -159,6 +154,20 @@ def _chunk(problem: PruneProblem):
     return problem.options.get("chunk_size")
 
 
+def preset(presets: dict, method: str, options: dict):
+    """The entry of a method's ``presets`` that ``options['preset']`` names (``'paper'`` when
+    not given), or a one-line error listing the names."""
+    name = options.get("preset") or "paper"
+    if name not in presets:
+        raise JPanningError(f"unknown {method} preset {name!r}; choose from {', '.join(presets)}")
+    return presets[name]
+
+
+def temperature(problem: PruneProblem) -> float:
+    """``options['temperature']``, else :data:`jpanning.scores.TEMPERATURE` (GraSP's 200)."""
+    return float(problem.options.get("temperature") or scores.TEMPERATURE)
+
+
 @register_method("snip")
 def snip(problem: PruneProblem):
     """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
@@ -171,13 +180,12 @@ def snip(problem: PruneProblem):
 def grasp(problem: PruneProblem):
     """GraSP (Wang et al. 2020): keep the largest θ ⊙ Hg (gradient-flow preserving), one shot.
 
-    The loss is taken at logits / 200 as in GraSP's code (``options['temperature']``).
+    The loss is taken at logits / 200 as in GraSP's code (:func:`temperature`).
     """
-    temperature = float(problem.options.get("temperature") or GRASP_TEMPERATURE)
     score = functools.partial(
         scores.grasp,
         train_apply_fn(problem),
-        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature),
+        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature(problem)),
         prunable=problem.prunable,
         chunk_size=_chunk(problem),
     )
@@ -254,7 +262,7 @@ def panning(problem: PruneProblem):
     weights = problem.options.get("weights")
     config = panning_lib.PanningConfig(
         rounds=_rounds(problem, defaults.rounds),
-        temperature=float(problem.options.get("temperature") or GRASP_TEMPERATURE),
+        temperature=temperature(problem),
         thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
         weights=tuple(map(tuple, weights)) if weights else None,
         fusion=problem.options.get("fusion") or defaults.fusion,

@@ -413,9 +413,6 @@ class PuRLResult:
 def config_from_options(options: dict) -> PuRLConfig:
     """The preset named by ``options['preset']`` (``paper``/``quick``) with the overrides
     ``episodes``, ``alpha_step``, ``state`` and ``collapse_accuracy`` where given."""
-    name = options.get("preset") or "paper"
-    if name not in PRESETS:
-        raise JPanningError(f"unknown purl preset {name!r}; choose from {', '.join(PRESETS)}")
     overrides = {
         "episodes": int,
         "alpha_step": float,
@@ -423,7 +420,7 @@ def config_from_options(options: dict) -> PuRLConfig:
         "collapse_accuracy": float,
     }
     given = {k: cast(options[k]) for k, cast in overrides.items() if options.get(k) is not None}
-    return dataclasses.replace(PRESETS[name], **given).validate()
+    return dataclasses.replace(pruning.preset(PRESETS, "purl", options), **given).validate()
 
 
 def run(

@@ -166,7 +166,7 @@ def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, k
         problem.prunable,
         tuple(np.shape(inputs)[extra:]),
         scope=problem.scope,
-        temperature=float(problem.options.get("temperature") or pruning.GRASP_TEMPERATURE),
+        temperature=pruning.temperature(problem),
         chunk_size=problem.options.get("chunk_size"),
     )
     env_params = env.make_params(
@@ -407,10 +407,7 @@ class RLPanningResult:
 def config_from_options(options: dict) -> RLPanningConfig:
     """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` and the
     environment's options (:data:`ENV_OPTIONS`) overriding it."""
-    name = options.get("preset") or "paper"
-    if name not in PRESETS:
-        raise JPanningError(f"unknown rlpanning preset {name!r}; choose from {', '.join(PRESETS)}")
-    config = PRESETS[name]
+    config = pruning.preset(PRESETS, "rlpanning", options)
     if options.get("agent_steps"):
         config = dataclasses.replace(
             config, agent_steps=int(options["agent_steps"]), early_steps=None

@@ -62,11 +62,17 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Scorer = Callable[..., PyTree]
 
 
+# GraSP's reference code (Wang et al. 2020) and the Panning authors' divide the logits by 200
+# before the loss they score and observe: the default of every ``temperature`` in jpanning.
+TEMPERATURE = 200.0
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, temperature: float = 1.0):
     """Mean softmax cross-entropy with integer labels, the default ``loss_fn``.
 
-    GraSP's and Panning's reference code divide the logits by ``T = 200`` before the loss;
-    pass ``functools.partial(cross_entropy, temperature=200.0)`` to reproduce that.
+    GraSP's and Panning's reference code divide the logits by :data:`TEMPERATURE` (200)
+    before the loss; pass ``functools.partial(cross_entropy, temperature=TEMPERATURE)`` to
+    reproduce that.
 
     Args:
         logits: [B, num_classes].

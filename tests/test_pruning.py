@@ -61,13 +61,17 @@ def test_every_method_hits_the_sparsity_exactly(problem, method, scope):
 
 
 def test_exponential_schedule_removes_a_constant_fraction_each_round():
-    s = pruning.exponential_schedule(0.99, 5)
+    s = M.exponential_schedule(0.99, 5)
     density = 1.0 - s.astype(np.float64)
     assert s[-1] == np.float32(0.99)
     np.testing.assert_allclose(density[1:] / density[:-1], 0.01**0.2, rtol=1e-5)
     np.testing.assert_allclose(density[0], 0.01**0.2, rtol=1e-6)
+    # the same schedule, traced round by round in float32 (the Panning environment's)
+    traced = jax.jit(M.round_sparsity, static_argnums=2)(jnp.float32(0.99), jnp.arange(5), 5)
+    np.testing.assert_allclose(traced, s, rtol=1e-6)
+    assert traced[-1] == s[-1]
     with pytest.raises(JPanningError, match="rounds must be at least 1"):
-        pruning.exponential_schedule(0.5, 0)
+        M.exponential_schedule(0.5, 0)
 
 
 def _toy_problem(sparsity=0.5):
@@ -135,8 +139,9 @@ def test_snip_method_keeps_the_top_of_an_independent_saliency(problem):
 
 
 def test_grasp_method_uses_the_temperature_of_the_reference(problem):
+    assert scores.TEMPERATURE == 200.0  # GraSP's reference code: logits / 200
     got = pruning.prune("grasp", problem)
-    loss_fn = functools.partial(scores.cross_entropy, temperature=200.0)
+    loss_fn = functools.partial(scores.cross_entropy, temperature=scores.TEMPERATURE)
     s = scores.grasp(
         pruning.train_apply_fn(problem),
         problem.params,
