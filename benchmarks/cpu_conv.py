@@ -10,11 +10,9 @@ at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` comp
 program with XLA's default YNNPACK fusion types and the models' convolution as plain
 ``lax.conv_general_dilated`` (what JAX does without jpanning), ``jpanning``
 with jpanning's defaults (oneDNN's convolutions, :mod:`jpanning.onednn`, where built; the
-process flag set at import; the options jpanning's own jitted programs take,
-:func:`jpanning.cpu.first_order_options`), ``jpanning, XLA conv`` with
-``JPANNING_CPU_CONV=xla`` (XLA's convolutions and, for the training step, SNIP and the eval
-pass, YNNPACK's elementwise fusions), all chosen per trace and compilation, so they share the
-process;
+process flag :func:`jpanning.cpu.configure` sets), ``jpanning, XLA conv`` with
+``JPANNING_CPU_CONV=xla`` (XLA's convolutions), all chosen per trace and compilation, so they
+share the process;
 ``torch`` is the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and
 threads.
 
@@ -221,32 +219,18 @@ def _workloads(args) -> dict:
     from benchmarks.train_throughput import make_runner, random_masked_setup
     from jpanning import cpu, models, scores, train
 
-    # per variant: the training step's compiler options, and the other programs' options
-    # (jpanning's: what its own jitted programs take, first-order ones and the others; with
-    # XLA's convolutions the first-order ones get YNNPACK's elementwise fusions)
-    xla = cpu.options(cpu.XLA_DEFAULT_TYPES)
-    first_order = cpu.first_order_options()
-    eltwise = cpu.options(cpu.FIRST_ORDER_TYPES)
-    variants = {
-        XLA: (xla, {"snip": xla, "fused": xla, "eval": xla, "matmul": xla}),
-        JPANNING_XLA: (
-            eltwise,
-            {"snip": eltwise, "fused": None, "eval": eltwise, "matmul": None},
-        ),
-        JPANNING: (
-            first_order,
-            {"snip": first_order, "fused": None, "eval": first_order, "matmul": None},
-        ),
-    }
+    # per variant, the compiler options of every program: XLA's default fusion types, or
+    # the process setting jpanning's own programs compile with
+    variants = {XLA: cpu.options(cpu.XLA_DEFAULT_TYPES), JPANNING_XLA: None, JPANNING: None}
     model, variables, masks, images, labels = random_masked_setup(
         "resnet20", (32, 32, 3), 0.95, args.batch_size
     )
     config = train.TrainConfig()
     runners = {
         k: make_runner(
-            model, variables, config, masks, images, labels, False, compiler_options=step_options
+            model, variables, config, masks, images, labels, False, compiler_options=options
         )
-        for k, (step_options, _) in variants.items()
+        for k, options in variants.items()
     }
     for k in (XLA, JPANNING_XLA):
         with _traced_as(k):
@@ -275,8 +259,7 @@ def _workloads(args) -> dict:
     }
     runs = {name: {} for name in programs}
     for name, f in programs.items():
-        for k, (_, program_options) in variants.items():
-            options = program_options[name]
+        for k, options in variants.items():
             # a new function per variant: jit's trace cache would hand one variant's program
             # (traced with or without lax's convolution) to the other
             g = functools.partial(lambda f, p, b: f(p, b), f)
@@ -305,8 +288,7 @@ def _workloads(args) -> dict:
     }
     a = jnp.asarray(rng.normal(size=(2048, 2048)).astype(np.float32))
     mm_runs = {}
-    for k, (_, program_options) in variants.items():
-        options = program_options["matmul"]
+    for k, options in variants.items():
         compiled = jax.jit(lambda a: a @ a, compiler_options=options).lower(a).compile()
         mm_runs[k] = timing.blocking(functools.partial(compiled, a))
     if torch is not None:
@@ -416,9 +398,7 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"{cpu.convolution_library()} (`jpanning/onednn.py`) under the process setting "
         f"jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}). `{JPANNING_XLA}`: "
         f"jpanning with `JPANNING_CPU_CONV=xla` (its path before oneDNN): convolutions in "
-        f"XLA's multi-threaded Eigen under the process setting and, for the programs with "
-        f"first derivatives only (training step, SNIP, eval forward; not the fused scores, "
-        f"which hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}. "
+        f"XLA's multi-threaded Eigen under the process setting. "
         f"Every column, PyTorch's included, runs with the process's malloc setting: "
         f"{cpu.allocator_setting()} (`benchmarks/archive/allocator.py` compares the settings).",
         "",

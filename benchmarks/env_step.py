@@ -21,9 +21,6 @@ machine noise hits them alike, medians over ``--repeats``:
   ``pip install -r requirements-bench.txt``; ``--no-torch`` skips it), from the same weights,
   maps and scoring batch, with how far its masks, losses and ‖g‖² are from jpanning's.
 
-The JAX programs are compiled with :meth:`jpanning.env.PanningEnv.compiler_options`, as RL
-Panning compiles its step (on a CPU with oneDNN's convolutions: no options).
-
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
 over ours) to
@@ -91,24 +88,20 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     )
     paths_params = env_params.replace(effective="paths")  # one more gradient per step
     (key, state, action), (keys, states, actions) = mid_episode(env, env_params, envs)
-    options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
-    step = jax.jit(env.step, compiler_options=options)
-    fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
-    # the vmapped step with the process's setting: the first-order options make it slower
-    # (benchmarks/archive/results/cpu_options_cpu.md), and jpanning never compiles one itself
+    step = jax.jit(env.step)
+    fresh_step = jax.jit(env.step)
     vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
 
     masks = step(key, state, action, env_params)[1].masks
     batch = (jnp.asarray(xs[0]), jnp.asarray(ys[0]))
-    jit = functools.partial(jax.jit, compiler_options=options)
     # the scoring batch is an argument, as in the step, not a constant baked into the program
-    flow = jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
-    masked = jit(
+    flow = jax.jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
+    masked = jax.jit(
         lambda p, m, b: scores.loss_and_grad_norm(
             train_fn, p, b, m, prunable=prunable, whole_tensors=True
         )
     )
-    topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
+    topk = jax.jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
     fused = panning.normalise(flow(params, masks, batch), prunable)
 
     run = {
@@ -122,8 +115,6 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     if batched:
         run[f"step x {envs}"] = timing.blocking(lambda: vstep(keys, states, actions, env_params))
     info = {
-        "step_compiler_options": options,  # pool-mode step and floor; None: the process's
-        "vmapped_step_compiler_options": None,
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
@@ -323,20 +314,6 @@ def markdown(args, env, results, argv) -> list[str]:
                 f"From an earlier run: {r['date']}, command `"
                 + timing.command("env_step", r.get("argv", []))
                 + "`.",
-                "",
-            ]
-        if "vmapped_step_compiler_options" in r:
-            md += [
-                "Step and floor compiled with "
-                + report.options_text(r["step_compiler_options"])
-                + "; `step x E` and the fresh step with the process's settings.",
-                "",
-            ]
-        elif "step_compiler_options" in r:  # absent from earlier runs (the process setting)
-            md += [
-                "Step, `step x E` and floor compiled with "
-                + report.options_text(r["step_compiler_options"])
-                + "; the fresh step with the process's settings.",
                 "",
             ]
         md += [

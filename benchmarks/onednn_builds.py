@@ -40,7 +40,7 @@ def _programs(args) -> dict:
     import numpy as np
 
     from benchmarks.train_throughput import make_runner, random_masked_setup
-    from jpanning import cpu, models, onednn, scores, train
+    from jpanning import models, onednn, scores, train
 
     shape = (32, 32, 3)
     model, variables, masks, images, labels = random_masked_setup(
@@ -53,13 +53,12 @@ def _programs(args) -> dict:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(args.score_batch, *shape)).astype(np.float32)
     batch = (jnp.asarray(x), jnp.asarray(np.arange(args.score_batch) % 10, jnp.int32))
-    first_order = cpu.first_order_options()
     run = {f"train step x {args.steps}": functools.partial(runner, args.steps)}
     for name, fn in {
         "SNIP scores": lambda p, b: scores.snip(apply_train, p, b),
         "eval forward": lambda p, b: apply_eval(p, b[0]),
     }.items():
-        c = jax.jit(fn, compiler_options=first_order).lower(params, batch).compile()
+        c = jax.jit(fn).lower(params, batch).compile()
         run[name] = timing.blocking(functools.partial(c, params, batch))
     forward, input_grad, kernel_grad = onednn.primitives()
     n = args.train_batch

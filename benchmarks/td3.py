@@ -177,9 +177,7 @@ def bench_search(name: str, args, scoring: str = "fresh") -> dict:
     key = jax.random.key(0)
     carry = jax.jit(init)(key, env_params)
     carry = carry.replace(buffer=_filled_buffer(config, key))
-    # compiled as rlpanning.search compiles it (on a CPU: the first-order options)
-    options = env.compiler_options(env_params)
-    step = jax.jit(step, donate_argnums=0, compiler_options=options)
+    step = jax.jit(step, donate_argnums=0)  # as rlpanning.search compiles it
     loop = {"carry": carry, "t": 0}
 
     def agent_step():  # the next step from the last one's carry
@@ -194,7 +192,6 @@ def bench_search(name: str, args, scoring: str = "fresh") -> dict:
         "scoring": scoring,
         "batch_size": args.batch_size,
         "timed_steps": args.search_steps,
-        "compiler_options": options,
         "median_seconds_per_agent_step": per_step,
         "default_search_hours": per_step * DEFAULT_STEPS / 3600,
         "authors_hours": AUTHORS_SEARCH_HOURS if name == "resnet20_panning" else None,
@@ -275,13 +272,6 @@ def render(result: dict) -> list[str]:
                     for row in rows
                 ),
             ]
-            if "compiler_options" in rows[0]:  # absent from earlier runs (the process setting)
-                md += [
-                    "",
-                    "Compiled as `rlpanning.search` compiles it: "
-                    + report.options_text(rows[0]["compiler_options"])
-                    + ".",
-                ]
     return md
 
 

@@ -35,18 +35,22 @@ def make_runner(
     *,
     mesh=None,
     put_every_step=False,
-    compiler_options="auto",
+    compiler_options=None,
 ):
     """``run(n)``: ``n`` of jpanning's train steps on one batch, the state carried over calls.
 
     With a ``mesh`` (:func:`jpanning.parallel.make_mesh`) the batch is split over its devices
     and the state replicated; ``put_every_step`` places the batch again at every step (the
-    host-to-device split a real step pays), else once. ``compiler_options`` goes to
-    :func:`jpanning.train.make_train_step`.
+    host-to-device split a real step pays), else once. ``compiler_options``: XLA's for the
+    step (None: the process's settings, as :func:`jpanning.train.make_train_step` compiles it).
     """
     tx = train.make_optimizer(config, 10_000, masks)
     holder = {"state": parallel.replicate(mesh, train.create_train_state(variables, tx, masks))}
-    step = train.make_train_step(model, tx, augment=augment, compiler_options=compiler_options)
+    step = jax.jit(
+        train.train_step_fn(model, tx, augment=augment),
+        donate_argnums=0,
+        compiler_options=compiler_options,
+    )
     key = jax.random.key(0)
 
     def place():

@@ -15,8 +15,8 @@ NHWC convolutions, forward and both gradients, to oneDNN through XLA's FFI
 PyTorch (``benchmarks/results/cpu_conv_cpu.md``). ``configure(convolution="xla")``
 (:func:`set_convolution`; ``JPANNING_CPU_CONV=xla`` as the process default) keeps XLA's
 convolutions, for which the rest of this module's settings were made; with oneDNN's the
-process setting below still applies and :func:`first_order_options` adds nothing. The choice
-is made when a convolution is traced: functions traced before a change keep the old one.
+process setting below still applies. The choice is made when a convolution is traced:
+functions traced before a change keep the old one.
 
 jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the kernel
 gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
@@ -24,22 +24,15 @@ on a 2-core machine half the CPU idles through a network's convolutions
 (``benchmarks/cpu_conv.py`` shows CPU time / wall time of 1.0 for them, 2.0 for XLA's own
 Eigen convolution). Leaving convolutions out of YNNPACK (the
 ``xla_cpu_experimental_ynn_fusion_type`` option without ``INDIVIDUAL_CONVOLUTION``) gives
-them back to Eigen, multi-threaded. Two settings, measured in
-``benchmarks/results/cpu_conv_cpu.md`` (jaxlib 0.10.2; the workloads again on 0.11.2 in
-``benchmarks/results/jaxlib-0.11/``):
-
-- :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
-  whole process in ``XLA_FLAGS`` by :func:`configure`, so every model, scorer and
-  user-written ``jax.jit`` gets it without code changes. It is never slower than XLA's
-  default on the benchmark's workloads.
-- :data:`FIRST_ORDER_TYPES` adds elementwise fusions: faster again for programs whose
-  derivatives are at most first order (a training step, an evaluation pass, SNIP, a masked
-  network's loss and gradient norm), slower for second-order ones (GraSP's Hessian-vector
-  product, the GradNorm score's gradient of ‖g‖²). jpanning's own jitted programs of the
-  first kind get it per compilation (:func:`first_order_options`): the training and
-  evaluation steps, SNIP, iterative SNIP and FORCE rounds, the Panning environment's step in
-  pool mode with everything jitted around it (RL Panning's search and screening), and PuRL's
-  steps (retraining and evaluation).
+them back to Eigen, multi-threaded: :data:`PROCESS_TYPES` (matmuls and reductions in
+YNNPACK, convolutions not), set for the whole process in ``XLA_FLAGS`` by :func:`configure`,
+so every model, scorer and user-written ``jax.jit`` gets it without code changes. It is never
+slower than XLA's default on the benchmark's workloads (``benchmarks/results/cpu_conv_cpu.md``,
+jaxlib 0.10.2; the workloads again on 0.11.2 in ``benchmarks/results/jaxlib-0.11/``).
+Elementwise fusions in YNNPACK as well, per compilation of the programs with first
+derivatives only, were measured and dropped: slower with oneDNN's convolutions, and with
+XLA's faster for some programs and slower for others
+(``benchmarks/archive/results/cpu_options_cpu.md``).
 
 One convolution shape defeats both of XLA:CPU's convolution libraries: a padded 3x3 kernel
 over a 2x2 or 2x4 input, such as VGG's 3x3 layers on the 2x2 maps of its last block on
@@ -94,7 +87,6 @@ MEASURED_JAXLIBS = ((0, 10), (0, 11))
 _PREFIX = "LIBRARY_FUSION_TYPE_"
 XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # 0.10.2 and 0.11.2
 PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
-FIRST_ORDER_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 SMALL_INPUT = 8  # input pixels (H*W) up to which conv_general_dilated uses slices + matmul
 
 
@@ -280,26 +272,6 @@ def allocator_setting() -> str:
     return _MALLOC if _MALLOC is not None else "glibc default"
 
 
-def first_order_options() -> dict[str, str] | None:
-    """``compiler_options`` for a jitted program whose derivatives are at most first order
-    (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
-    jaxlib and XLA's convolutions, unless the user chose; None (the process's settings)
-    otherwise, oneDNN's convolutions included (:func:`convolution_library`), with which the
-    elementwise fusions made the same programs slower (``benchmarks/archive/cpu_options.py``). Starts
-    JAX's backends (to ask which is the default)."""
-    if not first_order_measurable() or convolution_library() != "XLA":
-        return None
-    return options(FIRST_ORDER_TYPES)
-
-
-def first_order_measurable() -> bool:
-    """Whether :data:`FIRST_ORDER_TYPES` can be given here: a CPU backend, a measured jaxlib
-    and the setting left to jpanning."""
-    import jax
-
-    return not user_choice() and _jaxlib_measured() and jax.default_backend() == "cpu"
-
-
 def describe() -> dict:
     """What this process runs with, for the records next to results."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -309,7 +281,6 @@ def describe() -> dict:
     return {
         "ynn_fusion_types": value if value is not None else "XLA default",
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
-        "first_order_programs": (first_order_options() or {}).get(YNN_OPTION, "process setting"),
         "malloc": allocator_setting(),
         "convolution": convolution_library(),
     }

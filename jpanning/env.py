@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import cpu, masks as masks_lib, panning, scores
+from jpanning import masks as masks_lib, panning, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -498,14 +498,6 @@ class PanningEnv:
     def reset_after(self, key, state: EnvState, params: EnvParams) -> tuple[jax.Array, EnvState]:
         """The next episode after ``state``'s: :meth:`reset` with ``state``'s ranges."""
         return self.reset(key, params, ranges=state.ranges)
-
-    @staticmethod
-    def compiler_options(params: EnvParams) -> dict | None:
-        """XLA's ``compiler_options`` for a jitted program around :meth:`step`: with a pool
-        a step takes first derivatives only (:func:`jpanning.cpu.first_order_options`);
-        fresh batches add GraSP's Hessian-vector product, which those options slow down, so
-        they keep the process's settings (None)."""
-        return cpu.first_order_options() if params.scoring == "pool" else None
 
     def step(self, key, state: EnvState, action: jax.Array, params: EnvParams):
         """One Panning round with fusion weights ``p = (clip(a, −1, 1) + 1) / 2``.

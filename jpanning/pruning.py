@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jpanning import cpu, masks as masks_lib, models, panning as panning_lib, scores
+from jpanning import masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
 
 
@@ -108,9 +108,7 @@ def eval_apply_fn(problem: PruneProblem):
     return models.make_apply_fn(problem.model, problem.variables["batch_stats"], train=False)
 
 
-def iterative_masks(
-    score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool, compiler_options=None
-):
+def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool):
     """Prune over ``rounds`` rounds of the exponential schedule, rescoring each round.
 
     Args:
@@ -119,7 +117,6 @@ def iterative_masks(
         rounds: T, the number of rounds.
         keep_pruned: True: a weight pruned in one round stays pruned (its score is -inf);
             False: every weight competes every round, so pruned weights can come back.
-        compiler_options: XLA's ``compiler_options`` for the round (None: the process's).
     Returns:
         The final masks, at exactly ``problem.sparsity``.
 
@@ -133,7 +130,7 @@ def iterative_masks(
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 
-    @functools.partial(jax.jit, compiler_options=compiler_options)
+    @jax.jit
     def one_round(params, masks, sparsity):  # params are arguments, not baked-in constants
         s = score_fn(params, masks)
         if keep_pruned:
@@ -172,8 +169,7 @@ def temperature(problem: PruneProblem) -> float:
 def snip(problem: PruneProblem):
     """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
     score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=_chunk(problem))
-    score = jax.jit(score, compiler_options=cpu.first_order_options())
-    return masks_from_scores(score(problem.params, problem.batch), problem)
+    return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
 
 
 @register_method("grasp")
@@ -212,20 +208,13 @@ def synflow(problem: PruneProblem):
 
 
 def _snip_rounds(problem: PruneProblem, *, keep_pruned: bool):
-    """SNIP rescored at the pruned network each round (first derivatives only, so the rounds
-    compile with :func:`jpanning.cpu.first_order_options`)."""
+    """SNIP rescored at the pruned network each round."""
     apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
 
     def score_fn(params, masks):
         return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
 
-    return iterative_masks(
-        score_fn,
-        problem,
-        _rounds(problem, 100),
-        keep_pruned=keep_pruned,
-        compiler_options=cpu.first_order_options(),
-    )
+    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=keep_pruned)
 
 
 @register_method("iter_snip")

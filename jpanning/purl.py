@@ -21,7 +21,6 @@ final mask prunes the trained network with those α in one shot; ``run.py`` then
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jpanning import checkpoint as checkpoint_lib, cpu, flops, masks as masks_lib, pruning, train
+from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, train
 from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
@@ -373,8 +372,8 @@ def greedy_episodes(env: PuRLEnv, env_params: EnvParams, q_params, key, episodes
     (an episode stopped early keeps α = 0 for the layers it did not visit)."""
     config = env.config.dqn
 
-    @functools.partial(jax.jit, compiler_options=cpu.first_order_options())
-    def act_and_step(key, obs, state):  # retraining and evaluation: first derivatives only
+    @jax.jit
+    def act_and_step(key, obs, state):
         action = dqn.greedy_action(q_params, obs, config)
         obs, state, _, terminated, _, _ = env.step(key, state, action, env_params)
         return obs, state, terminated
@@ -461,7 +460,6 @@ def run(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=cpu.first_order_options(),
     )
     alphas, accuracy, sparsity = greedy_episodes(
         env, env_params, agent.params, k_final, config.final_episodes

@@ -22,7 +22,6 @@ path inside a scan body (``python -m benchmarks.archive.loop_body_conv``).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -212,7 +211,6 @@ def search(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=env.compiler_options(env_params),
     )
 
 
@@ -261,7 +259,7 @@ def screen(
     k_reset, k_steps = jax.random.split(key)
     obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
 
-    @functools.partial(jax.jit, compiler_options=env.compiler_options(env_params))
+    @jax.jit
     def one_round(obs, state, k, env_params):
         action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
         obs, state, reward, _, _, info = env.step(k, state, action, env_params)

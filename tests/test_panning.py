@@ -369,7 +369,6 @@ def test_a_fresh_step_scores_the_batch_it_draws(net, tiny_env):
         net["params"], ds.train_images, ds.train_labels, rounds=4, scoring="fresh",
         samples_per_class=2,
     )  # fmt: skip
-    assert env.compiler_options(fresh) is None
     _, state = env.reset(jax.random.key(0), fresh, target=0.9)
     key = jax.random.key(2)
     _, new, *_ = jax.jit(env.step)(key, state, jnp.array([0.5, -0.2, 0.1]), fresh)

@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from jpanning import cpu, masks as M, pruning, scores
+from jpanning import masks as M, pruning, scores
 from jpanning.errors import JPanningError
 
 METHODS = ["random", "magnitude", "snip", "grasp", "synflow", "iter_snip", "force", "panning"]
@@ -180,20 +180,6 @@ def test_force_revives_weights_that_iter_snip_cannot(problem):
         for a, b in zip(jax.tree.leaves(force), jax.tree.leaves(iter_snip))
     )
     assert differ > 0
-
-
-@pytest.mark.parametrize("method", ["snip", "iter_snip", "force", "grasp"])
-def test_first_order_methods_compile_with_the_first_order_options(problem, monkeypatch, method):
-    # SNIP, iterative SNIP and FORCE compile their rounds with cpu.first_order_options: an
-    # option XLA rejects shows that it reaches the compiler. GraSP (a Hessian-vector product)
-    # keeps the process's settings.
-    monkeypatch.setattr(cpu, "first_order_options", lambda: {"jpanning_no_such_option": "1"})
-    if method in ("snip", "iter_snip", "force"):
-        with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
-            pruning.prune(method, problem)
-    else:
-        masks = pruning.prune(method, problem)
-        assert M.sparsity_report(masks, problem.prunable)["kept"] > 0
 
 
 def test_unknown_method_names_the_choices(problem):

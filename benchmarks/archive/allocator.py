@@ -75,7 +75,7 @@ def _programs(args) -> dict:
     import numpy as np
 
     from benchmarks.train_throughput import make_runner, random_masked_setup
-    from jpanning import cpu, models, scores, train
+    from jpanning import models, scores, train
 
     shape = (32, 32, 3)
     model, variables, masks, images, labels = random_masked_setup(
@@ -90,18 +90,14 @@ def _programs(args) -> dict:
     x = rng.normal(size=(args.score_batch, *shape)).astype(np.float32)
     y = (np.arange(args.score_batch) % 10).astype(np.int32)
     batch = (jnp.asarray(x), jnp.asarray(y))
-    first_order = cpu.first_order_options()
     compiled = {
-        "snip": (lambda p, b: scores.snip(apply_train, p, b), first_order),
-        "fused": (  # GraSP's Hessian-vector product: the process setting
-            lambda p, b: scores.fused(apply_train, p, b, synflow_apply_fn=apply_eval),
-            None,
-        ),
-        "eval forward": (lambda p, b: apply_eval(p, b[0]), first_order),
+        "snip": lambda p, b: scores.snip(apply_train, p, b),
+        "fused": lambda p, b: scores.fused(apply_train, p, b, synflow_apply_fn=apply_eval),
+        "eval forward": lambda p, b: apply_eval(p, b[0]),
     }
     run = {f"train step x {args.steps}": functools.partial(runner, args.steps)}
-    for name, (fn, options) in compiled.items():
-        c = jax.jit(fn, compiler_options=options).lower(params, batch).compile()
+    for name, fn in compiled.items():
+        c = jax.jit(fn).lower(params, batch).compile()
         run[name] = functools.partial(lambda c: jax.block_until_ready(c(params, batch)), c)
     try:
         import torch

@@ -1,10 +1,11 @@
-"""Which programs gain from ``jpanning.cpu.first_order_options`` on XLA:CPU: each of
+"""Which programs gained from ``jpanning.cpu.first_order_options`` on XLA:CPU: each of
 jpanning's programs compiled twice, with the process setting and with those options, timed
-alternately in one process.
+alternately in one process. The library gave these options to its first-order programs
+until 2026-12 (issue 28); :data:`FIRST_ORDER_TYPES` keeps them here.
 
         python -m benchmarks.archive.cpu_options  # ResNet-20, batch 128
 
-The options add YNNPACK's elementwise fusions (:data:`jpanning.cpu.FIRST_ORDER_TYPES`) to the
+The options add YNNPACK's elementwise fusions (:data:`FIRST_ORDER_TYPES`) to the
 process setting (:data:`jpanning.cpu.PROCESS_TYPES`). jpanning gives them to its programs
 with first derivatives only (training and evaluation steps, SNIP, the masked network's loss
 and ‖g‖², the Panning environment's pool-mode step) and not to those with second derivatives
@@ -40,6 +41,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 PROCESS = "process setting"
 FIRST_ORDER = "first_order_options"
 SECOND_ORDER = ("grad_norm", "grasp", "env step (recompute dense)")
+FIRST_ORDER_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")  # jpanning.cpu's, until 2026-12
 
 
 def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
@@ -94,12 +96,12 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
-    if not cpu.first_order_measurable():
+    if cpu.user_choice() or not cpu._jaxlib_measured() or jax.default_backend() != "cpu":
         raise SystemExit(
             "cpu_options compares XLA:CPU settings: it needs a CPU backend, a measured jaxlib "
             f"{cpu.MEASURED_JAXLIBS} and the setting left on (JPANNING_CPU_FAST unset)"
         )
-    first_order = cpu.options(cpu.FIRST_ORDER_TYPES)
+    first_order = cpu.options(FIRST_ORDER_TYPES)
     variants = {PROCESS: None, FIRST_ORDER: first_order}
     run = {}
     for name, (fn, fn_args) in programs(args.model, args.batch_size, args.sparsity).items():
@@ -137,7 +139,7 @@ def main(argv=None):
         f"Medians of {args.repeats} alternating calls, seconds. `{PROCESS}`: "
         f"`{cpu.YNN_OPTION}` = {', '.join(cpu.PROCESS_TYPES)} "
         "(what `jpanning.cpu.configure()` sets); "
-        f"`{FIRST_ORDER}`: {', '.join(cpu.FIRST_ORDER_TYPES)}, given per compilation to "
+        f"`{FIRST_ORDER}`: {', '.join(FIRST_ORDER_TYPES)}, given per compilation to "
         "jpanning's programs with first derivatives only, where XLA computes the "
         f"convolutions. Convolutions here: {cpu.convolution_library()} (`JPANNING_CPU_CONV`). "
         "Speed-up above 1: the options help.",

@@ -496,7 +496,6 @@ def train_loop(
     callback=None,
     checkpoints=None,
     stop=checkpoint_lib.never,
-    compiler_options=None,
 ):
     """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
 
@@ -515,8 +514,8 @@ def train_loop(
             ``env_params``.
         callback: optional ``callback(t_end, metrics)`` after each call, with the call's
             metrics as numpy arrays ``[n, ...]`` and ``t_end`` the steps done so far.
-        checkpoints, stop, compiler_options: checkpoint and stop the loop, XLA's options for
-            its jitted steps (:func:`jpanning.agents.loop.host_loop`).
+        checkpoints, stop: checkpoint and stop the loop
+            (:func:`jpanning.agents.loop.host_loop`).
 
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
@@ -533,5 +532,4 @@ def train_loop(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=compiler_options,
     )
