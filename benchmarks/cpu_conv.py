@@ -10,11 +10,9 @@ at batch 256 (images/s) and an f32 matmul 2048^2 (GFLOP/s). ``xla default`` comp
 program with XLA's default YNNPACK fusion types and the models' convolution as plain
 ``lax.conv_general_dilated`` (what JAX does without jpanning), ``jpanning``
 with jpanning's defaults (oneDNN's convolutions, :mod:`jpanning.onednn`, where built; the
-process flag set at import; the options jpanning's own jitted programs take,
-:func:`jpanning.cpu.first_order_options`), ``jpanning, XLA conv`` with
-``JPANNING_CPU_CONV=xla`` (XLA's convolutions and, for the training step, SNIP and the eval
-pass, YNNPACK's elementwise fusions), all chosen per trace and compilation, so they share the
-process;
+process flag :func:`jpanning.cpu.configure` sets), ``jpanning, XLA conv`` with
+``JPANNING_CPU_CONV=xla`` (XLA's convolutions), all chosen per trace and compilation, so they
+share the process;
 ``torch`` is the PyTorch ResNet-20 of ``benchmarks/reference/`` with the same weights and
 threads.
 
@@ -44,6 +42,8 @@ import statistics
 import sys
 import time
 
+from benchmarks import timing
+
 XLA = "xla default"
 JPANNING = "jpanning"
 JPANNING_XLA = "jpanning, XLA conv"  # JPANNING_CPU_CONV=xla: jpanning before oneDNN
@@ -52,12 +52,8 @@ JPANNING_XLA = "jpanning, XLA conv"  # JPANNING_CPU_CONV=xla: jpanning before on
 def _timed(fn, repeats: int) -> tuple[float, float]:
     """``(median ms, CPU time / wall time)`` of ``repeats`` calls after a warm-up call."""
     fn()  # compile / warm up
-    times = []
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
+    times = timing.time_calls(fn, repeats, warmup=0)
     cores = (time.process_time() - cpu0) / (time.perf_counter() - wall0)
     return 1e3 * statistics.median(times), cores
 
@@ -139,8 +135,8 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
             fwd = compiled(f, (xj, wj), options)
             loss = lambda x, w, f=f: jnp.sum(f(x, w) ** 2)
             grad = compiled(jax.grad(loss, argnums=(0, 1)), (xj, wj), options)
-            fwd_ms, fwd_cores = _timed(lambda: jax.block_until_ready(fwd(xj, wj)), repeats)
-            fb_ms, fb_cores = _timed(lambda: jax.block_until_ready(grad(xj, wj)), repeats)
+            fwd_ms, fwd_cores = _timed(timing.blocking(lambda: fwd(xj, wj)), repeats)
+            fb_ms, fb_cores = _timed(timing.blocking(lambda: grad(xj, wj)), repeats)
             rows.append(
                 {
                     "shape": f"{size}x{size}x{channels}",
@@ -186,14 +182,6 @@ def _layer_table(batch: int, repeats: int, threads: int) -> list[dict]:
     return rows
 
 
-def _median_s(runs: dict, repeats: int) -> dict:
-    """Median seconds per call of each ``fn`` in ``runs`` (warmed up, timed in alternation by
-    :func:`benchmarks.scorers.time_all`)."""
-    from benchmarks.scorers import time_all
-
-    return {k: statistics.median(v) for k, v in time_all(runs, repeats).items()}
-
-
 @contextlib.contextmanager
 def _env(name: str, value: str):
     """``os.environ[name] = value`` inside; jpanning's switches are read when a convolution is
@@ -228,39 +216,21 @@ def _workloads(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from benchmarks.train_throughput import (
-        alternating_windows,
-        make_runner,
-        random_masked_setup,
-    )
+    from benchmarks.train_throughput import make_runner, random_masked_setup
     from jpanning import cpu, models, scores, train
 
-    # per variant: the training step's compiler options, and the other programs' options
-    # (jpanning's: what its own jitted programs take, first-order ones and the others; with
-    # XLA's convolutions the first-order ones get YNNPACK's elementwise fusions)
-    xla = cpu.options(cpu.XLA_DEFAULT_TYPES)
-    first_order = cpu.first_order_options()
-    eltwise = cpu.options(cpu.FIRST_ORDER_TYPES)
-    variants = {
-        XLA: (xla, {"snip": xla, "fused": xla, "eval": xla, "matmul": xla}),
-        JPANNING_XLA: (
-            eltwise,
-            {"snip": eltwise, "fused": None, "eval": eltwise, "matmul": None},
-        ),
-        JPANNING: (
-            first_order,
-            {"snip": first_order, "fused": None, "eval": first_order, "matmul": None},
-        ),
-    }
+    # per variant, the compiler options of every program: XLA's default fusion types, or
+    # the process setting jpanning's own programs compile with
+    variants = {XLA: cpu.options(cpu.XLA_DEFAULT_TYPES), JPANNING_XLA: None, JPANNING: None}
     model, variables, masks, images, labels = random_masked_setup(
         "resnet20", (32, 32, 3), 0.95, args.batch_size
     )
     config = train.TrainConfig()
     runners = {
         k: make_runner(
-            model, variables, config, masks, images, labels, False, compiler_options=step_options
+            model, variables, config, masks, images, labels, False, compiler_options=options
         )
-        for k, (step_options, _) in variants.items()
+        for k, options in variants.items()
     }
     for k in (XLA, JPANNING_XLA):
         with _traced_as(k):
@@ -272,7 +242,7 @@ def _workloads(args) -> dict:
         runners["torch"] = _torch_runner(variables, masks, images, labels, config, args.threads)
     except ImportError:
         torch = None
-    ips, med, _ = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, _ = timing.alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     out = {"train step, batch %d (images/s)" % args.batch_size: med, "train_windows": ips}
 
     params, stats = variables["params"], variables["batch_stats"]
@@ -289,16 +259,13 @@ def _workloads(args) -> dict:
     }
     runs = {name: {} for name in programs}
     for name, f in programs.items():
-        for k, (_, program_options) in variants.items():
-            options = program_options[name]
+        for k, options in variants.items():
             # a new function per variant: jit's trace cache would hand one variant's program
             # (traced with or without lax's convolution) to the other
             g = functools.partial(lambda f, p, b: f(p, b), f)
             with _traced_as(k):
                 compiled = jax.jit(g, compiler_options=options).lower(params, batch).compile()
-            runs[name][k] = functools.partial(
-                lambda c: jax.block_until_ready(c(params, batch)), compiled
-            )
+            runs[name][k] = timing.blocking(functools.partial(compiled, params, batch))
     if torch is not None:
         from benchmarks.reference import torch_models, torch_scorers
 
@@ -314,22 +281,21 @@ def _workloads(args) -> dict:
 
         runs["eval"]["torch"] = t_eval
     sb = args.score_batch
-    out[f"SNIP scores, batch {sb} (s)"] = _median_s(runs["snip"], args.repeats)
-    out[f"fused scores, batch {sb} (s)"] = _median_s(runs["fused"], args.repeats)
+    out[f"SNIP scores, batch {sb} (s)"] = timing.median_seconds(runs["snip"], args.repeats)
+    out[f"fused scores, batch {sb} (s)"] = timing.median_seconds(runs["fused"], args.repeats)
     out[f"eval forward, batch {sb} (images/s)"] = {
-        k: sb / v for k, v in _median_s(runs["eval"], args.repeats).items()
+        k: sb / v for k, v in timing.median_seconds(runs["eval"], args.repeats).items()
     }
     a = jnp.asarray(rng.normal(size=(2048, 2048)).astype(np.float32))
     mm_runs = {}
-    for k, (_, program_options) in variants.items():
-        options = program_options["matmul"]
+    for k, options in variants.items():
         compiled = jax.jit(lambda a: a @ a, compiler_options=options).lower(a).compile()
-        mm_runs[k] = functools.partial(lambda c: jax.block_until_ready(c(a)), compiled)
+        mm_runs[k] = timing.blocking(functools.partial(compiled, a))
     if torch is not None:
         at = torch.from_numpy(np.asarray(a))
         mm_runs["torch"] = lambda: at @ at
     out["f32 matmul 2048^2 (GFLOP/s)"] = {
-        k: 2 * 2048**3 / v / 1e9 for k, v in _median_s(mm_runs, args.repeats).items()
+        k: 2 * 2048**3 / v / 1e9 for k, v in timing.median_seconds(mm_runs, args.repeats).items()
     }
     return out
 
@@ -411,7 +377,7 @@ def main(argv=None):
 def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[str]:
     from jpanning import cpu
 
-    command = " ".join(["python -m benchmarks.cpu_conv", *(argv or sys.argv[1:])])
+    command = timing.command("cpu_conv", argv)
     md = [
         "# Convolution on the CPU: XLA's default, jpanning's CPU setting, PyTorch",
         "",
@@ -432,11 +398,9 @@ def _markdown(args, argv, env, platform, torch_version, layers, work) -> list[st
         f"{cpu.convolution_library()} (`jpanning/onednn.py`) under the process setting "
         f"jpanning makes at import ({', '.join(cpu.PROCESS_TYPES)}). `{JPANNING_XLA}`: "
         f"jpanning with `JPANNING_CPU_CONV=xla` (its path before oneDNN): convolutions in "
-        f"XLA's multi-threaded Eigen under the process setting and, for the programs with "
-        f"first derivatives only (training step, SNIP, eval forward; not the fused scores, "
-        f"which hold GraSP's Hessian-vector product), {', '.join(cpu.FIRST_ORDER_TYPES)}. "
+        f"XLA's multi-threaded Eigen under the process setting. "
         f"Every column, PyTorch's included, runs with the process's malloc setting: "
-        f"{cpu.allocator_setting()} (`benchmarks/allocator.py` compares the settings).",
+        f"{cpu.allocator_setting()} (`benchmarks/archive/allocator.py` compares the settings).",
         "",
     ]
     cols = [XLA, JPANNING_XLA, JPANNING, "torch"]

@@ -21,9 +21,6 @@ machine noise hits them alike, medians over ``--repeats``:
   ``pip install -r requirements-bench.txt``; ``--no-torch`` skips it), from the same weights,
   maps and scoring batch, with how far its masks, losses and ‖g‖² are from jpanning's.
 
-The JAX programs are compiled with :meth:`jpanning.env.PanningEnv.compiler_options`, as RL
-Panning compiles its step (on a CPU with oneDNN's convolutions: no options).
-
 Writes medians and ratios (step/floor; PyTorch's step over ours; for ``resnet20_panning``,
 also the authors' 5.66 s per step of that network on this kind of CPU, as issue 4 reports it,
 over ours) to
@@ -37,15 +34,14 @@ import argparse
 import functools
 import json
 import os
-import statistics
 import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from benchmarks.reference import torch_device
-from benchmarks.scorers import time_all
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, panning, report, scores
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -92,42 +88,33 @@ def setup(name: str, batch_size: int, pool: int, envs: int, batched: bool):
     )
     paths_params = env_params.replace(effective="paths")  # one more gradient per step
     (key, state, action), (keys, states, actions) = mid_episode(env, env_params, envs)
-    options = env.compiler_options(env_params)  # the pool-mode step's, as RL Panning's
-    step = jax.jit(env.step, compiler_options=options)
-    fresh_step = jax.jit(env.step, compiler_options=env.compiler_options(fresh_params))
-    # the vmapped step with the process's setting: the first-order options make it slower
-    # (benchmarks/results/cpu_options_cpu.md), and jpanning never compiles one itself
+    step = jax.jit(env.step)
+    fresh_step = jax.jit(env.step)
     vstep = jax.jit(jax.vmap(env.step, in_axes=(0, 0, 0, None)))
 
     masks = step(key, state, action, env_params)[1].masks
     batch = (jnp.asarray(xs[0]), jnp.asarray(ys[0]))
-    jit = functools.partial(jax.jit, compiler_options=options)
     # the scoring batch is an argument, as in the step, not a constant baked into the program
-    flow = jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
-    masked = jit(
+    flow = jax.jit(lambda p, m, b: scores.synflow(eval_fn, p, b, masks=m, prunable=prunable))
+    masked = jax.jit(
         lambda p, m, b: scores.loss_and_grad_norm(
             train_fn, p, b, m, prunable=prunable, whole_tensors=True
         )
     )
-    topk = jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
+    topk = jax.jit(functools.partial(masks_lib.global_topk, prunable=prunable, rounding="floor"))
     fused = panning.normalise(flow(params, masks, batch), prunable)
 
-    def blocking(fn):
-        return lambda: jax.block_until_ready(fn())
-
     run = {
-        "step": blocking(lambda: step(key, state, action, env_params)),
-        FRESH_STEP: blocking(lambda: fresh_step(key, state, action, fresh_params)),
-        "step (effective=paths)": blocking(lambda: step(key, state, action, paths_params)),
-        "floor/synflow_grad": blocking(lambda: flow(params, masks, batch)),
-        "floor/masked_loss_grad": blocking(lambda: masked(params, masks, batch)),
-        "floor/topk": blocking(lambda: topk(fused, jnp.float32(0.8))),
+        "step": timing.blocking(lambda: step(key, state, action, env_params)),
+        FRESH_STEP: timing.blocking(lambda: fresh_step(key, state, action, fresh_params)),
+        "step (effective=paths)": timing.blocking(lambda: step(key, state, action, paths_params)),
+        "floor/synflow_grad": timing.blocking(lambda: flow(params, masks, batch)),
+        "floor/masked_loss_grad": timing.blocking(lambda: masked(params, masks, batch)),
+        "floor/topk": timing.blocking(lambda: topk(fused, jnp.float32(0.8))),
     }
     if batched:
-        run[f"step x {envs}"] = blocking(lambda: vstep(keys, states, actions, env_params))
+        run[f"step x {envs}"] = timing.blocking(lambda: vstep(keys, states, actions, env_params))
     info = {
-        "step_compiler_options": options,  # pool-mode step and floor; None: the process's
-        "vmapped_step_compiler_options": None,
         "params": models.count_params(params),
         "prunable": masks_lib.sparsity_report(masks_lib.ones_like(params), prunable)["total"],
     }
@@ -244,8 +231,8 @@ def main(argv=None):
                 name, case, args.threads, args.torch_device
             )
             print(name, "jpanning vs torch:", info["jax_vs_torch"], flush=True)
-        times = time_all(run, args.repeats)
-        med = {k: statistics.median(v) for k, v in times.items()}
+        times = timing.time_all(run, args.repeats)
+        med = timing.medians(times)
         if batched:
             med[f"step x {args.envs}"] /= args.envs  # per environment
         floor = sum(v for k, v in med.items() if k.startswith("floor/"))
@@ -305,8 +292,7 @@ def markdown(args, env, results, argv) -> list[str]:
     md = [
         f"# Panning environment step, scoring batch {args.batch_size} x {INPUT_SHAPE}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.env_step', *argv])}`  ",
-        report.machine_line(env, ("jax", "flax")),
+        *timing.header(timing.command("env_step", argv), env, ("jax", "flax")),
         "",
         f"Medians of {args.repeats} alternating repeats, seconds. Step at round 50 of 100 "
         f"(target 0.95); `step x {args.envs}` is per environment of a vmapped batch. Floor: "
@@ -326,22 +312,8 @@ def markdown(args, env, results, argv) -> list[str]:
         if r.get("date", env["date"]) != env["date"]:  # kept by --update from an earlier run
             md += [
                 f"From an earlier run: {r['date']}, command `"
-                + " ".join(["python -m benchmarks.env_step", *r.get("argv", [])])
+                + timing.command("env_step", r.get("argv", []))
                 + "`.",
-                "",
-            ]
-        if "vmapped_step_compiler_options" in r:
-            md += [
-                "Step and floor compiled with "
-                + report.options_text(r["step_compiler_options"])
-                + "; `step x E` and the fresh step with the process's settings.",
-                "",
-            ]
-        elif "step_compiler_options" in r:  # absent from earlier runs (the process setting)
-            md += [
-                "Step, `step x E` and floor compiled with "
-                + report.options_text(r["step_compiler_options"])
-                + "; the fresh step with the process's settings.",
                 "",
             ]
         md += [

@@ -23,11 +23,10 @@ import argparse
 import functools
 import json
 import os
-import shlex
-import statistics
 import subprocess
 import sys
-import time
+
+from benchmarks import timing
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
 # (input HxW, input channels, output channels, stride) on CIFAR's 32x32, 3x3 SAME.
@@ -41,7 +40,7 @@ def _programs(args) -> dict:
     import numpy as np
 
     from benchmarks.train_throughput import make_runner, random_masked_setup
-    from jpanning import cpu, models, onednn, scores, train
+    from jpanning import models, onednn, scores, train
 
     shape = (32, 32, 3)
     model, variables, masks, images, labels = random_masked_setup(
@@ -54,14 +53,13 @@ def _programs(args) -> dict:
     rng = np.random.default_rng(1)
     x = rng.normal(size=(args.score_batch, *shape)).astype(np.float32)
     batch = (jnp.asarray(x), jnp.asarray(np.arange(args.score_batch) % 10, jnp.int32))
-    first_order = cpu.first_order_options()
     run = {f"train step x {args.steps}": functools.partial(runner, args.steps)}
     for name, fn in {
         "SNIP scores": lambda p, b: scores.snip(apply_train, p, b),
         "eval forward": lambda p, b: apply_eval(p, b[0]),
     }.items():
-        c = jax.jit(fn, compiler_options=first_order).lower(params, batch).compile()
-        run[name] = functools.partial(lambda c: jax.block_until_ready(c(params, batch)), c)
+        c = jax.jit(fn).lower(params, batch).compile()
+        run[name] = timing.blocking(functools.partial(c, params, batch))
     forward, input_grad, kernel_grad = onednn.primitives()
     n = args.train_batch
     for hw, c, o, s in LAYERS:
@@ -85,9 +83,7 @@ def _programs(args) -> dict:
                 (xs, dy),
             ),
         ):
-            run[f"{label}: {kind}"] = functools.partial(
-                lambda f, a: jax.block_until_ready(f(*a)), fn, operands
-            )
+            run[f"{label}: {kind}"] = timing.blocking(functools.partial(fn, *operands))
     return run
 
 
@@ -100,14 +96,7 @@ def child(args) -> dict:
         raise SystemExit(f"{args.child}: {onednn.unavailable_reason()}")
     out = {"onednn": onednn.version(), "programs": {}}
     for name, fn in _programs(args).items():
-        for _ in range(args.warmup):
-            fn()
-        seconds = []
-        for _ in range(args.calls):
-            start = time.perf_counter()
-            fn()
-            seconds.append(time.perf_counter() - start)
-        out["programs"][name] = seconds
+        out["programs"][name] = timing.time_calls(fn, args.calls, warmup=args.warmup)
     return out
 
 
@@ -146,7 +135,7 @@ def write(args, argv, runs) -> None:
     version = {b: runs[b][0]["onednn"] for b in runs}
     names = list(runs[base][0]["programs"])
     med = {
-        name: {b: statistics.median(s for c in runs[b] for s in c["programs"][name]) for b in runs}
+        name: timing.medians({b: [s for c in runs[b] for s in c["programs"][name]] for b in runs})
         for name in names
     }
     data = {
@@ -162,8 +151,7 @@ def write(args, argv, runs) -> None:
     md = [
         f"# Two oneDNN builds of jpanning's CPU convolution: {a} and {b}",
         "",
-        f"Command: `python -m benchmarks.onednn_builds {shlex.join(argv)}`  ",
-        report.machine_line(env, ("jax", "jaxlib", "flax")),
+        *timing.header(timing.command("onednn_builds", argv), env, ("jax", "jaxlib", "flax")),
         "",
         (
             f"{args.rounds} child processes per build, alternating (ABBA); in each, "

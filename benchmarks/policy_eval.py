@@ -50,7 +50,7 @@ def staircase_actions(target: float, rounds: int, fusion: str) -> np.ndarray:
     """``[T, 3]`` actions whose fusion weights ``(a + 1) / 2`` are hand Panning's staircase
     row of each round (:func:`jpanning.panning.schedule_bands`)."""
     config = panning.PanningConfig(rounds=rounds, fusion=fusion)
-    schedule = [float(env_lib.round_sparsity(target, t, rounds)) for t in range(rounds)]
+    schedule = masks_lib.exponential_schedule(target, rounds)
     rows = np.asarray(config.staircase, np.float64)[
         panning.schedule_bands(schedule, config.thresholds)
     ]

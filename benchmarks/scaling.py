@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 
 
 def _parse(argv):
@@ -45,11 +44,8 @@ def main(argv=None):
 
     import jax  # after XLA_FLAGS: the CPU platform reads it once, at start-up
 
-    from benchmarks.train_throughput import (
-        alternating_windows,
-        make_runner,
-        random_masked_setup,
-    )
+    from benchmarks import timing
+    from benchmarks.train_throughput import make_runner, random_masked_setup
     from jpanning import parallel, report, train
 
     model, variables, masks, images, labels = random_masked_setup(
@@ -68,7 +64,7 @@ def main(argv=None):
     runners = {"no mesh": runner(None)}
     for n in args.devices:
         runners[f"{n} device{'s' if n > 1 else ''}"] = runner(parallel.make_mesh(n))
-    ips, med, _ = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, _ = timing.alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     one = med[f"{args.devices[0]} device{'s' if args.devices[0] > 1 else ''}"]
     env = report.environment()
     platform = jax.devices()[0].platform
@@ -83,7 +79,7 @@ def main(argv=None):
         "speedup_vs_first": {k: v / one for k, v in med.items()},
         **env,
     }
-    command = " ".join(["python -m benchmarks.scaling", *(argv or sys.argv[1:])])
+    command = timing.command("scaling", argv)
     md = [
         f"# Data-parallel training throughput, {args.model}, global batch {args.batch_size}, "
         f"input {tuple(args.input_shape)}",

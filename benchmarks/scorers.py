@@ -27,13 +27,12 @@ from __future__ import annotations
 import argparse
 import functools
 import os
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from benchmarks.reference import torch_device
 from jpanning import cpu, masks as masks_lib, models, report, scores
 
@@ -89,7 +88,7 @@ def jax_variants(name: str, batch_size: int, chunk_size):
         "floor/synflow_grad": lambda: flow_grad(abs_params),
         "jax/forward": lambda: forward(params, batch[0]),
     }
-    return params, images, labels, {k: _blocking(f) for k, f in run.items()}
+    return params, images, labels, {k: timing.blocking(f) for k, f in run.items()}
 
 
 def torch_variants(name: str, params, images, labels, threads: int, device: str = "cpu"):
@@ -111,10 +110,6 @@ def torch_variants(name: str, params, images, labels, threads: int, device: str 
     }
     run = {k: torch_device.synchronized(fn, device) for k, fn in run.items()}
     return torch_device.describe(device), run
-
-
-def _blocking(fn):
-    return lambda: jax.block_until_ready(fn())
 
 
 def _flat(vectors) -> np.ndarray:
@@ -139,20 +134,8 @@ def agreement(name: str, jax_scores: dict, torch_scores: dict) -> dict:
     return out
 
 
-def time_all(run: dict, repeats: int) -> dict:
-    for fn in run.values():  # compile and warm up
-        fn()
-    times = {k: [] for k in run}
-    for _ in range(repeats):
-        for k, fn in run.items():
-            start = time.perf_counter()
-            fn()
-            times[k].append(time.perf_counter() - start)
-    return times
-
-
 def summarize(times: dict) -> dict:
-    med = {k: statistics.median(v) for k, v in times.items()}
+    med = timing.medians(times)
     floor = med["floor/grad"] + med["floor/hvp"] + med["floor/synflow_grad"]
     ratios = {
         f"jax/torch {k}": med[f"jax/{k}"] / med[f"torch/{k}"]
@@ -199,7 +182,7 @@ def main(argv=None):
         )
         run.update(torch_run)
         check = agreement(name, run["jax/fused"](), run["torch/fused"]())
-        times = time_all(run, args.repeats)
+        times = timing.time_all(run, args.repeats)
         results[name] = {
             "params": models.count_params(params),
             "times_seconds": times,
@@ -225,10 +208,10 @@ def markdown(args, env, results) -> list[str]:
         f"# Scorer timings, scoring batch {args.batch_size} x {INPUT_SHAPE}"
         f"{' (quick)' if args.quick else ''}",
         "",
-        f"Command: `python -m benchmarks.scorers{' --quick' if args.quick else ''} "
-        f"--repeats {args.repeats} --batch-size {args.batch_size}"
-        f"{f' --chunk-size {args.chunk_size}' if args.chunk_size else ''}`  ",
-        report.machine_line(
+        *timing.header(
+            f"python -m benchmarks.scorers{' --quick' if args.quick else ''} "
+            f"--repeats {args.repeats} --batch-size {args.batch_size}"
+            f"{f' --chunk-size {args.chunk_size}' if args.chunk_size else ''}",
             env,
             ("jax", "flax"),
             torch_device.label(env.get("torch", env["versions"]["torch"]), args.threads),

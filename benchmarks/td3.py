@@ -30,14 +30,13 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from benchmarks.reference import torch_device
-from benchmarks.scorers import time_all
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, report
 from jpanning.agents import td3
 from jpanning.agents.pendulum import Pendulum
@@ -47,11 +46,6 @@ AUTHORS_SEARCH_HOURS = 84.0  # kangxiatao/RLPanning's default search, their ResN
 AUTHORS_UPDATE_MS = 14.0  # their PyTorch TD3 update on this kind of CPU (issue 5)
 DEFAULT_STEPS = 50_000
 OBS, ACT = env_lib.OBS_SIZE, env_lib.ACTION_SIZE
-
-
-def _median_times(variants: dict, repeats: int) -> dict:
-    """Median seconds per variant of :func:`benchmarks.scorers.time_all`'s alternating calls."""
-    return {k: statistics.median(v) for k, v in time_all(variants, repeats).items()}
 
 
 def _filled_buffer(config: td3.TD3Config, key) -> td3.ReplayBuffer:
@@ -99,10 +93,10 @@ def bench_updates(args) -> dict:
 
     torch_run = torch_device.synchronized(updates, args.torch_device)
 
-    med = _median_times(
+    med = timing.median_seconds(
         {
-            "jax": lambda: jax.block_until_ready(one(agent, keys[0])),
-            "jax vmap x8": lambda: jax.block_until_ready(eight(agents, keys)),
+            "jax": timing.blocking(lambda: one(agent, keys[0])),
+            "jax vmap x8": timing.blocking(lambda: eight(agents, keys)),
             "torch": torch_run,
         },
         args.repeats,
@@ -114,7 +108,7 @@ def bench_updates(args) -> dict:
     flops = float(compiled.compile().cost_analysis()["flops"])
     x = jax.random.normal(jax.random.key(5), (2048, 2048))
     matmul = jax.jit(lambda a: a @ a)
-    seconds = _median_times({"matmul": lambda: jax.block_until_ready(matmul(x))}, 5)["matmul"]
+    seconds = timing.median_seconds({"matmul": timing.blocking(lambda: matmul(x))}, 5)["matmul"]
     rate = 2 * 2048**3 / seconds
     return {
         "update_flops": flops,
@@ -138,10 +132,10 @@ def bench_pendulum_seeds(args) -> dict:
     one = jax.jit(train)
     eight = jax.jit(jax.vmap(train))
     keys = jax.random.split(jax.random.key(0), 8)
-    med = _median_times(
+    med = timing.median_seconds(
         {
-            "one seed": lambda: jax.block_until_ready(one(keys[0])),
-            "8 seeds (vmap)": lambda: jax.block_until_ready(eight(keys)),
+            "one seed": timing.blocking(lambda: one(keys[0])),
+            "8 seeds (vmap)": timing.blocking(lambda: eight(keys)),
         },
         min(args.repeats, 3),
     )
@@ -183,23 +177,21 @@ def bench_search(name: str, args, scoring: str = "fresh") -> dict:
     key = jax.random.key(0)
     carry = jax.jit(init)(key, env_params)
     carry = carry.replace(buffer=_filled_buffer(config, key))
-    # compiled as rlpanning.search compiles it (on a CPU: the first-order options)
-    options = env.compiler_options(env_params)
-    step = jax.jit(step, donate_argnums=0, compiler_options=options)
-    times = []
-    for t in range(1 + args.search_steps):  # the first call compiles
-        start = time.perf_counter()
-        carry, metrics = step(carry, jnp.int32(t), key, env_params)
+    step = jax.jit(step, donate_argnums=0)  # as rlpanning.search compiles it
+    loop = {"carry": carry, "t": 0}
+
+    def agent_step():  # the next step from the last one's carry
+        loop["carry"], metrics = step(loop["carry"], jnp.int32(loop["t"]), key, env_params)
+        loop["t"] += 1
         jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - start)
         assert bool(metrics["updated"])
-    per_step = statistics.median(times[1:])
+
+    per_step = statistics.median(timing.time_calls(agent_step, args.search_steps))
     return {
         "model": name,
         "scoring": scoring,
         "batch_size": args.batch_size,
         "timed_steps": args.search_steps,
-        "compiler_options": options,
         "median_seconds_per_agent_step": per_step,
         "default_search_hours": per_step * DEFAULT_STEPS / 3600,
         "authors_hours": AUTHORS_SEARCH_HOURS if name == "resnet20_panning" else None,
@@ -220,8 +212,7 @@ def render(result: dict) -> list[str]:
         env = r["environment"]
         md += [
             "",
-            f"Command: `{r['command']}`  ",
-            report.machine_line(env),
+            *timing.header(r["command"], env),
         ]
         if part == "updates":
             ups = r["updates_per_second"]
@@ -281,13 +272,6 @@ def render(result: dict) -> list[str]:
                     for row in rows
                 ),
             ]
-            if "compiler_options" in rows[0]:  # absent from earlier runs (the process setting)
-                md += [
-                    "",
-                    "Compiled as `rlpanning.search` compiles it: "
-                    + report.options_text(rows[0]["compiler_options"])
-                    + ".",
-                ]
     return md
 
 
@@ -321,7 +305,7 @@ def main(argv=None):
     if os.path.isfile(path):  # keep the parts this run does not redo
         with open(path) as f:
             result = json.load(f)
-    command = " ".join(["python -m benchmarks.td3", *argv])
+    command = timing.command("td3", argv)
     environment = {k: env[k] for k in ("machine", "device", "versions", "date")}
     runs = {
         "updates": lambda: bench_updates(args),

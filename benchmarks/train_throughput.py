@@ -12,16 +12,13 @@ between the two so that machine noise hits both alike. Writes medians and the ra
 from __future__ import annotations
 
 import argparse
-import math
 import os
-import statistics
-import sys
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks import timing
 from jpanning import cpu, masks as masks_lib, models, parallel, report, scores, train
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results")
@@ -38,18 +35,22 @@ def make_runner(
     *,
     mesh=None,
     put_every_step=False,
-    compiler_options="auto",
+    compiler_options=None,
 ):
     """``run(n)``: ``n`` of jpanning's train steps on one batch, the state carried over calls.
 
     With a ``mesh`` (:func:`jpanning.parallel.make_mesh`) the batch is split over its devices
     and the state replicated; ``put_every_step`` places the batch again at every step (the
-    host-to-device split a real step pays), else once. ``compiler_options`` goes to
-    :func:`jpanning.train.make_train_step`.
+    host-to-device split a real step pays), else once. ``compiler_options``: XLA's for the
+    step (None: the process's settings, as :func:`jpanning.train.make_train_step` compiles it).
     """
     tx = train.make_optimizer(config, 10_000, masks)
     holder = {"state": parallel.replicate(mesh, train.create_train_state(variables, tx, masks))}
-    step = train.make_train_step(model, tx, augment=augment, compiler_options=compiler_options)
+    step = jax.jit(
+        train.train_step_fn(model, tx, augment=augment),
+        donate_argnums=0,
+        compiler_options=compiler_options,
+    )
     key = jax.random.key(0)
 
     def place():
@@ -84,39 +85,6 @@ def random_masked_setup(model_name: str, input_shape, sparsity: float, batch_siz
     return model, variables, masks, images, labels
 
 
-def window_steps(run, min_seconds: float = 1.0, at_least: int = 10) -> int:
-    """Steps per timed window so that one lasts about ``min_seconds`` (at least ``at_least``
-    steps): 10 steps of ResNet-20 take seconds on a 2-core CPU but ~35 ms on an H100, too
-    short for the timer and the host's noise."""
-    start = time.perf_counter()
-    run(at_least)
-    seconds = time.perf_counter() - start
-    return max(at_least, math.ceil(at_least * min_seconds / seconds))
-
-
-def alternating_windows(runners: dict, steps: int | None, repeats: int, batch_size: int):
-    """Warm each ``run(n)`` up, then time ``repeats`` windows of ``steps`` steps per runner
-    (``None``: :func:`window_steps` of the first runner), alternating between runners so
-    that machine noise hits all alike.
-
-    Returns:
-        ``(images_per_second, medians, steps)``: per runner, the windows' rates and their
-        median; the steps per window used.
-    """
-    for run in runners.values():  # compile and warm up
-        run(2)
-    if steps is None:
-        steps = window_steps(next(iter(runners.values())))
-    times = {k: [] for k in runners}
-    for _ in range(repeats):
-        for name, run in runners.items():
-            start = time.perf_counter()
-            run(steps)
-            times[name].append(time.perf_counter() - start)
-    ips = {k: [steps * batch_size / t for t in v] for k, v in times.items()}
-    return ips, {k: statistics.median(v) for k, v in ips.items()}, steps
-
-
 def main(argv=None):
     cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -144,7 +112,7 @@ def main(argv=None):
         "dense": make_runner(model, variables, config, None, images, labels, args.augment),
         "masked": make_runner(model, variables, config, masks, images, labels, args.augment),
     }
-    ips, med, steps = alternating_windows(runners, args.steps, args.repeats, args.batch_size)
+    ips, med, steps = timing.alternating_windows(runners, args.steps, args.repeats, args.batch_size)
     overhead = med["dense"] / med["masked"] - 1
     env = report.environment()
     result = {
@@ -162,8 +130,7 @@ def main(argv=None):
         f"# Training throughput, {args.model}, batch {args.batch_size}, "
         f"input {tuple(args.input_shape)}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.train_throughput', *(argv or sys.argv[1:])])}`  ",
-        report.machine_line(env, ("jax", "flax")),
+        *timing.header(timing.command("train_throughput", argv), env, ("jax", "flax")),
         "",
         "| variant | median images/s | windows (images/s) |",
         "|---|---|---|",

@@ -65,6 +65,7 @@ def _weights(text: str) -> tuple[float, float, float]:
 def build_parser() -> argparse.ArgumentParser:
     from jpanning.models import MODELS
     from jpanning.pruning import METHODS
+    from jpanning.scores import TEMPERATURE
 
     p = _Parser(
         prog="run.py",
@@ -114,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--temperature",
         type=_positive(float),
-        default=200.0,
+        default=TEMPERATURE,
         help="GraSP and Panning take SNIP/GraSP at logits / temperature",
     )
     p.add_argument(

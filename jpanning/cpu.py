@@ -15,8 +15,8 @@ NHWC convolutions, forward and both gradients, to oneDNN through XLA's FFI
 PyTorch (``benchmarks/results/cpu_conv_cpu.md``). ``configure(convolution="xla")``
 (:func:`set_convolution`; ``JPANNING_CPU_CONV=xla`` as the process default) keeps XLA's
 convolutions, for which the rest of this module's settings were made; with oneDNN's the
-process setting below still applies and :func:`first_order_options` adds nothing. The choice
-is made when a convolution is traced: functions traced before a change keep the old one.
+process setting below still applies. The choice is made when a convolution is traced:
+functions traced before a change keep the old one.
 
 jaxlib 0.10 and 0.11 hand every convolution with more than 16 channels, and the kernel
 gradient of all of them, to YNNPACK fusions, and on XLA:CPU such a fusion runs on one thread:
@@ -24,22 +24,15 @@ on a 2-core machine half the CPU idles through a network's convolutions
 (``benchmarks/cpu_conv.py`` shows CPU time / wall time of 1.0 for them, 2.0 for XLA's own
 Eigen convolution). Leaving convolutions out of YNNPACK (the
 ``xla_cpu_experimental_ynn_fusion_type`` option without ``INDIVIDUAL_CONVOLUTION``) gives
-them back to Eigen, multi-threaded. Two settings, measured in
-``benchmarks/results/cpu_conv_cpu.md`` (jaxlib 0.10.2; the workloads again on 0.11.2 in
-``benchmarks/results/jaxlib-0.11/``):
-
-- :data:`PROCESS_TYPES` (matmuls and reductions in YNNPACK, convolutions not), set for the
-  whole process in ``XLA_FLAGS`` by :func:`configure`, so every model, scorer and
-  user-written ``jax.jit`` gets it without code changes. It is never slower than XLA's
-  default on the benchmark's workloads.
-- :data:`FIRST_ORDER_TYPES` adds elementwise fusions: faster again for programs whose
-  derivatives are at most first order (a training step, an evaluation pass, SNIP, a masked
-  network's loss and gradient norm), slower for second-order ones (GraSP's Hessian-vector
-  product, the GradNorm score's gradient of ‖g‖²). jpanning's own jitted programs of the
-  first kind get it per compilation (:func:`first_order_options`): the training and
-  evaluation steps, SNIP, iterative SNIP and FORCE rounds, the Panning environment's step in
-  pool mode with everything jitted around it (RL Panning's search and screening), and PuRL's
-  steps (retraining and evaluation).
+them back to Eigen, multi-threaded: :data:`PROCESS_TYPES` (matmuls and reductions in
+YNNPACK, convolutions not), set for the whole process in ``XLA_FLAGS`` by :func:`configure`,
+so every model, scorer and user-written ``jax.jit`` gets it without code changes. It is never
+slower than XLA's default on the benchmark's workloads (``benchmarks/results/cpu_conv_cpu.md``,
+jaxlib 0.10.2; the workloads again on 0.11.2 in ``benchmarks/results/jaxlib-0.11/``).
+Elementwise fusions in YNNPACK as well, per compilation of the programs with first
+derivatives only, were measured and dropped: slower with oneDNN's convolutions, and with
+XLA's faster for some programs and slower for others
+(``benchmarks/archive/results/cpu_options_cpu.md``).
 
 One convolution shape defeats both of XLA:CPU's convolution libraries: a padded 3x3 kernel
 over a 2x2 or 2x4 input, such as VGG's 3x3 layers on the 2x2 maps of its last block on
@@ -53,7 +46,7 @@ the padded input and one matmul (its gradients are then matmuls too) on a CPU ba
 The backward convolutions of a gradient taken inside a loop body (``lax.scan``, ``lax.map``,
 ``fori_loop``) lose XLA:CPU's fast path too: outside a loop XLA transposes their operands into
 the layout of its fast convolution, inside one it does not (a 3x3 layer's gradients ran
-~60x slower, ``benchmarks/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
+~60x slower, ``benchmarks/archive/results/loop_body_conv_cpu.md``). :func:`conv_general_dilated`
 therefore gives every other CPU convolution of the same kind a ``jax.custom_jvp`` whose
 tangent maps read pre-transposed operands (the kernel as HWOI, the input as CHWN, the output
 written HWNC), chosen so that JAX's transposes of them, the input and kernel gradients, are
@@ -66,8 +59,8 @@ that large fresh from the kernel and unmaps it when it is freed, so every execut
 page-faults its whole temporary buffer back in (ResNet-20's SNIP at batch 256: ~246,000
 faults of 4 KiB, ~1 GB, and ~0.8 s of kernel time per call on 2 cores).
 :func:`configure_allocator`, also run by :func:`configure` where JAX will run on the CPU,
-has glibc keep freed memory for the next execution (``benchmarks/allocator.py``,
-``benchmarks/results/allocator_cpu.md``).
+has glibc keep freed memory for the next execution (``benchmarks/archive/allocator.py``,
+``benchmarks/archive/results/allocator_cpu.md``).
 
 Only XLA:CPU reads these options: GPUs and TPUs compile exactly as before. The same numbers
 come out: a convolution is computed by another library, equal within float32 rounding
@@ -94,7 +87,6 @@ MEASURED_JAXLIBS = ((0, 10), (0, 11))
 _PREFIX = "LIBRARY_FUSION_TYPE_"
 XLA_DEFAULT_TYPES = ("INDIVIDUAL_CONVOLUTION", "INDIVIDUAL_DOT", "REDUCE")  # 0.10.2 and 0.11.2
 PROCESS_TYPES = ("INDIVIDUAL_DOT", "REDUCE")
-FIRST_ORDER_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")
 SMALL_INPUT = 8  # input pixels (H*W) up to which conv_general_dilated uses slices + matmul
 
 
@@ -242,11 +234,11 @@ def configure_allocator() -> str:
     that large fresh from the kernel and unmaps them when freed: each execution page-faults
     its whole temporary buffer back in, zero-filled (SNIP of ResNet-20 at batch 256: ~246,000
     faults, ~1 GB, and ~0.8 s of system time per call on the 2-core benchmark machine;
-    ``benchmarks/results/allocator_cpu.md``). One malloc arena, no mmap'd chunks and no
+    ``benchmarks/archive/results/allocator_cpu.md``). One malloc arena, no mmap'd chunks and no
     trimming (glibc's ``mallopt``; :data:`MALLOC_SETTING`) make freed memory stay in the
     process and serve the next execution's buffers, however big. The process then keeps its
     peak heap until it exits, and small programs may run slower (batch 8: 0.69-0.89x in
-    ``benchmarks/results/allocator-b8/``, with no faults to save).
+    ``benchmarks/archive/results/allocator-b8/``, with no faults to save).
 
     Applied when glibc is the C library, JAX is expected to run on the CPU
     (:func:`_cpu_expected`), the user did not opt out (``JPANNING_CPU_FAST=0``) and did not set
@@ -280,26 +272,6 @@ def allocator_setting() -> str:
     return _MALLOC if _MALLOC is not None else "glibc default"
 
 
-def first_order_options() -> dict[str, str] | None:
-    """``compiler_options`` for a jitted program whose derivatives are at most first order
-    (see the module docstring): :data:`FIRST_ORDER_TYPES` on a CPU backend with the measured
-    jaxlib and XLA's convolutions, unless the user chose; None (the process's settings)
-    otherwise, oneDNN's convolutions included (:func:`convolution_library`), with which the
-    elementwise fusions made the same programs slower (``benchmarks/cpu_options.py``). Starts
-    JAX's backends (to ask which is the default)."""
-    if not first_order_measurable() or convolution_library() != "XLA":
-        return None
-    return options(FIRST_ORDER_TYPES)
-
-
-def first_order_measurable() -> bool:
-    """Whether :data:`FIRST_ORDER_TYPES` can be given here: a CPU backend, a measured jaxlib
-    and the setting left to jpanning."""
-    import jax
-
-    return not user_choice() and _jaxlib_measured() and jax.default_backend() == "cpu"
-
-
 def describe() -> dict:
     """What this process runs with, for the records next to results."""
     flags = os.environ.get("XLA_FLAGS", "")
@@ -309,7 +281,6 @@ def describe() -> dict:
     return {
         "ynn_fusion_types": value if value is not None else "XLA default",
         "set_by": "user" if user_choice() else ("jpanning" if value is not None else None),
-        "first_order_programs": (first_order_options() or {}).get(YNN_OPTION, "process setting"),
         "malloc": allocator_setting(),
         "convolution": convolution_library(),
     }

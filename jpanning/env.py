@@ -62,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import cpu, masks as masks_lib, panning, scores
+from jpanning import masks as masks_lib, panning, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -223,14 +223,6 @@ def warmup_ranges(losses, grad_norms) -> Ranges:
     return Ranges(one(losses), one(grad_norms))
 
 
-def round_sparsity(target, round_index, rounds: int):
-    """Sparsity of round ``t`` (0-based): ``1 − (1 − s) ** ((t + 1) / T)``; ``s`` at ``t = T − 1``."""
-    target = jnp.asarray(target)
-    t = jnp.asarray(round_index, target.dtype)
-    s = 1.0 - (1.0 - target) ** ((t + 1.0) / rounds)
-    return jnp.where(round_index + 1 >= rounds, target, s)
-
-
 class PanningEnv:
     """The static part of the environment: the network's functions and shapes.
 
@@ -254,7 +246,7 @@ class PanningEnv:
         input_shape: Sequence[int],
         *,
         scope: str = "global",
-        temperature: float = 200.0,
+        temperature: float = scores.TEMPERATURE,
         chunk_size: Optional[int] = None,
     ):
         self.apply_fn = apply_fn
@@ -463,7 +455,7 @@ class PanningEnv:
         """``(N(L), N(G), 0, 0, 0, 0, 0)``; ``ρ_0`` in place 5 with ``reset_observes_sparsity``."""
         zero = jnp.zeros((), jnp.result_type(state.loss))
         fifth = (
-            round_sparsity(state.target, 0, params.rounds).astype(zero.dtype)
+            masks_lib.round_sparsity(state.target, 0, params.rounds).astype(zero.dtype)
             if params.reset_observes_sparsity
             else zero
         )
@@ -507,14 +499,6 @@ class PanningEnv:
         """The next episode after ``state``'s: :meth:`reset` with ``state``'s ranges."""
         return self.reset(key, params, ranges=state.ranges)
 
-    @staticmethod
-    def compiler_options(params: EnvParams) -> dict | None:
-        """XLA's ``compiler_options`` for a jitted program around :meth:`step`: with a pool
-        a step takes first derivatives only (:func:`jpanning.cpu.first_order_options`);
-        fresh batches add GraSP's Hessian-vector product, which those options slow down, so
-        they keep the process's settings (None)."""
-        return cpu.first_order_options() if params.scoring == "pool" else None
-
     def step(self, key, state: EnvState, action: jax.Array, params: EnvParams):
         """One Panning round with fusion weights ``p = (clip(a, −1, 1) + 1) / 2``.
 
@@ -527,7 +511,7 @@ class PanningEnv:
         weights = (jnp.clip(jnp.asarray(action, jnp.float32), -1.0, 1.0) + 1.0) / 2.0
         net = params.net_params
         t = state.round
-        sparsity = round_sparsity(state.target, t, params.rounds)
+        sparsity = masks_lib.round_sparsity(state.target, t, params.rounds)
         maps = {"synflow": state.synflow, "snip": state.snip, "grasp": state.grasp}
         masks = self._select(panning.fuse(maps, weights, params.fusion), sparsity)
 
@@ -590,11 +574,6 @@ class PanningEnv:
             effective=effective,
         )
         kept, _ = self._alive_fraction(jax.tree.map(lambda m: m != 0, masks))
-        revived = sum(
-            jnp.sum((n != 0) & (o == 0))
-            for o, n, f in zip(jax.tree.leaves(state.masks), jax.tree.leaves(masks), self.flags)
-            if f
-        )
         info = {
             "sparsity": sparsity,
             "weights": weights,
@@ -604,7 +583,7 @@ class PanningEnv:
             "r_done": r_done,
             "kept": kept,
             "alive": alive_count,
-            "revived": revived,
+            "revived": masks_lib.revived(state.masks, masks, self.prunable),
             "collapsed": collapsed,
             "ranges": jnp.stack([ranges.loss, ranges.grad_norm]),
         }

@@ -277,19 +277,35 @@ def topk(
     return TOPK[scope](scores, sparsity, prunable, rounding)
 
 
-def exponential_schedule(sparsity: float, rounds: int) -> np.ndarray:
-    """Sparsity after each of ``rounds`` rounds: density ``(1 - s) ** (k / T)``, k = 1..T.
+def round_sparsity(sparsity, round_index, rounds: int, xp=jnp):
+    """Sparsity after round ``t`` (0-based) of ``T = rounds`` on the exponential schedule:
+    density ``(1 − s) ** ((t + 1) / T)``, exactly ``s`` at ``t = T − 1``.
 
-    The schedule of SynFlow (Tanaka et al. 2020, Algorithm 1) and FORCE (de Jorge et al.
-    2021): every round removes the same fraction of the weights still kept; the last entry is
-    ``sparsity`` itself.
+    The schedule of SynFlow (Tanaka et al. 2020, Algorithm 1), FORCE (de Jorge et al. 2021)
+    and Panning: every round removes the same fraction of the weights still kept. Computed in
+    ``sparsity``'s dtype with the array module ``xp``: ``jnp`` (traceable: the Panning
+    environment's episode target and round) or ``np`` (:func:`exponential_schedule`).
     """
+    sparsity = xp.asarray(sparsity)
+    t = xp.asarray(round_index, sparsity.dtype)
+    s = 1.0 - (1.0 - sparsity) ** ((t + 1.0) / rounds)
+    return xp.where(round_index + 1 >= rounds, sparsity, s)
+
+
+def exponential_schedule(sparsity: float, rounds: int) -> np.ndarray:
+    """:func:`round_sparsity` of each of ``rounds`` rounds, computed in float64 on the host:
+    ``[rounds]`` float32, the last entry ``sparsity`` itself."""
     if int(rounds) < 1:
         raise JPanningError(f"rounds must be at least 1, got {rounds}")
-    k = np.arange(1, int(rounds) + 1, dtype=np.float64)
-    out = 1.0 - (1.0 - float(sparsity)) ** (k / int(rounds))
-    out[-1] = float(sparsity)
-    return out.astype(np.float32)
+    t = np.arange(int(rounds))
+    return round_sparsity(float(sparsity), t, int(rounds), xp=np).astype(np.float32)
+
+
+def revived(old: PyTree, new: PyTree, prunable: PyTree) -> jax.Array:
+    """How many prunable weights ``new`` keeps that ``old`` pruned: Panning's rounds rank
+    every weight again, so pruned ones can come back."""
+    pairs = zip(jax.tree.leaves(old), jax.tree.leaves(new), jax.tree.leaves(prunable))
+    return sum(jnp.sum((n != 0) & (o == 0)) for o, n, f in pairs if f)
 
 
 def sparsity_report(masks: PyTree, prunable: PyTree) -> dict:

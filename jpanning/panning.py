@@ -69,7 +69,7 @@ class PanningConfig:
     """
 
     rounds: int = flax.struct.field(pytree_node=False, default=100)
-    temperature: float = flax.struct.field(pytree_node=False, default=200.0)
+    temperature: float = flax.struct.field(pytree_node=False, default=scores.TEMPERATURE)
     thresholds: tuple = flax.struct.field(pytree_node=False, default=(0.8, 0.9, 0.98, 0.99))
     weights: Optional[tuple] = flax.struct.field(pytree_node=False, default=None)
     fusion: str = flax.struct.field(pytree_node=False, default="add")
@@ -159,7 +159,7 @@ def dense_metrics(
     batch,
     *,
     prunable: PyTree,
-    temperature: float = 200.0,
+    temperature: float = scores.TEMPERATURE,
     chunk_size: Optional[int] = None,
 ) -> dict:
     """Normalised SNIP ``θ ⊙ g`` and GraSP ``θ ⊙ Hg`` of the dense network (mask-free), with
@@ -283,16 +283,8 @@ def panning(
     num_batches = int(np.shape(batches[0])[0])
     input_shape = tuple(np.shape(batches[0])[2:])
     select = functools.partial(masks_lib.topk, prunable=prunable, scope=scope, rounding="floor")
-    flags = jax.tree.leaves(prunable)
     staircase = jnp.asarray(config.staircase, jnp.float32)
     bands = schedule_bands(schedule, config.thresholds)
-
-    def revived(old, new):
-        return sum(
-            jnp.sum((n != 0) & (o == 0))
-            for o, n, f in zip(jax.tree.leaves(old), jax.tree.leaves(new), flags)
-            if f
-        )
 
     dense_fn = jax.jit(
         functools.partial(
@@ -318,7 +310,11 @@ def panning(
             fusion=config.fusion,
         )
         new = select(fused, s)
-        return new, {"sparsity": s, "weights": p, "revived": revived(masks, new)}
+        return new, {
+            "sparsity": s,
+            "weights": p,
+            "revived": masks_lib.revived(masks, new, prunable),
+        }
 
     # Rounds are separate jitted calls in a host loop (masks stay on the device), as in
     # jpanning.pruning.iterative_masks (a user's model with lax's convolution would run many

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jpanning import cpu, masks as masks_lib, models, panning as panning_lib, scores
+from jpanning import masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
 
 
@@ -97,8 +97,6 @@ def magnitude(problem: PruneProblem):
 # ----------------------------------------------------------------------------------------------
 # Data and data-free scores, single-shot and iterative.
 
-GRASP_TEMPERATURE = 200.0  # GraSP's reference code divides the logits by 200 for its score
-
 
 def train_apply_fn(problem: PruneProblem):
     """``apply_fn`` with BatchNorm on the scoring batch's own statistics (SNIP, GraSP)."""
@@ -110,12 +108,7 @@ def eval_apply_fn(problem: PruneProblem):
     return models.make_apply_fn(problem.model, problem.variables["batch_stats"], train=False)
 
 
-exponential_schedule = masks_lib.exponential_schedule
-
-
-def iterative_masks(
-    score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool, compiler_options=None
-):
+def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned: bool):
     """Prune over ``rounds`` rounds of the exponential schedule, rescoring each round.
 
     Args:
@@ -124,21 +117,20 @@ def iterative_masks(
         rounds: T, the number of rounds.
         keep_pruned: True: a weight pruned in one round stays pruned (its score is -inf);
             False: every weight competes every round, so pruned weights can come back.
-        compiler_options: XLA's ``compiler_options`` for the round (None: the process's).
     Returns:
         The final masks, at exactly ``problem.sparsity``.
 
     Each round is one jitted call (compiled once: the round's sparsity is traced, the top-k
     count is computed inside the graph) and the rounds run in a host loop with the masks kept
     on the device, so a round's progress can be reported. A ``lax.scan`` over the rounds
-    costs the same with jpanning's models (``python -m benchmarks.scan_vs_loop``), but many
+    costs the same with jpanning's models (``python -m benchmarks.archive.scan_vs_loop``), but many
     times more on XLA:CPU for a model whose convolutions are plain ``lax.conv_general_dilated``
     (their gradients lose XLA's fast layout in a loop body: ``python -m
-    benchmarks.loop_body_conv``; see ``jpanning.cpu``).
+    benchmarks.archive.loop_body_conv``; see ``jpanning.cpu``).
     """
     select = functools.partial(masks_lib.topk, prunable=problem.prunable, scope=problem.scope)
 
-    @functools.partial(jax.jit, compiler_options=compiler_options)
+    @jax.jit
     def one_round(params, masks, sparsity):  # params are arguments, not baked-in constants
         s = score_fn(params, masks)
         if keep_pruned:
@@ -159,25 +151,37 @@ def _chunk(problem: PruneProblem):
     return problem.options.get("chunk_size")
 
 
+def preset(presets: dict, method: str, options: dict):
+    """The entry of a method's ``presets`` that ``options['preset']`` names (``'paper'`` when
+    not given), or a one-line error listing the names."""
+    name = options.get("preset") or "paper"
+    if name not in presets:
+        raise JPanningError(f"unknown {method} preset {name!r}; choose from {', '.join(presets)}")
+    return presets[name]
+
+
+def temperature(problem: PruneProblem) -> float:
+    """``options['temperature']``, else :data:`jpanning.scores.TEMPERATURE` (GraSP's 200)."""
+    return float(problem.options.get("temperature") or scores.TEMPERATURE)
+
+
 @register_method("snip")
 def snip(problem: PruneProblem):
     """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
     score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=_chunk(problem))
-    score = jax.jit(score, compiler_options=cpu.first_order_options())
-    return masks_from_scores(score(problem.params, problem.batch), problem)
+    return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
 
 
 @register_method("grasp")
 def grasp(problem: PruneProblem):
     """GraSP (Wang et al. 2020): keep the largest θ ⊙ Hg (gradient-flow preserving), one shot.
 
-    The loss is taken at logits / 200 as in GraSP's code (``options['temperature']``).
+    The loss is taken at logits / 200 as in GraSP's code (:func:`temperature`).
     """
-    temperature = float(problem.options.get("temperature") or GRASP_TEMPERATURE)
     score = functools.partial(
         scores.grasp,
         train_apply_fn(problem),
-        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature),
+        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature(problem)),
         prunable=problem.prunable,
         chunk_size=_chunk(problem),
     )
@@ -204,20 +208,13 @@ def synflow(problem: PruneProblem):
 
 
 def _snip_rounds(problem: PruneProblem, *, keep_pruned: bool):
-    """SNIP rescored at the pruned network each round (first derivatives only, so the rounds
-    compile with :func:`jpanning.cpu.first_order_options`)."""
+    """SNIP rescored at the pruned network each round."""
     apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
 
     def score_fn(params, masks):
         return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
 
-    return iterative_masks(
-        score_fn,
-        problem,
-        _rounds(problem, 100),
-        keep_pruned=keep_pruned,
-        compiler_options=cpu.first_order_options(),
-    )
+    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=keep_pruned)
 
 
 @register_method("iter_snip")
@@ -254,7 +251,7 @@ def panning(problem: PruneProblem):
     weights = problem.options.get("weights")
     config = panning_lib.PanningConfig(
         rounds=_rounds(problem, defaults.rounds),
-        temperature=float(problem.options.get("temperature") or GRASP_TEMPERATURE),
+        temperature=temperature(problem),
         thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
         weights=tuple(map(tuple, weights)) if weights else None,
         fusion=problem.options.get("fusion") or defaults.fusion,

@@ -21,7 +21,6 @@ final mask prunes the trained network with those α in one shot; ``run.py`` then
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from typing import Any, Callable, Optional
 
@@ -33,7 +32,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jpanning import checkpoint as checkpoint_lib, cpu, flops, masks as masks_lib, pruning, train
+from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, train
 from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
@@ -373,8 +372,8 @@ def greedy_episodes(env: PuRLEnv, env_params: EnvParams, q_params, key, episodes
     (an episode stopped early keeps α = 0 for the layers it did not visit)."""
     config = env.config.dqn
 
-    @functools.partial(jax.jit, compiler_options=cpu.first_order_options())
-    def act_and_step(key, obs, state):  # retraining and evaluation: first derivatives only
+    @jax.jit
+    def act_and_step(key, obs, state):
         action = dqn.greedy_action(q_params, obs, config)
         obs, state, _, terminated, _, _ = env.step(key, state, action, env_params)
         return obs, state, terminated
@@ -413,9 +412,6 @@ class PuRLResult:
 def config_from_options(options: dict) -> PuRLConfig:
     """The preset named by ``options['preset']`` (``paper``/``quick``) with the overrides
     ``episodes``, ``alpha_step``, ``state`` and ``collapse_accuracy`` where given."""
-    name = options.get("preset") or "paper"
-    if name not in PRESETS:
-        raise JPanningError(f"unknown purl preset {name!r}; choose from {', '.join(PRESETS)}")
     overrides = {
         "episodes": int,
         "alpha_step": float,
@@ -423,7 +419,7 @@ def config_from_options(options: dict) -> PuRLConfig:
         "collapse_accuracy": float,
     }
     given = {k: cast(options[k]) for k, cast in overrides.items() if options.get(k) is not None}
-    return dataclasses.replace(PRESETS[name], **given).validate()
+    return dataclasses.replace(pruning.preset(PRESETS, "purl", options), **given).validate()
 
 
 def run(
@@ -464,7 +460,6 @@ def run(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=cpu.first_order_options(),
     )
     alphas, accuracy, sparsity = greedy_episodes(
         env, env_params, agent.params, k_final, config.final_episodes

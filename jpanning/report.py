@@ -84,13 +84,6 @@ def machine_line(env: dict, packages=("jax",), extra: str = "") -> str:
     )
 
 
-def options_text(options: dict | None) -> str:
-    """XLA ``compiler_options`` as a result's markdown names them (None: the process's)."""
-    if not options:
-        return "the process's settings"
-    return ", ".join(f"`{k}={v}`" for k, v in options.items())
-
-
 def flatten_tree(tree: Any) -> dict[str, np.ndarray]:
     """``{'block/conv/kernel': array}`` for a nested dict pytree."""
     flat = traverse_util.flatten_dict(tree, sep="/")

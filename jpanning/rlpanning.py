@@ -16,13 +16,12 @@ The search steps run as jitted calls from a host loop
 (:func:`jpanning.agents.td3.train_loop`), ``steps_per_call`` steps per call (a ``lax.scan``
 when more than one), so progress can be reported between calls. The environment's
 convolutions are ``jpanning.cpu.conv_general_dilated``, whose gradients keep XLA:CPU's fast
-path inside a scan body (``python -m benchmarks.loop_body_conv``).
+path inside a scan body (``python -m benchmarks.archive.loop_body_conv``).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any, Callable, Optional
 
@@ -166,7 +165,7 @@ def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, k
         problem.prunable,
         tuple(np.shape(inputs)[extra:]),
         scope=problem.scope,
-        temperature=float(problem.options.get("temperature") or pruning.GRASP_TEMPERATURE),
+        temperature=pruning.temperature(problem),
         chunk_size=problem.options.get("chunk_size"),
     )
     env_params = env.make_params(
@@ -212,7 +211,6 @@ def search(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=env.compiler_options(env_params),
     )
 
 
@@ -261,7 +259,7 @@ def screen(
     k_reset, k_steps = jax.random.split(key)
     obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
 
-    @functools.partial(jax.jit, compiler_options=env.compiler_options(env_params))
+    @jax.jit
     def one_round(obs, state, k, env_params):
         action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
         obs, state, reward, _, _, info = env.step(k, state, action, env_params)
@@ -466,10 +464,7 @@ class RLPanningResult:
 def config_from_options(options: dict) -> RLPanningConfig:
     """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` and the
     environment's options (:data:`ENV_OPTIONS`) overriding it."""
-    name = options.get("preset") or "paper"
-    if name not in PRESETS:
-        raise JPanningError(f"unknown rlpanning preset {name!r}; choose from {', '.join(PRESETS)}")
-    config = PRESETS[name]
+    config = pruning.preset(PRESETS, "rlpanning", options)
     if options.get("agent_steps"):
         config = dataclasses.replace(
             config, agent_steps=int(options["agent_steps"]), early_steps=None

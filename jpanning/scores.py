@@ -62,11 +62,17 @@ LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 Scorer = Callable[..., PyTree]
 
 
+# GraSP's reference code (Wang et al. 2020) and the Panning authors' divide the logits by 200
+# before the loss they score and observe: the default of every ``temperature`` in jpanning.
+TEMPERATURE = 200.0
+
+
 def cross_entropy(logits: jax.Array, labels: jax.Array, *, temperature: float = 1.0):
     """Mean softmax cross-entropy with integer labels, the default ``loss_fn``.
 
-    GraSP's and Panning's reference code divide the logits by ``T = 200`` before the loss;
-    pass ``functools.partial(cross_entropy, temperature=200.0)`` to reproduce that.
+    GraSP's and Panning's reference code divide the logits by :data:`TEMPERATURE` (200)
+    before the loss; pass ``functools.partial(cross_entropy, temperature=TEMPERATURE)`` to
+    reproduce that.
 
     Args:
         logits: [B, num_classes].
@@ -201,7 +207,7 @@ def _chunked_mean(fn: Callable[[Any], PyTree], batch, chunk_size: Optional[int])
     activations are alive at a time (unrolled, XLA keeps every chunk's activations alive).
     On XLA:CPU the scan body keeps the convolutions' fast path only for
     ``jpanning.cpu.conv_general_dilated`` (the models' convolution), whose custom derivatives
-    do what XLA does not do in a loop body (``python -m benchmarks.loop_body_conv``); a
+    do what XLA does not do in a loop body (``python -m benchmarks.archive.loop_body_conv``); a
     model built on ``lax.conv_general_dilated`` pays up to ~60x for its backward
     convolutions here. Exact when ``fn`` is a mean over independent
     examples (the default loss with an ``apply_fn`` in eval mode); with train-mode BatchNorm

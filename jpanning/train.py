@@ -21,7 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jpanning import checkpoint as checkpoint_lib, cpu, masks as masks_lib, parallel
+from jpanning import checkpoint as checkpoint_lib, masks as masks_lib, parallel, scores
 from jpanning.checkpoint import Checkpoints
 from jpanning.data import Dataset, augment_batch, epoch_batches
 from jpanning.errors import JPanningError, RunFailed
@@ -80,10 +80,6 @@ def create_train_state(
     return jax.tree.map(jnp.copy, state)
 
 
-def cross_entropy(logits, labels):
-    return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-
 def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, *, augment: bool) -> Callable:
     """The pure ``train_step(state, key, images, labels) -> (state, metrics)`` (not jitted,
     for use inside other jitted code such as PuRL's retraining).
@@ -102,7 +98,7 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, *, augment
                 train=True,
                 mutable=["batch_stats"],
             )
-            return cross_entropy(logits, labels), (logits, updates.get("batch_stats", {}))
+            return scores.cross_entropy(logits, labels), (logits, updates.get("batch_stats", {}))
 
         (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params
@@ -118,27 +114,9 @@ def train_step_fn(model: nn.Module, tx: optax.GradientTransformation, *, augment
     return train_step
 
 
-def make_train_step(
-    model: nn.Module,
-    tx: optax.GradientTransformation,
-    *,
-    augment: bool,
-    compiler_options: dict | None | str = "auto",
-) -> Callable:
-    """:func:`train_step_fn` jitted, the state donated.
-
-    Args:
-        compiler_options: XLA's ``compiler_options`` for the step; ``"auto"`` takes
-            :func:`jpanning.cpu.first_order_options` (the fastest measured setting on a CPU,
-            nothing on GPUs and TPUs), None compiles with the process's settings.
-    """
-    if compiler_options == "auto":
-        compiler_options = cpu.first_order_options()
-    return jax.jit(
-        train_step_fn(model, tx, augment=augment),
-        donate_argnums=0,
-        compiler_options=compiler_options,
-    )
+def make_train_step(model: nn.Module, tx: optax.GradientTransformation, *, augment: bool):
+    """:func:`train_step_fn` jitted, the state donated."""
+    return jax.jit(train_step_fn(model, tx, augment=augment), donate_argnums=0)
 
 
 def eval_step_fn(model: nn.Module) -> Callable:
@@ -159,8 +137,8 @@ def eval_step_fn(model: nn.Module) -> Callable:
 
 
 def make_eval_step(model: nn.Module) -> Callable:
-    """:func:`eval_step_fn` jitted, with :func:`jpanning.cpu.first_order_options`."""
-    return jax.jit(eval_step_fn(model), compiler_options=cpu.first_order_options())
+    """:func:`eval_step_fn` jitted."""
+    return jax.jit(eval_step_fn(model))
 
 
 def evaluate(

@@ -1,8 +1,9 @@
-"""The benchmarks' timing windows and their record of how PyTorch ran (no PyTorch needed)."""
+"""The benchmarks' timing (warm-up, alternating calls and windows) and their record of
+how PyTorch ran (no PyTorch needed)."""
 
 import pytest
 
-from benchmarks import train_throughput as tt
+from benchmarks import timing
 from benchmarks.reference import torch_device
 
 
@@ -19,7 +20,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr(tt.time, "perf_counter", fake)
+    monkeypatch.setattr(timing.time, "perf_counter", fake)
     return fake
 
 
@@ -34,9 +35,9 @@ def fake_runner(clock, seconds_per_step, calls, name):
 def test_window_steps_sizes_windows_to_the_requested_seconds(clock):
     calls = []
     fast = fake_runner(clock, 0.01, calls, "fast")  # 10 steps: 0.1 s
-    assert tt.window_steps(fast, min_seconds=1.0, at_least=10) == 100
+    assert timing.window_steps(fast, min_seconds=1.0, at_least=10) == 100
     slow = fake_runner(clock, 0.5, calls, "slow")  # 10 steps: 5 s, already long enough
-    assert tt.window_steps(slow, min_seconds=1.0, at_least=10) == 10
+    assert timing.window_steps(slow, min_seconds=1.0, at_least=10) == 10
     assert calls == [("fast", 10), ("slow", 10)]
 
 
@@ -46,14 +47,38 @@ def test_alternating_windows_alternates_and_reports_rates(clock):
         "a": fake_runner(clock, 0.02, calls, "a"),  # 50 steps/s
         "b": fake_runner(clock, 0.04, calls, "b"),  # 25 steps/s
     }
-    ips, med, steps = tt.alternating_windows(runners, None, repeats=2, batch_size=8)
+    ips, med, steps = timing.alternating_windows(runners, None, repeats=2, batch_size=8)
     assert steps == 50  # about a second of the first runner
     assert calls == [("a", 2), ("b", 2), ("a", 10)] + [("a", 50), ("b", 50)] * 2
     assert ips["a"] == pytest.approx([400.0, 400.0]) and med["a"] == pytest.approx(400.0)
     assert ips["b"] == pytest.approx([200.0, 200.0]) and med["b"] == pytest.approx(200.0)
     calls.clear()
-    assert tt.alternating_windows(runners, 3, repeats=1, batch_size=8)[2] == 3
+    assert timing.alternating_windows(runners, 3, repeats=1, batch_size=8)[2] == 3
     assert calls == [("a", 2), ("b", 2), ("a", 3), ("b", 3)]
+
+
+def test_time_all_warms_up_then_alternates(clock):
+    calls = []
+
+    def variant(name, seconds):
+        def run():
+            calls.append(name)
+            clock.now += seconds
+
+        return run
+
+    run = {"a": variant("a", 1.0), "b": variant("b", 3.0)}
+    assert timing.time_all(run, 2) == {"a": [1.0, 1.0], "b": [3.0, 3.0]}
+    assert calls == ["a", "b"] + ["a", "b"] * 2  # one untimed call each, then turns
+    calls.clear()
+    assert timing.time_calls(run["b"], 1, warmup=2) == [3.0]
+    assert calls == ["b"] * 3
+    assert timing.medians({"a": [3.0, 1.0, 2.0]}) == {"a": 2.0}
+
+
+def test_command_records_the_arguments():
+    assert timing.command("td3", ["--parts", "search"]) == "python -m benchmarks.td3 --parts search"
+    assert timing.command("x", ["--baseline", "trim at 2 GiB"]).endswith("'trim at 2 GiB'")
 
 
 def test_torch_device_labels_name_device_and_precision():
@@ -78,7 +103,7 @@ def test_unknown_torch_device_is_refused_before_torch_is_needed():
 
 
 def test_allocator_summary_pools_the_calls_of_every_child():
-    from benchmarks import allocator
+    from benchmarks.archive import allocator
 
     def child(malloc, seconds, faults):
         calls = {"seconds": seconds, "faults": faults, "system_s": [0.0] * len(seconds)}
@@ -103,7 +128,7 @@ def test_allocator_summary_pools_the_calls_of_every_child():
 def test_allocator_arms_set_glibc_through_its_environment(monkeypatch):
     """Each baseline child gets exactly its glibc variables (a user's own are dropped), so
     jpanning leaves malloc to them; the jpanning child gets none."""
-    from benchmarks import allocator
+    from benchmarks.archive import allocator
 
     monkeypatch.setenv("MALLOC_TOP_PAD_", "1")
     monkeypatch.setenv("MALLOC_ARENA_MAX", "3")

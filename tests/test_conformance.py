@@ -77,7 +77,7 @@ def loss_gtg(params, batch, kernels):
     x, y = batch
 
     def loss(ks):
-        logits = apply(_with(params, ks), x, True) / 200
+        logits = apply(_with(params, ks), x, True) / S.TEMPERATURE
         return -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(len(y)), y])
 
     g = jax.grad(loss)(kernels)

@@ -12,12 +12,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from flax import linen as nn
 import pytest
 from jax import lax
 
-from jpanning import cpu, models, scores, train
+from jpanning import cpu, models
 
 pytestmark = pytest.mark.skipif(
     jax.default_backend() != "cpu" or cpu.user_choice() or not cpu._jaxlib_measured(),
@@ -37,7 +36,7 @@ def _conv(stride, padding, x, w):
 @pytest.mark.parametrize("stride", [1, 2])
 def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels):
     """Forward pass and both gradients (input, kernel) of the convolution as jpanning's CPU
-    settings compile it (the process flag, and the training step's options) against
+    setting compiles it (the process flag) against
     ``lax.conv_general_dilated`` compiled with XLA's default YNNPACK convolution, on an odd
     7x9 input."""
     c_in, c_out = channels
@@ -58,14 +57,13 @@ def test_fast_convolution_matches_xla_default(stride, padding, kernel, channels)
     ref_text, want = run(cpu.options(cpu.XLA_DEFAULT_TYPES))
     if c_in > 16:  # XLA's default sends these convolutions to YNNPACK, so the programs differ
         assert "__ynn_fusion" in ref_text
-    for options in (None, cpu.first_order_options()):
-        text, got = run(options)
-        if c_in > 16:
-            assert text != ref_text  # another program: the comparison is not vacuous
-        for name, g, r in zip(("output", "input gradient", "kernel gradient"), got, want):
-            assert g.shape == r.shape
-            scale = np.max(np.abs(r))
-            np.testing.assert_allclose(g, r, atol=1e-5 * scale, rtol=1e-5, err_msg=name)
+    text, got = run(None)
+    if c_in > 16:
+        assert text != ref_text  # another program: the comparison is not vacuous
+    for name, g, r in zip(("output", "input gradient", "kernel gradient"), got, want):
+        assert g.shape == r.shape
+        scale = np.max(np.abs(r))
+        np.testing.assert_allclose(g, r, atol=1e-5 * scale, rtol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize(
@@ -204,60 +202,6 @@ def test_user_model_gradient_compiles_with_the_process_setting():
     assert plain != text(cpu.options(cpu.XLA_DEFAULT_TYPES))
 
 
-def test_train_step_options_give_the_same_training(xla_convolution):
-    """Three SGD steps of the training step with its CPU options (given with XLA's
-    convolutions) and with the process setting give the same losses and parameters (float32
-    rounding)."""
-    model = models.create_model("tinycnn", 10)
-    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
-    tx = optax.sgd(0.1, momentum=0.9)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(16, 8, 8, 3)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
-    assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
-    results = []
-    for options in ("auto", None):
-        step = train.make_train_step(model, tx, augment=False, compiler_options=options)
-        state = train.create_train_state(variables, tx, None)
-        losses = []
-        for i in range(3):
-            state, metrics = step(state, jax.random.key(i), x, y)
-            losses.append(float(metrics["loss"]))
-        results.append((losses, jax.device_get(state.params)))
-    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-5)
-    assert results[0][0][2] < results[0][0][0]  # it trains
-    jax.tree.map(
-        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
-        *[r[1] for r in results],
-    )
-
-
-def test_first_order_options_give_the_same_scores(xla_convolution):
-    """SNIP (a forward and a backward pass with train-mode BatchNorm) compiled with
-    :func:`cpu.first_order_options` (given with XLA's convolutions) is another program than
-    under the process setting (elementwise fusions in YNNPACK) with the same scores (float32
-    rounding)."""
-    model = models.create_model("tinycnn", 10)
-    variables = models.init_variables(model, jax.random.key(0), (8, 8, 3))
-    params, stats = variables["params"], variables["batch_stats"]
-    apply_fn = models.make_apply_fn(model, stats, train=True)
-    rng = np.random.default_rng(0)
-    x = jnp.asarray(rng.normal(size=(16, 8, 8, 3)).astype(np.float32))
-    y = jnp.asarray(rng.integers(0, 10, 16).astype(np.int32))
-    assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
-
-    def snip(p, x, y):
-        return scores.snip(apply_fn, p, (x, y))
-
-    runs = []
-    for options in (None, cpu.first_order_options()):
-        compiled = jax.jit(snip, compiler_options=options).lower(params, x, y).compile()
-        runs.append((compiled.as_text(), jax.device_get(compiled(params, x, y))))
-    (plain_text, plain), (text, got) = runs
-    assert text != plain_text  # another program: the comparison is not vacuous
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-7), got, plain)
-
-
 _PROBE = """
 import json, os, sys
 if sys.argv[1] == "started":
@@ -268,8 +212,7 @@ from jpanning import cpu
 flags_at_import = os.environ.get("XLA_FLAGS")
 cpu.configure(convolution=sys.argv[2])
 print(json.dumps({"import": flags_at_import, "flags": os.environ.get("XLA_FLAGS"),
-                  "user": cpu.user_choice(),
-                  "train": cpu.first_order_options()}))
+                  "user": cpu.user_choice(), "convolution": cpu.convolution_library()}))
 """
 
 
@@ -289,8 +232,7 @@ def _run_probe(code, *args, drop=(), **env):
 
 
 def _probe(case, convolution="xla", **env):
-    """:data:`_PROBE`, configured with XLA's convolutions by default (the first-order options
-    apply with them)."""
+    """:data:`_PROBE`, configured with XLA's convolutions by default."""
     drop = ("XLA_FLAGS", cpu.ENV_SWITCH, "JPANNING_CPU_CONV")
     return _run_probe(_PROBE, case, convolution, drop=drop, **env)
 
@@ -306,17 +248,16 @@ def test_configure_sets_the_flag_and_respects_choices():
     fresh = _probe("fresh", XLA_FLAGS=theirs)
     assert fresh["import"] == theirs
     assert fresh["flags"] == f"{theirs} --{cpu.YNN_OPTION}={value}"
-    assert fresh["user"] is False and fresh["train"] == cpu.options(cpu.FIRST_ORDER_TYPES)
-    # oneDNN's convolutions (where built) take no first-order options: the explicit choice
-    # wins over the process default
-    assert _probe("fresh", JPANNING_CPU_CONV="onednn")["train"] == fresh["train"]
+    assert fresh["user"] is False and fresh["convolution"] == "XLA"
+    # the explicit choice wins over the process default
+    assert _probe("fresh", JPANNING_CPU_CONV="onednn")["convolution"] == "XLA"
 
     off = _probe("fresh", JPANNING_CPU_FAST="0")
-    assert off == {"import": None, "flags": None, "user": True, "train": None}
+    assert off == {"import": None, "flags": None, "user": True, "convolution": "XLA"}
 
     mine = f"--{cpu.YNN_OPTION}="
     user = _probe("fresh", XLA_FLAGS=mine)
-    assert user == {"import": mine, "flags": mine, "user": True, "train": None}
+    assert user == {"import": mine, "flags": mine, "user": True, "convolution": "XLA"}
 
     started = _probe("started")
     assert started["flags"] is None and started["user"] is False
@@ -332,13 +273,9 @@ def test_configure_sets_the_flag_and_respects_choices():
         ("0.12.0", False),
     ],
 )
-def test_the_setting_applies_only_to_the_measured_jaxlib(
-    monkeypatch, xla_convolution, version, measured
-):
+def test_the_setting_applies_only_to_the_measured_jaxlib(monkeypatch, version, measured):
     monkeypatch.setattr(cpu.metadata, "version", lambda name: version)
     assert cpu._jaxlib_measured() is measured
-    assert cpu.first_order_measurable() is measured
-    assert (cpu.first_order_options() is not None) is measured
 
 
 _MALLOC_PROBE = """

@@ -263,13 +263,12 @@ def test_choice_is_checked_and_unavailability_is_reported(monkeypatch):
     assert "convolution(" in hlo and "jpanning_onednn" not in hlo
 
 
-def test_first_order_options_follow_the_convolution_library():
-    """jpanning's first-order programs get YNNPACK's elementwise fusions with XLA's
-    convolutions only (with oneDNN's they measured slower: benchmarks/cpu_options.py)."""
-    assert cpu.first_order_options() is None
+def test_the_convolution_library_follows_the_choice():
+    """:func:`cpu.convolution_library` (recorded with every result) names what the choice in
+    force computes the convolutions with."""
+    assert cpu.convolution_library() == f"oneDNN {onednn.version()}"
     previous = cpu.set_convolution("xla")
     try:
-        assert cpu.first_order_options() == cpu.options(cpu.FIRST_ORDER_TYPES)
         assert cpu.convolution_library() == "XLA"
     finally:
         cpu.set_convolution(previous)

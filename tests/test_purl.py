@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import cpu, flops, masks as M, purl
+from jpanning import flops, masks as M, purl
 from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
@@ -156,17 +156,6 @@ def test_run_gives_masks_from_the_mean_alpha(make_tiny_problem):
     )
     jax.tree.map(np.testing.assert_array_equal, result.masks, expected)
     assert len(result.metrics["reward"]) == CONFIG.episodes * 3
-
-
-def test_run_compiles_its_steps_with_the_first_order_options(make_tiny_problem, monkeypatch):
-    # Retraining and evaluation take first derivatives only: the agent's steps compile with
-    # cpu.first_order_options (an option XLA rejects shows that it reaches the compiler).
-    problem, dataset = make_tiny_problem(0.5)
-    options = {"purl_data": purl.split_examples(dataset, CONFIG, seed=0), "preset": "test"}
-    monkeypatch.setitem(purl.PRESETS, "test", CONFIG)
-    monkeypatch.setattr(cpu, "first_order_options", lambda: {"jpanning_no_such_option": "1"})
-    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
-        purl.run(dataclasses.replace(problem, options=options))
 
 
 def test_uniform_prunes_every_layer_to_the_same_exact_sparsity(make_tiny_problem):

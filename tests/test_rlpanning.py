@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import cpu, data, env as env_lib, masks as M, panning, pruning, rlpanning
+from jpanning import data, env as env_lib, masks as M, panning, pruning, rlpanning
 from jpanning.agents import td3
 from jpanning.errors import JPanningError
 
@@ -132,22 +132,6 @@ def test_search_switches_to_the_late_targets_and_screens(problem, pool_env):
     assert np.all(collapsed[lengths < 3])
     assert np.all(returns < 0)
     assert int(agent.step) == 24 - 8
-
-
-def test_search_and_screening_compile_with_the_environments_options(pool_env, monkeypatch):
-    # In pool mode the search and the screening rounds compile with cpu.first_order_options
-    # (an option XLA rejects reaches the compiler); fresh batches (GraSP's Hessian-vector
-    # product every step) keep the process's settings.
-    _, env, env_params = pool_env
-    bogus = {"jpanning_no_such_option": "1"}
-    monkeypatch.setattr(cpu, "first_order_options", lambda: bogus)
-    assert env.compiler_options(env_params) == bogus
-    actor = _constant_actor([0.0, 0.0, 0.0])
-    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
-        rlpanning.search(env, env_params, CONFIG, jax.random.key(0))
-    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
-        rlpanning.screen(env, env_params, actor, CONFIG, 0.9, jax.random.key(0))
-    assert env.compiler_options(env_params.replace(scoring="fresh")) is None
 
 
 def test_unknown_preset_and_bad_budget_are_refused():

@@ -363,19 +363,6 @@ def test_host_loop_equals_scanned_train(steps_per_call):
     assert len(seen) == -(-64 // steps_per_call)
 
 
-def test_host_loop_compiles_with_the_given_options():
-    # compiler_options reach the compiler of the loop's jitted steps: XLA rejects this one.
-    with pytest.raises(Exception, match="No such compile option: 'jpanning_no_such_option'"):
-        td3.train_loop(
-            PointEnv(),
-            PointParams(),
-            TINY.replace(total_steps=2, warmup_steps=2),
-            jax.random.key(0),
-            action_size=1,
-            compiler_options={"jpanning_no_such_option": "1"},
-        )
-
-
 def test_host_loop_switches_env_params():
     # env_params_at(t) swaps the params between calls: a faster point moves further.
     env = PointEnv()

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jpanning import data, masks as M, models, pruning, train
+from jpanning import data, masks as M, models, pruning, scores, train
 from jpanning.errors import JPanningError
 
 
@@ -91,7 +91,7 @@ def test_evaluate_pads_the_last_batch_instead_of_dropping_it(setup):
     got = train.evaluate(eval_step, variables["params"], variables["batch_stats"], x, y, 20)
     logits = model.apply(variables, jnp.asarray(x), train=False)
     want_acc = float(np.mean(np.argmax(logits, -1) == y))
-    want_loss = float(train.cross_entropy(logits, jnp.asarray(y)))
+    want_loss = float(scores.cross_entropy(logits, jnp.asarray(y)))
     assert got["accuracy"] == pytest.approx(want_acc)
     assert got["loss"] == pytest.approx(want_loss, rel=1e-5)
 

@@ -82,9 +82,10 @@ def _input_gradient_network(model, weights: dict, names, input_shape) -> list[to
         model.train(was_training)
 
 
-def env_step(model, maps, x, y, weights, sparsity: float, temperature: float = 200.0) -> dict:
+def env_step(model, maps, x, y, weights, sparsity: float, temperature: float) -> dict:
     """One fresh-batch Panning step from ``maps`` (``(synflow, snip, grasp)``, each a list in
-    prunable-weight order, normalised: what the previous step scored).
+    prunable-weight order, normalised: what the previous step scored), its losses at
+    ``logits / temperature`` (the authors' 200: ``jpanning.scores.TEMPERATURE``).
 
     Returns the new masks, the next step's maps and the step's observation inputs (losses,
     ‖g‖², effective sparsity).

@@ -295,13 +295,12 @@ def train_loop(
     callback=None,
     checkpoints=None,
     stop=checkpoint_lib.never,
-    compiler_options=None,
 ):
     """The steps of :func:`make_train`'s ``train(key)``, one jitted call each, from the host.
 
     For environments whose step is a large computation (PuRL retrains a network in each);
-    ``callback(t_end, metrics)`` runs after every step; ``checkpoints``, ``stop`` and
-    ``compiler_options`` as in :func:`jpanning.agents.loop.host_loop`. Returns
+    ``callback(t_end, metrics)`` runs after every step; ``checkpoints`` and ``stop`` as in
+    :func:`jpanning.agents.loop.host_loop`. Returns
     ``(agent_state, metrics)`` with numpy metrics.
     """
     obs_size = _obs_size(env, env_params, obs_size)
@@ -315,7 +314,6 @@ def train_loop(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=compiler_options,
     )
 
 

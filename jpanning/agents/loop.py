@@ -136,7 +136,6 @@ def host_loop(
     callback: Callable[[int, dict], None] | None = None,
     checkpoints=None,
     stop: Callable[[], str | None] = checkpoint_lib.never,
-    compiler_options: dict | None = None,
 ):
     """Run :func:`scanned`'s steps as one jitted call per ``steps_per_call`` steps.
 
@@ -156,9 +155,6 @@ def host_loop(
             uninterrupted one does.
         stop: polled after every call; a signal name makes the loop write a checkpoint and
             raise :class:`jpanning.checkpoint.Interrupted`.
-        compiler_options: XLA's ``compiler_options`` for the jitted steps (such as
-            :func:`jpanning.cpu.first_order_options` for an environment whose step takes
-            first derivatives only); None: the process's settings.
 
     Returns:
         ``(agent, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
@@ -166,9 +162,7 @@ def host_loop(
     if int(steps_per_call) < 1:
         raise JPanningError(f"steps_per_call must be >= 1, got {steps_per_call}")
 
-    @functools.partial(
-        jax.jit, static_argnums=3, donate_argnums=0, compiler_options=compiler_options
-    )
+    @functools.partial(jax.jit, static_argnums=3, donate_argnums=0)
     def run_steps(carry, t0, loop_key, n, env_params):
         if n == 1:
             carry, metrics = step(carry, t0, loop_key, env_params)

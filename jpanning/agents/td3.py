@@ -460,7 +460,7 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
     search is one program that ``jax.vmap`` runs over seeds. :func:`train_loop` drives the
     same steps from the host (progress bars). On XLA:CPU an environment whose convolutions
     are ``lax.conv_general_dilated`` is many times slower inside the scan
-    (``python -m benchmarks.loop_body_conv``); with jpanning's models it is not
+    (``python -m benchmarks.archive.loop_body_conv``); with jpanning's models it is not
     (``jpanning.cpu``).
 
     Args:
@@ -496,7 +496,6 @@ def train_loop(
     callback=None,
     checkpoints=None,
     stop=checkpoint_lib.never,
-    compiler_options=None,
 ):
     """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
 
@@ -515,8 +514,8 @@ def train_loop(
             ``env_params``.
         callback: optional ``callback(t_end, metrics)`` after each call, with the call's
             metrics as numpy arrays ``[n, ...]`` and ``t_end`` the steps done so far.
-        checkpoints, stop, compiler_options: checkpoint and stop the loop, XLA's options for
-            its jitted steps (:func:`jpanning.agents.loop.host_loop`).
+        checkpoints, stop: checkpoint and stop the loop
+            (:func:`jpanning.agents.loop.host_loop`).
 
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
@@ -533,5 +532,4 @@ def train_loop(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
-        compiler_options=compiler_options,
     )

@@ -1,6 +1,6 @@
 """One convolution layer's forward pass and gradients inside a loop body against outside one.
 
-        python -m benchmarks.loop_body_conv            # 3x3, 16x16x32, batch 100, 2 batches
+        python -m benchmarks.archive.loop_body_conv  # 3x3, 16x16x32, batch 100, 2 batches
 
 Each part (forward; input gradient; kernel gradient; both gradients of
 ``sum(tanh(conv(x, w)))``) runs over ``--batches`` batches either in one ``lax.map`` (a while
@@ -8,7 +8,7 @@ loop) or as the same calls unrolled in one program; medians of ``--repeats`` cal
 convolutions under jpanning's process setting: ``lax.conv_general_dilated``, whose backward
 convolutions XLA:CPU leaves off its fast layout inside a loop body, and
 ``jpanning.cpu.conv_general_dilated`` (what the models call), whose custom derivatives keep
-them on it. Writes ``benchmarks/results/loop_body_conv_<device>.{json,md}``.
+them on it. Writes ``benchmarks/archive/results/loop_body_conv_<device>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def main(argv=None):
         f"# One 3x3 convolution in a loop body, {args.batches} batches of "
         f"{args.batch_size} x {args.size}x{args.size}x{args.channels}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.loop_body_conv', *argv])}`  ",
+        f"Command: `{' '.join(['python -m benchmarks.archive.loop_body_conv', *argv])}`  ",
         report.machine_line(env),
         "",
         f"Medians of {args.repeats} calls, ms for all {args.batches} batches.",

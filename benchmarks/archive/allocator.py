@@ -2,8 +2,8 @@
 processes with jpanning's malloc setting and with a baseline (glibc's default unless
 ``--baseline`` names another), the children alternating.
 
-        python -m benchmarks.allocator                  # ResNet-20; train b128, scores b256
-        python -m benchmarks.allocator --model resnet20_panning --baseline "trim at 2 GiB"
+        python -m benchmarks.archive.allocator  # ResNet-20; train b128, scores b256
+        python -m benchmarks.archive.allocator --model resnet20_panning --baseline "trim at 2 GiB"
 
 XLA:CPU allocates each execution's temporary buffer anew; with glibc's default malloc a buffer
 that large is mapped fresh from the kernel and unmapped when freed, so every execution
@@ -24,7 +24,7 @@ installed, PyTorch's training step and SNIP of the same network in the same chil
 (``benchmarks/reference/``). Per child: ``--warmup`` calls (the heap grows to its size), then
 ``--calls`` timed calls; per call, the minor page faults and system CPU time of the process.
 
-Writes ``benchmarks/results/allocator_<platform>.{json,md}``.
+Writes ``benchmarks/archive/results/allocator_<platform>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def _programs(args) -> dict:
     import numpy as np
 
     from benchmarks.train_throughput import make_runner, random_masked_setup
-    from jpanning import cpu, models, scores, train
+    from jpanning import models, scores, train
 
     shape = (32, 32, 3)
     model, variables, masks, images, labels = random_masked_setup(
@@ -90,18 +90,14 @@ def _programs(args) -> dict:
     x = rng.normal(size=(args.score_batch, *shape)).astype(np.float32)
     y = (np.arange(args.score_batch) % 10).astype(np.int32)
     batch = (jnp.asarray(x), jnp.asarray(y))
-    first_order = cpu.first_order_options()
     compiled = {
-        "snip": (lambda p, b: scores.snip(apply_train, p, b), first_order),
-        "fused": (  # GraSP's Hessian-vector product: the process setting
-            lambda p, b: scores.fused(apply_train, p, b, synflow_apply_fn=apply_eval),
-            None,
-        ),
-        "eval forward": (lambda p, b: apply_eval(p, b[0]), first_order),
+        "snip": lambda p, b: scores.snip(apply_train, p, b),
+        "fused": lambda p, b: scores.fused(apply_train, p, b, synflow_apply_fn=apply_eval),
+        "eval forward": lambda p, b: apply_eval(p, b[0]),
     }
     run = {f"train step x {args.steps}": functools.partial(runner, args.steps)}
-    for name, (fn, options) in compiled.items():
-        c = jax.jit(fn, compiler_options=options).lower(params, batch).compile()
+    for name, fn in compiled.items():
+        c = jax.jit(fn).lower(params, batch).compile()
         run[name] = functools.partial(lambda c: jax.block_until_ready(c(params, batch)), c)
     try:
         import torch
@@ -171,7 +167,7 @@ def main(argv=None):
     runs = {arm: [] for arm in (JPANNING, args.baseline)}
     for r in range(args.rounds):
         for arm in runs:
-            cmd = [sys.executable, "-m", "benchmarks.allocator", *argv, "--child", arm]
+            cmd = [sys.executable, "-m", "benchmarks.archive.allocator", *argv, "--child", arm]
             out = subprocess.run(cmd, env=_arm_env(arm), capture_output=True, text=True, check=True)
             runs[arm].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"round {r + 1}/{args.rounds}: {arm} done", flush=True)
@@ -237,7 +233,7 @@ def write(args, argv, runs, result) -> None:
         f"# malloc setting on XLA:CPU: {args.model}, train batch {args.train_batch}, "
         f"score batch {args.score_batch}",
         "",
-        f"Command: `python -m benchmarks.allocator {shlex.join(argv)}`  ",
+        f"Command: `python -m benchmarks.archive.allocator {shlex.join(argv)}`  ",
         report.machine_line(env, ("jax", "jaxlib", "flax"), extra=_torch_version()),
         "",
         f"{args.rounds} child processes per setting, alternating; in each, {args.warmup} "

@@ -1,10 +1,11 @@
-"""Which programs gain from ``jpanning.cpu.first_order_options`` on XLA:CPU: each of
+"""Which programs gained from ``jpanning.cpu.first_order_options`` on XLA:CPU: each of
 jpanning's programs compiled twice, with the process setting and with those options, timed
-alternately in one process.
+alternately in one process. The library gave these options to its first-order programs
+until 2026-12 (issue 28); :data:`FIRST_ORDER_TYPES` keeps them here.
 
-        python -m benchmarks.cpu_options                       # ResNet-20, batch 128
+        python -m benchmarks.archive.cpu_options  # ResNet-20, batch 128
 
-The options add YNNPACK's elementwise fusions (:data:`jpanning.cpu.FIRST_ORDER_TYPES`) to the
+The options add YNNPACK's elementwise fusions (:data:`FIRST_ORDER_TYPES`) to the
 process setting (:data:`jpanning.cpu.PROCESS_TYPES`). jpanning gives them to its programs
 with first derivatives only (training and evaluation steps, SNIP, the masked network's loss
 and ‖g‖², the Panning environment's pool-mode step) and not to those with second derivatives
@@ -16,7 +17,7 @@ benchmark is the measurement behind that split. Programs, on ``--model`` with a 
 environment step at round 50 of 100 in pool mode, recomputing the dense maps, and vmapped
 over 4 environments in pool mode (each with its own mask).
 
-Writes ``benchmarks/results/cpu_options_<platform>.{json,md}``.
+Writes ``benchmarks/archive/results/cpu_options_<platform>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from benchmarks.env_step import mid_episode
-from benchmarks.scorers import time_all
+from benchmarks.timing import time_all
 from benchmarks.train_throughput import random_masked_setup
 from jpanning import cpu, env as env_lib, masks as masks_lib, models, report, scores
 
@@ -40,6 +41,7 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results")
 PROCESS = "process setting"
 FIRST_ORDER = "first_order_options"
 SECOND_ORDER = ("grad_norm", "grasp", "env step (recompute dense)")
+FIRST_ORDER_TYPES = ("INDIVIDUAL_DOT", "REDUCE", "ELTWISE")  # jpanning.cpu's, until 2026-12
 
 
 def programs(model_name: str, batch_size: int, sparsity: float) -> dict:
@@ -94,12 +96,12 @@ def main(argv=None):
     p.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
     argv = list(argv if argv is not None else sys.argv[1:])
-    if not cpu.first_order_measurable():
+    if cpu.user_choice() or not cpu._jaxlib_measured() or jax.default_backend() != "cpu":
         raise SystemExit(
             "cpu_options compares XLA:CPU settings: it needs a CPU backend, a measured jaxlib "
             f"{cpu.MEASURED_JAXLIBS} and the setting left on (JPANNING_CPU_FAST unset)"
         )
-    first_order = cpu.options(cpu.FIRST_ORDER_TYPES)
+    first_order = cpu.options(FIRST_ORDER_TYPES)
     variants = {PROCESS: None, FIRST_ORDER: first_order}
     run = {}
     for name, (fn, fn_args) in programs(args.model, args.batch_size, args.sparsity).items():
@@ -131,13 +133,13 @@ def main(argv=None):
     md = [
         f"# XLA:CPU options per program: {args.model}, batch {args.batch_size} x (32, 32, 3)",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.cpu_options', *argv])}`  ",
+        f"Command: `{' '.join(['python -m benchmarks.archive.cpu_options', *argv])}`  ",
         report.machine_line(env, ("jax", "jaxlib", "flax")),
         "",
         f"Medians of {args.repeats} alternating calls, seconds. `{PROCESS}`: "
         f"`{cpu.YNN_OPTION}` = {', '.join(cpu.PROCESS_TYPES)} "
         "(what `jpanning.cpu.configure()` sets); "
-        f"`{FIRST_ORDER}`: {', '.join(cpu.FIRST_ORDER_TYPES)}, given per compilation to "
+        f"`{FIRST_ORDER}`: {', '.join(FIRST_ORDER_TYPES)}, given per compilation to "
         "jpanning's programs with first derivatives only, where XLA computes the "
         f"convolutions. Convolutions here: {cpu.convolution_library()} (`JPANNING_CPU_CONV`). "
         "Speed-up above 1: the options help.",

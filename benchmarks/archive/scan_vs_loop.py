@@ -1,17 +1,17 @@
 """Iterative pruning rounds: one ``lax.scan`` over rounds against a host loop of jitted rounds.
 
-        python -m benchmarks.scan_vs_loop                    # ResNet-20, SNIP rounds, batch 100
+        python -m benchmarks.archive.scan_vs_loop  # ResNet-20, SNIP rounds, batch 100
 
 One round is a SNIP score of the masked network (train-mode BatchNorm, scoring batch of
 ``--batch-size`` CIFAR-shaped examples) and a global top-k, as in ``iter_snip``/``force``.
 Both variants run the same ``--rounds`` rounds from the same masks; medians over
 ``--repeats``. XLA:CPU runs ``lax.conv_general_dilated``'s backward convolutions inside a
-loop body off its fast path (``benchmarks/loop_body_conv.py``); the models' convolution,
+loop body off its fast path (``benchmarks/archive/loop_body_conv.py``); the models' convolution,
 ``jpanning.cpu.conv_general_dilated``, has custom derivatives that keep them on it, and this
 benchmark checks that a scan over whole rounds costs no more than the host loop that
 ``jpanning.pruning.iterative_masks`` and ``jpanning.panning.panning`` use (for progress
 reporting and early stops).
-Writes ``benchmarks/results/scan_vs_loop_<device>.{json,md}``.
+Writes ``benchmarks/archive/results/scan_vs_loop_<device>.{json,md}``.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main(argv=None):
         f"# Pruning rounds: lax.scan vs host loop, {args.model}, SNIP + top-k, batch "
         f"{args.batch_size} x {tuple(args.input_shape)}",
         "",
-        f"Command: `{' '.join(['python -m benchmarks.scan_vs_loop', *argv])}`  ",
+        f"Command: `{' '.join(['python -m benchmarks.archive.scan_vs_loop', *argv])}`  ",
         report.machine_line(env),
         "",
         "| variant | median s per round |",
