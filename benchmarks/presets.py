@@ -56,6 +56,22 @@ class Grid:
     about: str = ""
 
 
+def _transfer_grid(model: str, name: str, run_args: tuple[str, ...] = ()) -> Grid:
+    """The shipped ResNet-20 policy on ``model`` against SynFlow and hand Panning."""
+    return Grid(
+        model=model,
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99),
+        methods=("dense", "synflow", "panning", "rlpanning"),
+        seeds=3,
+        epochs=8,
+        train_limit=20000,
+        run_args=run_args,
+        density_ratio=0.99,
+        about=f"{name} / Fashion-MNIST (20k): the ResNet-20 policy transferred, 8 epochs",
+    )
+
+
 PRESETS: dict[str, Grid] = {
     # Every method, four ratios, three seeds, on the real offline data, within an hour on the
     # 2-core CPU this project is developed on. LeNet-5 (61k prunable weights) because a
@@ -142,29 +158,8 @@ PRESETS: dict[str, Grid] = {
     ),
     # Does the ResNet-20 policy transfer? Unchanged, on networks it never saw, against hand
     # Panning and SynFlow with the same budget (issue 29, part 3).
-    "transfer-vgg11": Grid(
-        model="vgg11",
-        dataset="fashion_mnist",
-        ratios=(0.95, 0.99),
-        methods=("dense", "synflow", "panning", "rlpanning"),
-        seeds=3,
-        epochs=8,
-        train_limit=20000,
-        density_ratio=0.99,
-        about="VGG-11 / Fashion-MNIST (20k): the ResNet-20 policy transferred, 8 epochs",
-    ),
-    "transfer-lenet5": Grid(
-        model="lenet5",
-        dataset="fashion_mnist",
-        ratios=(0.95, 0.99),
-        methods=("dense", "synflow", "panning", "rlpanning"),
-        seeds=3,
-        epochs=8,
-        train_limit=20000,
-        run_args=("--lr", "0.03"),  # no BatchNorm: cpu-hour's rate
-        density_ratio=0.99,
-        about="LeNet-5 / Fashion-MNIST (20k): the ResNet-20 policy transferred, 8 epochs",
-    ),
+    "transfer-vgg11": _transfer_grid("vgg11", "VGG-11"),
+    "transfer-lenet5": _transfer_grid("lenet5", "LeNet-5", ("--lr", "0.03")),  # no BatchNorm
     # What the tests run: seconds, synthetic data.
     "tiny": Grid(
         model="lenet5",
