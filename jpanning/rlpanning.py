@@ -416,9 +416,12 @@ def shipped_policy(model: str) -> tuple[str, str]:
             "--search (the authors' 50,000-step TD3 search; hours on a CPU) or pass --policy FILE"
         )
     meta = load_policy(path)[2]
+    steps = f"{meta.get('agent_steps', '?')} agent steps"
+    if meta.get("search_steps") not in (None, meta.get("agent_steps")):
+        steps = f"{meta['agent_steps']} of {meta['search_steps']} agent steps: an interim policy"
     trained = (
-        f"trained on {meta.get('model', '?')} / {meta.get('dataset', '?')}, "
-        f"{meta.get('agent_steps', '?')} agent steps; card: {os.path.splitext(path)[0]}.md"
+        f"trained on {meta.get('model', '?')} / {meta.get('dataset', '?')}, {steps}; "
+        f"card: {os.path.splitext(path)[0]}.md"
     )
     if own:
         return path, f"the policy shipped for {model} ({trained})"

@@ -245,9 +245,10 @@ def test_rlpanning_screens_with_the_shipped_policy_unless_a_search_is_asked(
     actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 7, 3).actor_params
     path = tmp_path / "resnet20-fashion_mnist.msgpack"
     meta = {"model": "resnet20", "dataset": "fashion_mnist", "agent_steps": 123}
+    meta["search_steps"] = 456  # exported from a search that had not finished
     rlpanning.save_policy(str(path), actor, CONFIG, meta=meta)
     monkeypatch.setattr(rlpanning, "POLICY_DIR", str(tmp_path))
-    trained = "trained on resnet20 / fashion_mnist, 123 agent steps"
+    trained = "trained on resnet20 / fashion_mnist, 123 of 456 agent steps: an interim policy"
 
     args = _cli_args("--model", "resnet20")
     cli._choose_policy(args)
