@@ -102,8 +102,9 @@ def main(argv: list[str]) -> int:
         finished = os.path.join(a.run_dir, "policy.msgpack")
         if os.path.isdir(directory):  # running or stopped: its newest checkpoint
             actor, ranges, step = rlpanning.policy_from_checkpoint(directory)
-            with checkpoint.opened(directory) as ckpt:
+            with checkpoint.opened(directory) as ckpt:  # a running search may have moved on
                 steps, returns = rlpanning.episode_returns(ckpt.restore_saved()[3])
+            steps, returns = steps[steps <= step], returns[steps <= step]
         elif os.path.isfile(finished):  # finished: its policy file and results.json
             actor, _, saved = rlpanning.load_policy(finished)
             ranges, step = saved["ranges"], saved.get("agent_steps", config.agent_steps)
