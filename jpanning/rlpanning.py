@@ -369,10 +369,11 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
     return actor_params, config, meta
 
 
-def policy_from_checkpoint(directory: str) -> tuple[PyTree, Optional[env_lib.Ranges], int]:
+def policy_from_checkpoint(directory: str) -> tuple[PyTree, Optional[env_lib.Ranges], int, Any]:
     """The actor of a search's newest checkpoint (``OUT/checkpoints/search``), with the
-    normalisation ranges it observed through at that step and the step: the policy of a
-    search that is still running or was stopped, for :func:`save_policy`.
+    normalisation ranges it observed through at that step, the step and the search's metrics
+    up to it (None if not saved): the policy of a search that is still running or was
+    stopped, for :func:`save_policy` (one read of the checkpoint).
 
     Raises:
         JPanningError: no readable checkpoint in ``directory``.
@@ -386,7 +387,7 @@ def policy_from_checkpoint(directory: str) -> tuple[PyTree, Optional[env_lib.Ran
     except (KeyError, TypeError):
         raise JPanningError(f"the checkpoint in {directory} is not an RL Panning search's")
     ranges = final_ranges(extra) if extra is not None else None
-    return actor, ranges, step
+    return actor, ranges, step, extra
 
 
 # -- the policies that ship with jpanning ----------------------------------------------------

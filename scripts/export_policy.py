@@ -21,7 +21,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo
 
-from jpanning import checkpoint, report, rlpanning
+from jpanning import report, rlpanning
 from jpanning.errors import JPanningError
 
 # tqdm's "[elapsed<remaining" in a progress bar line, h:mm:ss or mm:ss
@@ -101,10 +101,8 @@ def main(argv: list[str]) -> int:
         directory = os.path.abspath(os.path.join(a.run_dir, "checkpoints", "search"))
         finished = os.path.join(a.run_dir, "policy.msgpack")
         if os.path.isdir(directory):  # running or stopped: its newest checkpoint
-            actor, ranges, step = rlpanning.policy_from_checkpoint(directory)
-            with checkpoint.opened(directory) as ckpt:  # a running search may have moved on
-                steps, returns = rlpanning.episode_returns(ckpt.restore_saved()[3])
-            steps, returns = steps[steps <= step], returns[steps <= step]
+            actor, ranges, step, metrics = rlpanning.policy_from_checkpoint(directory)
+            steps, returns = rlpanning.episode_returns(metrics)
         elif os.path.isfile(finished):  # finished: its policy file and results.json
             actor, _, saved = rlpanning.load_policy(finished)
             ranges, step = saved["ranges"], saved.get("agent_steps", config.agent_steps)

@@ -312,8 +312,8 @@ def test_the_policy_of_a_stopped_search_is_read_from_its_checkpoint(tmp_path, po
                 env, env_params, CONFIG, jax.random.key(0), checkpoints=ckpt, stop=stop,
                 callback=lambda t, m: seen.append(t),
             )  # fmt: skip
-    actor, ranges, step = rlpanning.policy_from_checkpoint(directory)
-    assert step == 12
+    actor, ranges, step, metrics = rlpanning.policy_from_checkpoint(directory)
+    assert step == 12 and len(metrics["reward"]) == 12
     # the same actor as the structured restore a resumed search starts from
     init, _ = td3.make_step(env, CONFIG.agent_config(), action_size=3, obs_size=7)
     like = jax.jit(init)(jax.random.key(0), env_params)
