@@ -267,7 +267,7 @@ class Checkpoints:
                     "meta": ocp.args.JsonRestore(),
                 }
                 if extra:
-                    items["extra"] = ocp.args.StandardRestore()
+                    items["extra"] = ocp.args.StandardRestore(self._saved_like(step, "extra"))
                 got = self._restore(step, ocp.args.Composite(**items))
                 leaves = jax.tree.leaves(got.state)
                 state = jax.tree.unflatten(jax.tree.structure(like), leaves)
@@ -299,10 +299,13 @@ class Checkpoints:
         step = self.latest()
         if step is None:
             raise JPanningError(f"no checkpoint in {self.directory}")
-        items = {"state": ocp.args.StandardRestore(), "meta": ocp.args.JsonRestore()}
-        if os.path.isdir(os.path.join(self.directory, str(step), "extra")):
-            items["extra"] = ocp.args.StandardRestore()
         try:
+            items = {
+                "state": ocp.args.StandardRestore(self._saved_like(step, "state")),
+                "meta": ocp.args.JsonRestore(),
+            }
+            if os.path.isdir(os.path.join(self.directory, str(step), "extra")):
+                items["extra"] = ocp.args.StandardRestore(self._saved_like(step, "extra"))
             got = self._restore(step, ocp.args.Composite(**items))
         except Exception as e:  # orbax/tensorstore raise many types on damaged files
             raise JPanningError(
@@ -312,6 +315,23 @@ class Checkpoints:
         as_numpy = lambda tree: jax.tree.map(np.asarray, tree)
         extra = as_numpy(got.extra) if "extra" in items else None
         return step, as_numpy(got.state), dict(got.meta), extra
+
+    def _saved_like(self, step: int, item: str):
+        """The saved tree of ``item`` as shapes and dtypes on this process's first device.
+
+        Without a target orbax restores each array onto the device it was saved from, so a
+        checkpoint written on a GPU would not open on a CPU ("topology mismatch").
+        """
+        ocp = self._ocp
+        path = os.path.join(self.directory, str(step), item)
+        saved = ocp.StandardCheckpointer().metadata(path).item_metadata
+        saved = getattr(saved, "tree", saved)
+        here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        return jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here)
+            if hasattr(m, "shape") and hasattr(m, "dtype") else m,
+            saved,
+        )
 
     def _restore(self, step: int, args):
         """orbax's restore of ``step``, with what it prints to ``sys.stderr`` kept

@@ -54,6 +54,11 @@ def card(run_dir, out, args, config, step, seconds, bars, returns, note) -> str:
                      "agent_steps", "rounds", "fusion", "effective")
             and v is not None]  # fmt: skip
     env = report.environment()
+    # The machine the search ran on: benchmarks/device_search.py records it in the run folder.
+    searched = env
+    if os.path.isfile(os.path.join(run_dir, "device_run.json")):
+        with open(os.path.join(run_dir, "device_run.json")) as f:
+            searched = json.load(f)["environment"]
     last = returns[-50:] if len(returns) else []
     lines = [
         f"# RL Panning policy: {args['model']} / {args['dataset']}",
@@ -73,8 +78,9 @@ def card(run_dir, out, args, config, step, seconds, bars, returns, note) -> str:
         f"- search wall time: {seconds / 3600:.2f} h over {bars} process(es), to the log's last "
         "progress line"
         if bars else "- search wall time: not recorded",
-        f"- machine: {env['machine']['cpu']}, {env['machine']['cores']} cores "
-        f"({env['device']['platform']}); jax {env['versions'].get('jax')}",
+        f"- machine: {searched['machine']['cpu']}, {searched['machine']['cores']} cores; "
+        f"device {searched['device']['kind']} ({searched['device']['platform']}); "
+        f"jax {searched['versions'].get('jax')}",
         f"- exported at commit {commit} on {env['date'][:10]}",
         f"- episodes: {len(returns)}; mean return of the last {len(last)}: "
         + (f"{sum(last) / len(last):.2f}" if len(last) else "-"),

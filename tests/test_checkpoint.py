@@ -78,3 +78,44 @@ def test_a_failed_restores_late_output_is_kept_out_of_stderr(capsys):
         "ERROR:asyncio:Task exception was never retrieved",
     ]
     assert kept.getvalue().splitlines()[-1] == "RuntimeError: Event loop is closed"
+
+
+_SAVE_ON_DEVICE_1 = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+import jax, jax.numpy as jnp
+from jpanning import checkpoint
+ckpt = checkpoint.Checkpoints(sys.argv[1])
+on_1 = lambda x: jax.device_put(x, jax.devices()[1])
+state = {"w": on_1(jnp.arange(6.0).reshape(2, 3)), "t": on_1(jnp.int32(7))}
+ckpt.save(5, state, {"key": [1, 2]}, {"returns": on_1(jnp.array([-1.5, 2.0]))})
+ckpt.close()
+print(jax.devices()[1], state["w"].sharding)
+"""
+
+
+def test_a_checkpoint_written_on_another_device_opens_here(tmp_path):
+    # The GPU search's checkpoints opened on a CPU: without a target, orbax restores each array
+    # onto the device it was saved from and fails with "topology mismatch". Saved here on the
+    # second of two simulated devices, read in this one-device process.
+    directory = str(tmp_path / "search")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SAVE_ON_DEVICE_1, directory],
+        capture_output=True, text=True, cwd=ROOT, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "TFRT_CPU_1" in proc.stdout or "cpu:1" in proc.stdout.lower(), proc.stdout
+    import jax
+    import numpy as np
+
+    ckpt = checkpoint.Checkpoints(directory)
+    step, state, meta, extra = ckpt.restore_saved()
+    assert step == 5 and meta == {"key": [1, 2]}
+    np.testing.assert_array_equal(state["w"], np.arange(6.0).reshape(2, 3))
+    assert int(state["t"]) == 7
+    np.testing.assert_array_equal(extra["returns"], [-1.5, 2.0])
+    like = {"w": jax.numpy.zeros((2, 3)), "t": jax.numpy.int32(0)}
+    step, state, meta, extra = ckpt.restore(like, extra=True)
+    assert step == 5 and int(state["t"]) == 7
+    assert state["w"].devices() == {jax.devices()[0]}
+    np.testing.assert_array_equal(extra["returns"], [-1.5, 2.0])

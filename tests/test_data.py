@@ -730,3 +730,23 @@ class AugmentTest(chex.TestCase):
         outs = [np.asarray(step(jax.random.PRNGKey(i), images)) for i in range(4)]
         assert any(not np.array_equal(outs[0], other) for other in outs[1:])
         np.testing.assert_array_equal(outs[0], np.asarray(step(jax.random.PRNGKey(0), images)))
+
+
+def test_from_splits_is_load_datasets_second_half(tmp_path, no_tensorflow):
+    # load_dataset = read_splits + from_splits, and the splits survive the .npz that
+    # benchmarks/device_search.py carries to a machine without tfds.
+    from benchmarks import device_search
+    from jpanning.data import from_splits, read_splits
+
+    splits, num_classes, source = read_splits("synthetic")
+    assert splits["train"][0].shape == (1000, 16, 16, 1)
+    direct = load_dataset("synthetic", train_limit=50, test_limit=20, seed=3)
+    path = str(tmp_path / "d.npz")
+    device_search.pack(path, "synthetic", None)
+    name, carried, classes, carried_source = device_search.unpack(path)
+    assert (name, classes) == ("synthetic", num_classes) and source in carried_source
+    rebuilt = from_splits(name, carried, classes, source, train_limit=50, test_limit=20, seed=3)
+    for field in ("train_images", "train_labels", "test_images", "test_labels", "mean", "std"):
+        np.testing.assert_array_equal(getattr(rebuilt, field), getattr(direct, field))
+    with pytest.raises(JPanningError, match="train_limit must be a positive integer, got 0"):
+        from_splits(name, carried, classes, source, train_limit=0)

@@ -108,15 +108,51 @@ def load_dataset(
     Raises:
       JPanningError: unknown name, missing data_dir, data not available, bad limits.
     """
-    if name not in DATASET_NAMES:
-        raise JPanningError(f"unknown dataset {name!r}; choose from: {', '.join(DATASET_NAMES)}")
-    for label, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
-        if limit is not None and limit < 1:
-            raise JPanningError(f"dataset {name}: {label} must be a positive integer, got {limit}")
+    _check(name, train_limit, test_limit)
+    splits, num_classes, source = read_splits(name, data_dir, download=download)
+    return from_splits(
+        name, splits, num_classes, source, train_limit=train_limit, test_limit=test_limit, seed=seed
+    )
+
+
+def read_splits(
+    name: str, data_dir: str | None = None, *, download: bool = True
+) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], int, str]:
+    """The raw train and test splits of a dataset, as stored (uint8 images for real data).
+
+    Args:
+      name, data_dir, download: as for :func:`load_dataset`.
+
+    Returns:
+      ``(splits, num_classes, source)``: ``splits`` maps ``"train"`` and ``"test"`` to
+      ``(images, labels)`` (NHWC, int labels); ``source`` is one line saying where they came
+      from. :func:`from_splits` turns them into a :class:`Dataset`.
+    """
+    _check(name, None, None)
     if name == "synthetic":
-        splits, num_classes, source = _synthetic_splits(seed=0)
-    else:
-        splits, num_classes, source = _read_tfds(name, resolve_data_dir(data_dir, name), download)
+        return _synthetic_splits(seed=0)
+    return _read_tfds(name, resolve_data_dir(data_dir, name), download)
+
+
+def from_splits(
+    name: str,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    num_classes: int,
+    source: str,
+    *,
+    train_limit: int | None = None,
+    test_limit: int | None = None,
+    seed: int = 0,
+) -> Dataset:
+    """A :class:`Dataset` from raw splits (:func:`read_splits`'s, or the same arrays saved and
+    carried elsewhere): the seeded limits, then normalisation with the train statistics.
+
+    Args:
+      name: the dataset's jpanning name (it decides augmentation).
+      splits, num_classes, source: as :func:`read_splits` returns them.
+      train_limit, test_limit, seed: as for :func:`load_dataset`.
+    """
+    _check(name, train_limit, test_limit)
     (train_images, train_labels), (test_images, test_labels) = splits["train"], splits["test"]
     train_rng, test_rng = (np.random.default_rng([seed, i]) for i in range(2))
     if train_limit is not None:
@@ -138,6 +174,14 @@ def load_dataset(
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
     )
+
+
+def _check(name: str, train_limit: int | None, test_limit: int | None) -> None:
+    if name not in DATASET_NAMES:
+        raise JPanningError(f"unknown dataset {name!r}; choose from: {', '.join(DATASET_NAMES)}")
+    for label, limit in (("train_limit", train_limit), ("test_limit", test_limit)):
+        if limit is not None and limit < 1:
+            raise JPanningError(f"dataset {name}: {label} must be a positive integer, got {limit}")
 
 
 def resolve_data_dir(data_dir: str | None, dataset: str) -> str:
