@@ -199,11 +199,30 @@ def plot_learning_curve(steps, returns, path: str, title: str, window: int = 10)
         ax.plot(steps[window - 1 :], smooth, color="#d62728", label=f"mean of {window}")
     if not len(returns):
         ax.text(0.5, 0.5, "no episode completed", ha="center", transform=ax.transAxes)
+    below = _outliers_below(returns)
+    if below is not None:  # a rare collapsed episode would squash the curve: cut the axis
+        low, count = below
+        ax.set_ylim(bottom=low)
+        ax.text(0.01, 0.01, f"{count} episode(s) below {low:.0f} not shown", fontsize=7,
+                transform=ax.transAxes, va="bottom")  # fmt: skip
     ax.set_xlabel("agent step")
     ax.set_ylabel("return")
     ax.set_title(title, fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     save_png(fig, path)
+
+
+def _outliers_below(values: np.ndarray) -> tuple[float, int] | None:
+    """``(axis floor, count)`` when a few values lie far below the rest: more than 3
+    interquartile ranges under the first quartile, at most 1% of them; else None."""
+    if len(values) < 20:
+        return None
+    q1, q3 = np.percentile(values, [25, 75])
+    floor = q1 - 3.0 * max(q3 - q1, 1e-12)
+    count = int(np.sum(values < floor))
+    if count == 0 or count > 0.01 * len(values):
+        return None
+    return float(floor - 0.05 * (values.max() - floor)), count
 
 
 def summary_table(rows: list[tuple[str, str]]) -> str:

@@ -3,6 +3,8 @@
 import json
 import os
 
+import numpy as np
+
 from jpanning import report
 
 
@@ -34,3 +36,14 @@ def test_machine_line_names_device_versions_and_date():
         "Machine: AMD EPYC, 2 cores; device NVIDIA H100 80GB HBM3 (gpu); jax 0.11.2, flax "
         "0.12.10; torch 2.11 on the GPU; 2026-11-26T12:00:00+00:00"
     )
+
+
+def test_a_rare_outlier_episode_is_cut_from_the_learning_curves_axis():
+    from jpanning.report import _outliers_below
+
+    returns = np.concatenate([np.linspace(-20.0, -8.0, 399), [-175.0]])
+    low, count = _outliers_below(returns)
+    q1, q3 = np.percentile(returns, [25, 75])
+    assert count == 1 and -175.0 < low < q1 - 3 * (q3 - q1)
+    assert _outliers_below(returns[:-1]) is None  # nothing far below: the whole range
+    assert _outliers_below(np.concatenate([returns, [-150.0] * 10])) is None  # not rare: shown

@@ -1,0 +1,197 @@
+"""How much of a step's reward does the action decide? Against the scoring batch drawn.
+
+        python -m benchmarks.reward_signal --policy jpanning/policies/resnet20-fashion_mnist.msgpack
+
+TD3 learns which fusion weights pay from the rewards it sees. Here, for states that hand
+Panning's staircase reaches at round t of an episode (target ρ), the environment steps from the
+same state with M actions (each metric alone, the staircase's row, uniform random draws) and K
+step keys (the key draws the scoring batch the step evaluates on), and the K x M rewards are
+split as a two-way analysis of variance without replication: the action's main effect, the
+batch's main effect and the rest. Each reward term (``r_sparsity``, ``r_loss``, ``r_gtg``) is
+split the same way. Only the step's own reward is measured: what an action does to later
+rounds through the mask it leaves is not.
+
+With ``--greedy TARGET...`` it also plays whole episodes with a one-step greedy controller:
+each round it tries the same M actions on the round's own step key and keeps the one with the
+highest reward. Its keys are ``benchmarks.policy_eval``'s, so its return compares with that
+evaluation's controllers on the very same scoring batches (same policy file, seed, target).
+
+The environment is the policy's (its T, scoring, fusion and normalisation ranges), built as
+``benchmarks.policy_eval`` builds it. Writes ``benchmarks/results/reward_signal/<name>/``
+(``signal.json``, ``table.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from benchmarks import policy_eval
+from jpanning import cpu, data, panning, report, rlpanning
+
+RESULTS = os.path.join(os.path.dirname(__file__), "results", "reward_signal")
+PARTS = ("reward", "r_sparsity", "r_loss", "r_gtg")
+
+
+def two_way(r: np.ndarray) -> dict:
+    """Standard deviations of a ``[K, M]`` table's batch (rows) and action (columns) main
+    effects and of the rest, with the share of the total sum of squares each explains."""
+    grand = r.mean()
+    rows, cols = r.mean(axis=1) - grand, r.mean(axis=0) - grand
+    rest = r - grand - rows[:, None] - cols[None, :]
+    k, m = r.shape
+    ss = {"batch": m * np.sum(rows**2), "action": k * np.sum(cols**2), "rest": np.sum(rest**2)}
+    total = max(sum(ss.values()), 1e-30)
+    return {
+        "mean": float(grand),
+        "std_action": float(np.std(cols)),
+        "std_batch": float(np.std(rows)),
+        "std_rest": float(np.sqrt(ss["rest"] / r.size)),
+        "share_action": float(ss["action"] / total),
+        "share_batch": float(ss["batch"] / total),
+        "share_rest": float(ss["rest"] / total),
+        "action_means": [float(x) for x in r.mean(axis=0)],
+    }
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--policy", required=True, help="a policy file: its environment and ranges")
+    p.add_argument("--targets", type=float, nargs="*", default=[0.95, 0.99])
+    p.add_argument("--rounds", type=int, nargs="+", default=[10, 30, 50, 70, 90])
+    p.add_argument("--batches", type=int, default=10, help="K step keys per state")
+    p.add_argument("--random-actions", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--greedy", type=float, nargs="*", default=[], help="targets to play greedily")
+    p.add_argument("--name", default=None)
+    args = p.parse_args(argv)
+    cpu.configure()
+    _, config, meta = rlpanning.load_policy(args.policy)
+    model_name, dataset_name = meta["model"], meta["dataset"]
+    dataset = data.load_dataset(dataset_name, seed=0)
+    env, env_params, key = policy_eval.build(model_name, dataset, config, args.seed, 10)
+    step, reset = jax.jit(env.step), jax.jit(env.reset)
+    names = [*panning.METRICS, "staircase"] + [f"random{i}" for i in range(args.random_actions)]
+    draws = np.asarray(
+        jax.random.uniform(jax.random.fold_in(key, 99), (args.random_actions, 3), minval=-1.0,
+                           maxval=1.0)
+    )  # fmt: skip
+    rows = []
+    for target in args.targets:
+        stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
+        k_episode = jax.random.fold_in(key, int(round(target * 1e4)))
+        k_reset, k_steps = jax.random.split(k_episode)
+        obs, state = reset(k_reset, env_params, target, meta["ranges"])
+        for t in range(max(args.rounds) + 1):
+            if t in args.rounds:
+                actions = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
+                actions += [stairs[t], *draws]
+                table = {part: np.zeros((args.batches, len(actions))) for part in PARTS}
+                for k in range(args.batches):
+                    k_probe = jax.random.fold_in(jax.random.fold_in(k_steps, 10_000 + t), k)
+                    for j, a in enumerate(actions):
+                        _, _, reward, _, _, info = step(
+                            k_probe, state, jnp.asarray(a, jnp.float32), env_params
+                        )
+                        table["reward"][k, j] = float(reward)
+                        for part in PARTS[1:]:
+                            table[part][k, j] = float(info[part])
+                row = {"target": target, "round": t, "effective": float(state.effective)}
+                row |= {part: two_way(table[part]) for part in PARTS}
+                rows.append(row)
+                r = row["reward"]
+                print(
+                    f"target {target} round {t}: reward std action {r['std_action']:.4f}, "
+                    f"batch {r['std_batch']:.4f}, rest {r['std_rest']:.4f} "
+                    f"(action share {r['share_action']:.2f})",
+                    flush=True,
+                )
+            obs, state, *_ = step(
+                jax.random.fold_in(k_steps, t), state, jnp.asarray(stairs[t], jnp.float32),
+                env_params,
+            )  # fmt: skip
+    greedy = []
+    for target in args.greedy:
+        stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
+        k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # policy_eval's keys
+        k_reset, k_steps = jax.random.split(k_episode)
+        obs, state = reset(k_reset, env_params, target, meta["ranges"])
+        totals = {"return": 0.0} | {part: 0.0 for part in PARTS[1:]}
+        picks = []
+        for t in range(config.rounds):
+            actions = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
+            actions += [stairs[t], *draws]
+            k_t = jax.random.fold_in(k_steps, t)
+            tried = [step(k_t, state, jnp.asarray(a, jnp.float32), env_params) for a in actions]
+            j = int(np.argmax([float(x[2]) for x in tried]))
+            obs, state, reward, terminated, _, info = tried[j]
+            picks.append(names[j])
+            totals["return"] += float(reward)
+            for part in PARTS[1:]:
+                totals[part] += float(info[part])
+            if bool(terminated):
+                break
+        counts = {n: picks.count(n) for n in names}
+        greedy.append({"target": target, "effective": float(state.effective), "picks": counts}
+                      | totals)  # fmt: skip
+        print(f"greedy target {target}: return {totals['return']:.2f}, picks {counts}", flush=True)
+    out = os.path.join(RESULTS, args.name or f"{model_name}-{dataset_name}")
+    os.makedirs(out, exist_ok=True)
+    command = "python -m benchmarks.reward_signal " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
+    report.write_json(
+        os.path.join(out, "signal.json"),
+        {"command": command, "policy": args.policy, "actions": names,
+         "environment": report.environment(), "rows": rows, "greedy": greedy},
+    )  # fmt: skip
+    lines = [
+        f"# How much of a step's reward the action decides: {model_name} / {dataset_name}",
+        "",
+        f"{report.machine_line(report.environment())}; command: `{command}`",
+        "",
+        f"States reached by the staircase; {args.batches} step keys (scoring batches) x "
+        f"{len(names)} actions ({', '.join(names)}) per state. Std of each main effect over "
+        "its levels, and the share of the sum of squares it explains.",
+        "",
+        "| target | round | part | mean | std action | std batch | std rest | action share "
+        "| batch share | best action |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        for part in PARTS:
+            s = row[part]
+            means = np.asarray(s["action_means"])
+            best = names[int(np.argmax(means) if part == "reward" else np.argmin(means))]
+            lines.append(
+                f"| {row['target']} | {row['round']} | {part} | {s['mean']:.4f} | "
+                f"{s['std_action']:.4f} | {s['std_batch']:.4f} | {s['std_rest']:.4f} | "
+                f"{s['share_action']:.2f} | {s['share_batch']:.2f} | {best} |"
+            )
+    if greedy:
+        lines += [
+            "",
+            "One-step greedy episodes (each round the action of highest reward among the "
+            "same actions, on policy_eval's keys):",
+            "",
+            "| target | return | r_sparsity | r_loss | r_gtg | effective | rounds per action |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for g in greedy:
+            lines.append(
+                f"| {g['target']} | {g['return']:.2f} | {g['r_sparsity']:.2f} | "
+                f"{g['r_loss']:.2f} | {g['r_gtg']:.2f} | {g['effective']:.4f} | "
+                + ", ".join(f"{n} {c}" for n, c in g["picks"].items() if c) + " |"
+            )
+    report.atomic_write_bytes(os.path.join(out, "table.md"), ("\n".join(lines) + "\n").encode())
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
