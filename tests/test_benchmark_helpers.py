@@ -1,6 +1,7 @@
 """The benchmarks' timing (warm-up, alternating calls and windows) and their record of
 how PyTorch ran (no PyTorch needed)."""
 
+import numpy as np
 import pytest
 
 from benchmarks import timing
@@ -140,3 +141,23 @@ def test_allocator_arms_set_glibc_through_its_environment(monkeypatch):
         "MALLOC_TRIM_THRESHOLD_": "2147483647",
     }
     assert set(malloc(allocator._arm_env(allocator.DEFAULT))) == {"MALLOC_ARENA_MAX"}
+
+
+def test_reward_signal_splits_a_table_into_its_two_main_effects():
+    from benchmarks.reward_signal import two_way
+
+    action = np.array([0.5, -1.0, 0.25, 0.25])  # column effects, mean 0
+    batch = np.array([0.1, -0.3, 0.2])  # row effects, mean 0
+    table = 2.0 + batch[:, None] + action[None, :]
+    split = two_way(table)
+    assert split["mean"] == pytest.approx(2.0)
+    assert split["std_action"] == pytest.approx(np.std(action))
+    assert split["std_batch"] == pytest.approx(np.std(batch))
+    assert split["std_rest"] == pytest.approx(0.0, abs=1e-12)
+    ss_action, ss_batch = 3 * np.sum(action**2), 4 * np.sum(batch**2)
+    assert split["share_action"] == pytest.approx(ss_action / (ss_action + ss_batch))
+    # an interaction term goes to the rest, the main effects stay
+    bump = np.outer([1.0, -1.0, 0.0], [1.0, -1.0, 0.0, 0.0])
+    split = two_way(table + bump)
+    assert split["std_action"] == pytest.approx(np.std(action))
+    assert split["std_rest"] == pytest.approx(np.sqrt(np.sum(bump**2) / bump.size))
