@@ -84,6 +84,29 @@ def config_of(args: argparse.Namespace):
     return RunConfig.from_flat(vars(args))
 
 
+def settings_of(argv) -> dict:
+    """The settings ``run.py`` arguments give (those that differ from the defaults), by
+    :class:`jpanning.config.RunConfig` field name."""
+    parser = build_parser()
+    defaults, given = vars(parser.parse_args([])), vars(parser.parse_args(list(argv)))
+    return {k: v for k, v in given.items() if v != defaults[k]}
+
+
+def argv_of(settings: dict) -> list[str]:
+    """``run.py`` arguments that give ``settings`` (field name to value; a flag when True)."""
+    argv = []
+    for name, value in settings.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            argv.append(flag)
+        elif isinstance(value, (list, tuple)):
+            argv += [flag, *(",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+                             for v in value)]  # fmt: skip
+        elif value not in (None, False):
+            argv += [flag, str(value)]
+    return argv
+
+
 def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     """The arguments saved in ``args.resume``/run.json, with this call's out and the few
     RESUME_MAY_SET it gives (:func:`jpanning.experiment.resumed_config`)."""
