@@ -26,7 +26,7 @@ import shutil
 import time
 from typing import Any, Optional
 
-from jpanning.config import NOT_SAVED, PATH_FIELDS, RUN_FILE, RunConfig
+from jpanning.config import NOT_SAVED, PATH_FIELDS, RESUME_MAY_SET, RUN_FILE, RunConfig
 from jpanning.errors import JPanningError, RunFailed
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
@@ -85,9 +85,15 @@ def interrupted_run(out: str) -> str | None:
 def resumed_config(out: str, **changes) -> RunConfig:
     """The config of the run in ``out`` (its run.json), to go on with; ``changes`` may set
     the :data:`jpanning.config.RESUME_MAY_SET` settings (how it goes on, not what it
-    computes: the caller checks that)."""
+    computes)."""
     import json
 
+    refused = sorted(set(changes) - set(RESUME_MAY_SET))
+    if refused:
+        raise JPanningError(
+            f"resuming takes the run's settings from its {RUN_FILE}; {', '.join(refused)} "
+            f"cannot change them (only {', '.join(RESUME_MAY_SET)} may be given)"
+        )
     path = os.path.join(out, RUN_FILE)
     if not os.path.isdir(out):
         raise JPanningError(f"--resume {out!r} is not a directory")

@@ -22,9 +22,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jpanning import masks as masks_lib
-from jpanning import models, scores
-from jpanning import panning as panning_lib
+from jpanning import masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
 
 

@@ -32,9 +32,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jpanning import checkpoint as checkpoint_lib
-from jpanning import flops, pruning, train
-from jpanning import masks as masks_lib
+from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, train
 from jpanning.agents import dqn
 from jpanning.errors import JPanningError
 
@@ -82,7 +80,7 @@ class PuRLConfig:
         count = int(round(self.alpha_max / self.alpha_step)) + 1
         return np.round(np.arange(count) * self.alpha_step, 6).astype(np.float32)
 
-    def validate(self) -> PuRLConfig:
+    def validate(self) -> "PuRLConfig":
         if not self.alpha_step > 0 or not self.alpha_max >= self.alpha_step:
             raise JPanningError(
                 f"purl needs 0 < alpha_step <= alpha_max, got {self.alpha_step}, {self.alpha_max}"

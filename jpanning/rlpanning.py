@@ -29,10 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import checkpoint as checkpoint_lib
-from jpanning import env as env_lib
-from jpanning import panning as panning_lib
-from jpanning import pruning
+from jpanning import checkpoint as checkpoint_lib, env as env_lib, panning as panning_lib, pruning
 from jpanning.agents import loop, td3
 from jpanning.errors import JPanningError, RunFailed
 
@@ -86,7 +83,7 @@ class RLPanningConfig:
             return int(self.agent_steps) // 5
         return int(self.early_steps)
 
-    def validate(self) -> RLPanningConfig:
+    def validate(self) -> "RLPanningConfig":
         for name in ("agent_steps", "rounds", "pool_size", "steps_per_call"):
             if int(getattr(self, name)) < 1:
                 raise JPanningError(f"rlpanning {name} must be >= 1, got {getattr(self, name)}")

@@ -44,6 +44,8 @@ def test_a_run_config_runs_screens_trains_and_writes_its_folder(tmp_path, monkey
         experiment.run(config)
     with pytest.raises(JPanningError, match="that run has finished"):
         experiment.resume(str(out))
+    with pytest.raises(JPanningError, match="lr cannot change them"):
+        experiment.resume(str(out), lr=0.5)
     again = experiment.run(config.replace(overwrite=True))
     assert again["config"]["run_id"] != results["config"]["run_id"]
     assert again["sparsity"] == results["sparsity"]  # same seed, same mask
