@@ -6,8 +6,8 @@
         --seeds 3 --epochs 1 --name my-grid
     python -m benchmarks.compare --preset cpu-hour --report-only   # tables and plots only
 
-Each cell (method, ratio, seed) is one ``run.py`` run, in this process, with the grid's
-training recipe; dense training runs once per seed. A cell's folder under
+Each cell (method, ratio, seed) is one run (a :class:`jpanning.config.RunConfig` run by
+:func:`jpanning.experiment.run`, in this process) with the grid's training recipe; dense training runs once per seed. A cell's folder under
 ``benchmarks/results/<name>/cells/`` is named by a hash of everything that defines it, and a
 cell whose ``results.json`` (or ``failed.json``, for a method that cuts the network) is there
 is not run again: an interrupted grid continues where it stopped, and deleting a cell's
@@ -41,14 +41,15 @@ import time
 import numpy as np
 
 from benchmarks.presets import PRESETS, Grid
-from jpanning import cpu, report
-from jpanning import cli
-from jpanning.cli import TRAINED_METHODS
+from jpanning import cli, cpu, experiment, report
 from jpanning.checkpoint import Interrupted
+from jpanning.config import FIELD_OF, RunConfig
 from jpanning.errors import JPanningError, RunFailed
+from jpanning.methods import METHODS
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SEARCH_FLAGS = ("--search", "--preset", "--agent-steps")  # run.py: RL Panning trains a policy
+TRAINED_METHODS = tuple(m for m, entry in METHODS.items() if entry.trained)  # purl, uniform
 OURS = ("panning", "rlpanning")  # the methods the verdict compares with the best baseline
 COSTS = "<!-- costs -->"  # where table.md's cost section starts (the README stops there)
 CSV_FIELDS = (
@@ -83,7 +84,8 @@ class Cell:
     method: str
     ratio: float | None
     seed: int
-    argv: tuple[str, ...]  # run.py arguments, without --out and --policy
+    argv: tuple[str, ...]  # what defines it, as run.py arguments (without --out, --policy)
+    config: RunConfig  # the run, without its folder and the files it takes from other cells
     policy_from: Cell | None = None  # the RL Panning cell whose policy this one screens with
     ratio_from: Cell | None = None  # the PuRL cell whose achieved sparsity this one prunes to
     pretrained_from: Cell | None = None  # the dense cell whose network this one prunes
@@ -111,11 +113,15 @@ def cells_of(grid: Grid) -> list[Cell]:
     to the sparsity the PuRL cell reached, so the two are compared at the same sparsity.
     """
     common = ["--model", grid.model, "--dataset", grid.dataset, "--epochs", str(grid.epochs)]
+    settings = {"model": grid.model, "dataset": grid.dataset, "epochs": grid.epochs}
     if grid.train_limit:
         common += ["--train-limit", str(grid.train_limit)]
+        settings["train_limit"] = grid.train_limit
     if grid.test_limit:
         common += ["--test-limit", str(grid.test_limit)]
+        settings["test_limit"] = grid.test_limit
     common += list(grid.run_args)
+    settings |= cli.settings_of(grid.run_args)  # the grid's further run.py arguments
     # dense first, uniform after the PuRL cell it matches
     methods = [m for m in grid.methods if m != "uniform"] + [
         m for m in grid.methods if m == "uniform"
@@ -126,7 +132,8 @@ def cells_of(grid: Grid) -> list[Cell]:
         seeded = common + ["--seed", str(seed)]
         dense = None
         if "dense" in methods:
-            dense = Cell("dense", None, seed, tuple(seeded + ["--method", "dense"]))
+            config = _config(settings, seed=seed, method="dense")
+            dense = Cell("dense", None, seed, tuple(seeded + ["--method", "dense"]), config)
             cells.append(dense)
         search = None
         for ratio in grid.ratios:
@@ -135,6 +142,7 @@ def cells_of(grid: Grid) -> list[Cell]:
                 if method == "dense":
                     continue
                 argv = seeded + ["--method", method]
+                config = _config(settings, seed=seed, method=method)
                 deps = {}
                 if method in TRAINED_METHODS:
                     deps["pretrained_from"] = dense
@@ -142,14 +150,27 @@ def cells_of(grid: Grid) -> list[Cell]:
                     deps["ratio_from"] = purl  # its --ratio is PuRL's achieved sparsity
                 else:
                     argv += ["--ratio", repr(ratio)]
+                    config = config.replace(ratio=ratio)
                 if method == "rlpanning" and search is not None:
                     deps["policy_from"] = search
-                cells.append(Cell(method, ratio, seed, tuple(argv), **deps))
+                cells.append(Cell(method, ratio, seed, tuple(argv), config, **deps))
                 if method == "rlpanning" and search is None and searches:
                     search = cells[-1]
                 if method == "purl":
                     purl = cells[-1]
     return cells
+
+
+def _config(settings: dict, **cell) -> RunConfig:
+    """A cell's config: the grid's settings and the cell's, less the options only some
+    methods take (``--search``) where its method is not one of them."""
+    method = METHODS[cell["method"]]
+    given = {
+        k: v
+        for k, v in (settings | cell).items()
+        if not FIELD_OF[k].metadata.get("only") or k in method.options
+    }
+    return RunConfig.from_flat(given)
 
 
 def cell_status(cell: Cell, cells_dir: str) -> str | None:
@@ -168,24 +189,26 @@ class _DataCache:
     def __init__(self):
         self._loaded = {}
 
-    def get(self, args: argparse.Namespace):
+    def get(self, config: RunConfig):
         from jpanning import data
 
-        key = (args.dataset, args.data_dir, args.train_limit, args.test_limit, args.seed)
+        d = config.data
+        key = (d.dataset, d.data_dir, d.train_limit, d.test_limit, config.seed)
         if key not in self._loaded:
             self._loaded = {}  # one at a time: the grid goes seed by seed
             self._loaded[key] = data.load_dataset(
-                args.dataset,
-                args.data_dir,
-                train_limit=args.train_limit,
-                test_limit=args.test_limit,
-                seed=args.seed,
+                d.dataset,
+                d.data_dir,
+                train_limit=d.train_limit,
+                test_limit=d.test_limit,
+                seed=config.seed,
             )
         return self._loaded[key]
 
 
 def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str | None) -> str:
-    """Run one cell with ``run.py``'s pipeline; its log goes to the cell's ``log.txt``.
+    """Run one cell with :func:`jpanning.experiment.run`; its log goes to the cell's
+    ``log.txt``, which starts with the equivalent ``run.py`` command.
 
     A method or recipe that fails on the problem (:class:`RunFailed`: a layer pruned to
     nothing, a disconnected network, a NaN loss) is a result of the grid, kept in
@@ -193,18 +216,18 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
     """
 
     out = os.path.join(cells_dir, cell.dirname)
-    argv = list(cell.argv) + ["--out", out, "--no-progress"]
+    changes = {"out": out, "no_progress": True}
     if data_dir:
-        argv += ["--data-dir", data_dir]
+        changes["data_dir"] = data_dir
     if cell.policy_from is not None:
         policy = os.path.join(cells_dir, cell.policy_from.dirname, "policy.msgpack")
         if not os.path.isfile(policy):
             raise JPanningError(f"cell {cell.dirname} needs the policy {policy}, which is missing")
-        argv += ["--policy", policy]
+        changes["policy"] = policy
     if cell.pretrained_from is not None:
         pretrained = os.path.join(cells_dir, cell.pretrained_from.dirname, "model.npz")
         if os.path.isfile(pretrained):
-            argv += ["--pretrained", pretrained]
+            changes["pretrained"] = pretrained
     os.makedirs(out, exist_ok=True)
     if cell.ratio_from is not None:
         if cell_status(cell.ratio_from, cells_dir) != "ok":
@@ -214,28 +237,29 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
             )
             return "failed"
         with open(os.path.join(cells_dir, cell.ratio_from.dirname, "results.json")) as f:
-            argv += ["--ratio", repr(json.load(f)["sparsity"]["sparsity"])]
-    args = cli.build_parser().parse_args(argv)
-    dataset = data_cache.get(args)
+            changes["ratio"] = json.load(f)["sparsity"]["sparsity"]
+    config = cell.config.replace(**changes)
+    argv = list(cell.argv) + cli.argv_of(changes)
+    dataset = data_cache.get(config)
     log = io.StringIO()
     status = "ok"
-    run_args = args
-    run_argv = argv
-    if cli.interrupted_run(out):  # a cell stopped mid-way (a signal, a crash) goes on
-        run_argv = ["--resume", out, "--no-progress"]
-        run_args = cli.build_parser().parse_args(run_argv)
+    resumed = experiment.interrupted_run(out)  # a cell stopped mid-way (a signal, a crash)
     try:
         with contextlib.redirect_stdout(log):
-            print("run.py " + shlex.join(run_argv))
-            cli.run(run_args, dataset=dataset)
+            if resumed:
+                print("run.py " + shlex.join(["--resume", out, "--no-progress"]))
+                experiment.resume(out, dataset, no_progress=True)
+            else:
+                print("run.py " + shlex.join(argv))
+                experiment.run(config, dataset)
     except RunFailed as e:
         status = "failed"
         path = os.path.join(out, "failed.json")
-        recorded = cli.read_json(path) or {}  # run.py's own record (its run_id) stays
+        recorded = experiment.read_json(path) or {}  # the run's own record (its run_id) stays
         report.write_json(path, recorded | {"error": str(e), "argv": argv, **report.environment()})
     finally:
         before = b""
-        if run_args is not args and os.path.isfile(os.path.join(out, "log.txt")):
+        if resumed and os.path.isfile(os.path.join(out, "log.txt")):
             with open(os.path.join(out, "log.txt"), "rb") as f:
                 before = f.read()  # the stopped part's log stays in front
         report.atomic_write_bytes(os.path.join(out, "log.txt"), before + log.getvalue().encode())
@@ -782,7 +806,6 @@ def build_parser() -> argparse.ArgumentParser:
 def grid_from_args(args: argparse.Namespace) -> tuple[str, Grid]:
     """The preset with the given flags laid over it; a clear error for what is missing."""
     from jpanning.models import MODELS
-    from jpanning.pruning import METHODS
 
     base = PRESETS[args.preset] if args.preset else None
     fields = {
@@ -863,7 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if not args.report_only and todo:
             os.makedirs(cells_dir, exist_ok=True)
-            cli.enable_compilation_cache()
+            cli.enable_compilation_cache()  # the process's, as run.py sets it
             data_cache, start = _DataCache(), time.perf_counter()
             for i, cell in enumerate(todo):
                 t0 = time.perf_counter()

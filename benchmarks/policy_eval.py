@@ -36,9 +36,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import cpu, data, env as env_lib, masks as masks_lib, models, panning, pruning
-from jpanning import report, rlpanning
+from jpanning import cpu, data, experiment, panning, report, rlpanning
+from jpanning import env as env_lib
+from jpanning import masks as masks_lib
 from jpanning.agents import td3
+from jpanning.config import RunConfig
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "policy_eval")
 CONTROLLERS = ("policy", "random", "staircase", "synflow", "snip", "grasp")
@@ -66,28 +68,21 @@ def single_metric_actions(metric: str, rounds: int) -> np.ndarray:
 
 def build(model_name: str, dataset, config: rlpanning.RLPanningConfig, seed: int, spc: int):
     """The environment ``run.py --model M --seed S`` screens in: the same initialization and
-    scoring data (a pool of the policy's size, or the training set for fresh batches)."""
-    key = jax.random.key(seed)
-    init_key, prune_key, _ = jax.random.split(key, 3)
-    model = models.create_model(model_name, dataset.num_classes)
-    variables = models.init_variables(model, init_key, dataset.input_shape)
-    problem = pruning.PruneProblem(
-        model=model,
-        variables=variables,
-        batch=data.scoring_batch(dataset, spc, seed=seed),
-        sparsity=0.5,
-        prunable=masks_lib.prunable_tree(variables["params"]),
-        key=prune_key,
-        options={"samples_per_class": spc},
+    scoring data (:func:`jpanning.experiment.setup`; a pool of the policy's size, or the
+    training set for fresh batches)."""
+    run = RunConfig.from_flat(
+        {"model": model_name, "seed": seed, "samples_per_class": spc}
+        | {"ratio": 0.5}  # a placeholder: each episode draws its own target
     )
+    problem = experiment.prune_problem(run, experiment.setup(run, dataset))
     if config.scoring == "pool":
         scoring_data = rlpanning.score_pool(dataset, spc, config.pool_size, seed)
     else:
         scoring_data = (dataset.train_images, dataset.train_labels)
     env, env_params = rlpanning.build_env(
-        problem, scoring_data, config, key=jax.random.fold_in(prune_key, 1)
+        problem, scoring_data, config, key=jax.random.fold_in(problem.key, 1)
     )
-    return env, env_params, prune_key
+    return env, env_params, problem.key
 
 
 def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:

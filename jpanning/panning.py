@@ -332,3 +332,17 @@ def panning(
         masks, info = one_round(params, dense, masks, jnp.int32(t), s, jnp.int32(bands[t]))
         trace.append(info)
     return masks, jax.tree.map(lambda *xs: jnp.stack(xs), *trace)
+
+
+def score_pool(dataset, samples_per_class: int, pool_size: int, seed: int):
+    """``pool_size`` class-balanced scoring batches, stacked: ``[P, B, ...]`` and ``[P, B]``.
+
+    Batch ``i`` is :func:`jpanning.data.scoring_batch` with seed ``seed + i``, so batch 0 is
+    the one the other methods score on.
+    """
+    from jpanning import data
+
+    batches = [
+        data.scoring_batch(dataset, samples_per_class, seed=seed + i) for i in range(pool_size)
+    ]
+    return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])

@@ -2,15 +2,21 @@
 
 A method is ``method(problem: PruneProblem) -> masks``: everything it may need (the model, its
 initial variables, a scoring batch, the target sparsity, the prunable set, a key) comes in
-one :class:`PruneProblem`, so adding a method never changes the CLI. Register your own with
+one :class:`PruneProblem`. Its registry entry (:class:`Method`) says what a run of it needs
+beyond that (a trained network, presets, the options it reads, a screening step of its own),
+so adding a method touches its own module and never the CLI. Register your own with
 ``register_method('name', fn)``.
+
+This module is the registry and the methods at initialization; it knows no other method.
+RL Panning and PuRL register themselves in their modules; :mod:`jpanning.methods` imports
+them all.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import flax.linen as nn
 import jax
@@ -49,15 +55,76 @@ class PruneProblem:
         return self.variables["params"]
 
 
-Method = Callable[[PruneProblem], Any]
+@dataclasses.dataclass(frozen=True)
+class ScreenContext:
+    """What a run gives a method's own screening step (:attr:`Method.screen`) beyond the
+    problem. Built by :mod:`jpanning.experiment`.
+
+    Attributes:
+        config: the run's :class:`jpanning.config.RunConfig`.
+        dataset: the run's :class:`jpanning.data.Dataset`.
+        out: the run's folder, for the method's own files (a policy, plots).
+        stop: ``stop() -> signal name or None`` (:class:`jpanning.checkpoint.StopSignal`).
+        progress: ``progress(desc, total)``, a context manager yielding the
+            ``callback(t, metrics)`` an agent's host loop calls (a progress bar).
+        checkpoints: ``checkpoints()``, a context manager yielding the search's checkpoints
+            (:func:`jpanning.checkpoint.opened`).
+    """
+
+    config: Any
+    dataset: Any
+    out: str
+    stop: Callable
+    progress: Callable
+    checkpoints: Callable
+
+
+@dataclasses.dataclass(frozen=True)
+class Method:
+    """A registry entry: a pruning method and what a run of it needs.
+
+    Attributes:
+        name: its ``run.py --method`` name.
+        fn: ``fn(problem) -> masks``.
+        prunes: False for the dense baseline (sparsity 0, trained without masks).
+        trained: it prunes a trained network: a run trains it first, densely with the
+            run's recipe (``--pretrain-epochs``), or loads ``--pretrained``.
+        presets: the ``--preset`` names it takes (an agent's search budget).
+        options: the run options it reads beyond the common ones (the
+            :class:`jpanning.config.RunConfig` field names); an option marked ``only`` there
+            (``--policy``, ``--pretrained``) is refused by a run of a method that does not
+            list it (:meth:`jpanning.config.RunConfig.validate`).
+        prepare: ``prepare(config, resumed) -> config``: settles its defaults before the
+            run is recorded in run.json (RL Panning picks its policy); None: nothing.
+        screen: ``screen(problem, context: ScreenContext) -> (masks, record)``, for a method
+            that needs more than ``fn(problem)`` (data beyond the scoring batch, an agent's
+            search with progress and checkpoints, files in the run's folder); ``record`` is
+            what results.json keeps of it (its entries' ``files`` are listed there too).
+            None: ``(fn(problem), {})``.
+    """
+
+    name: str
+    fn: Callable[[PruneProblem], Any]
+    prunes: bool = True
+    trained: bool = False
+    presets: tuple[str, ...] = ()
+    options: tuple[str, ...] = ()
+    prepare: Optional[Callable] = None
+    screen: Optional[Callable] = None
+
+    def __call__(self, problem: PruneProblem):
+        return self.fn(problem)
+
+
 METHODS: dict[str, Method] = {}
 
 
-def register_method(name: str, fn: Method | None = None):
-    """Register ``fn`` under ``name``; usable as a decorator ``@register_method('x')``."""
+def register_method(name: str, fn: Callable | None = None, **needs):
+    """Register ``fn`` under ``name``, with the :class:`Method` fields ``needs``; usable as a
+    decorator ``@register_method('x', trained=True)``."""
     if fn is None:
-        return functools.partial(register_method, name)
-    METHODS[name] = fn
+        return functools.partial(register_method, name, **needs)
+    METHODS[name] = Method(name, fn, **needs)
     return fn
 
 
@@ -65,7 +132,15 @@ def prune(name: str, problem: PruneProblem):
     """Run method ``name`` and return its masks (computed, on the host side of ``jit``)."""
     if name not in METHODS:
         raise JPanningError(f"unknown method {name!r}; choose from: {', '.join(METHODS)}")
-    return jax.block_until_ready(METHODS[name](problem))
+    return jax.block_until_ready(METHODS[name].fn(problem))
+
+
+def screen(name: str, problem: PruneProblem, context: ScreenContext):
+    """Method ``name``'s screening in a run: ``(masks, record)`` (see :attr:`Method.screen`)."""
+    method = METHODS[name]
+    if method.screen is None:
+        return prune(name, problem), {}
+    return method.screen(problem, context)
 
 
 def masks_from_scores(scores, problem: PruneProblem):
@@ -76,7 +151,7 @@ def masks_from_scores(scores, problem: PruneProblem):
     return select(scores, problem.sparsity)
 
 
-@register_method("dense")
+@register_method("dense", prunes=False)
 def dense(problem: PruneProblem):
     """No pruning: the all-ones mask (the dense baseline, trained with the same recipe)."""
     return masks_lib.ones_like(problem.params)
@@ -235,7 +310,22 @@ def force(problem: PruneProblem):
     return _snip_rounds(problem, keep_pruned=False)
 
 
-@register_method("panning")
+def _panning_screen(problem: PruneProblem, context: ScreenContext):
+    """Panning in a run: T fresh scoring batches (``--scoring fresh``, the authors'), or a
+    pool of ``--pool-size`` cycled through."""
+    run, method = context.config, context.config.pruning
+    count = (method.rounds or 100) if method.scoring == "fresh" else (method.pool_size or 1)
+    data = panning_lib.score_pool(context.dataset, run.data.samples_per_class, count, run.seed)
+    problem = dataclasses.replace(problem, options=problem.options | {"data": data})
+    return prune("panning", problem), {}
+
+
+@register_method(
+    "panning",
+    options=("rounds", "temperature", "panning_thresholds", "panning_weights", "scoring",
+             "pool_size", "fusion", "chunk_size"),
+    screen=_panning_screen,
+)  # fmt: skip
 def panning(problem: PruneProblem):
     """Neural Network Panning with the authors' hand staircase (:mod:`jpanning.panning`).
 
@@ -269,10 +359,3 @@ def panning(problem: PruneProblem):
         batches=problem.options.get("data"),
     )
     return masks
-
-
-# RL Panning registers itself as a method; imported last, as it builds on this module.
-from jpanning import rlpanning as _rlpanning  # noqa: E402, F401
-
-# PuRL and its uniform baseline (methods on a trained network) register themselves too.
-from jpanning import purl as _purl  # noqa: E402, F401

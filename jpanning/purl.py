@@ -483,7 +483,84 @@ def run(
     )
 
 
-@pruning.register_method("purl")
+def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
+    """PuRL in a run: draw its retraining/eval examples, train the DQN agent (progress bar,
+    checkpoints), prune; the α per layer and the learning curve are plotted in the run's
+    folder."""
+    run_config = context.config
+    config = config_from_options(problem.options)
+    data = split_examples(context.dataset, config, run_config.seed)
+    problem = dataclasses.replace(problem, options=problem.options | {"purl_data": data})
+    print(
+        f"purl: DQN over the layers, {config.episodes} episodes, α in "
+        f"{{0, {config.alpha_step:g}, ..., {config.alpha_max:g}}}, retraining on "
+        f"{config.retrain_images} examples per layer ({run_config.pruning.preset} preset)"
+    )
+    layers = sum(bool(f) for f in jax.tree.leaves(problem.prunable))
+    with (
+        context.progress("PuRL search", config.episodes * layers) as progress,
+        context.checkpoints() as ckpt,
+    ):
+        result = run(problem, callback=progress, checkpoints=ckpt, stop=context.stop)
+    return result.masks, {"purl": _report(context, result, problem.prunable)}
+
+
+def _report(context: pruning.ScreenContext, result: PuRLResult, prunable) -> dict:
+    """The α per layer (PNG), the DQN learning curve (PNG), the ``purl`` entry of results."""
+    import os
+
+    from jpanning import report
+    from jpanning.agents import loop
+
+    run_config, out = context.config, context.out
+    name = f"{run_config.model} / {run_config.data.dataset}"
+    layers = masks_lib.sparsity_report(result.masks, prunable)["layers"]
+    metrics = result.metrics
+    steps, returns = (x.tolist() for x in loop.episode_returns(metrics))
+    report.plot_layer_alphas(
+        result.layers,
+        result.alphas,
+        [layers[layer]["density"] for layer in result.layers],
+        os.path.join(out, "purl_alphas.png"),
+        f"PuRL: {name}, target sparsity {run_config.pruning.ratio}",
+    )
+    report.plot_learning_curve(
+        steps, returns, os.path.join(out, "purl_curve.png"), f"PuRL DQN: {name}"
+    )
+    print(
+        "purl: α per layer "
+        + " ".join(f"{a:.2f}" for a in result.alphas)
+        + f"; greedy episodes ended at accuracy {result.final_accuracy.mean():.4f}, "
+        f"sparsity {result.final_sparsity.mean():.4f} (before fine-tuning)"
+    )
+    return {
+        "layers": result.layers,
+        "alphas": result.alphas.tolist(),
+        "episode_alphas": result.episode_alphas.tolist(),
+        "final_accuracy": result.final_accuracy.tolist(),
+        "final_sparsity": result.final_sparsity.tolist(),
+        "dense_accuracy": result.dense_accuracy,
+        "target_accuracy": result.target_accuracy,
+        "episode_end_steps": steps,
+        "episode_returns": returns,
+        "epsilon": metrics["epsilon"].tolist(),
+        "search_seconds": result.search_seconds,
+        "config": dataclasses.asdict(result.config),
+        "files": {"purl_alphas": "purl_alphas.png", "purl_curve": "purl_curve.png"},
+    }
+
+
+# PuRL and its baseline prune a trained network: a run trains it first (or loads --pretrained)
+TRAINED_OPTIONS = ("pretrained", "pretrain_epochs")
+
+
+@pruning.register_method(
+    "purl",
+    trained=True,
+    presets=tuple(PRESETS),
+    options=TRAINED_OPTIONS + ("purl_episodes", "purl_alpha_step", "purl_state", "purl_collapse"),
+    screen=_screen,
+)
 def purl(problem: pruning.PruneProblem):
     """PuRL as a ``run.py --method`` on a trained network (``run.py`` trains or loads it).
 
@@ -492,7 +569,7 @@ def purl(problem: pruning.PruneProblem):
     return run(problem).masks
 
 
-@pruning.register_method("uniform")
+@pruning.register_method("uniform", trained=True, options=TRAINED_OPTIONS)
 def uniform(problem: pruning.PruneProblem):
     """PuRL's baseline: the same sparsity in every layer, by magnitude of the trained weights
     (``run.py`` trains or loads the network first)."""

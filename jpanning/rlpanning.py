@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import checkpoint as checkpoint_lib, env as env_lib, pruning
+from jpanning import checkpoint as checkpoint_lib, env as env_lib, panning as panning_lib, pruning
 from jpanning.agents import loop, td3
 from jpanning.errors import JPanningError, RunFailed
 
@@ -117,18 +117,7 @@ PRESETS = {
 }
 
 
-def score_pool(dataset, samples_per_class: int, pool_size: int, seed: int):
-    """``pool_size`` class-balanced scoring batches, stacked: ``[P, B, ...]`` and ``[P, B]``.
-
-    Batch ``i`` is :func:`jpanning.data.scoring_batch` with seed ``seed + i``, so batch 0 is
-    the one the other methods score on.
-    """
-    from jpanning import data
-
-    batches = [
-        data.scoring_batch(dataset, samples_per_class, seed=seed + i) for i in range(pool_size)
-    ]
-    return np.stack([b[0] for b in batches]), np.stack([b[1] for b in batches])
+score_pool = panning_lib.score_pool  # where it was; Panning's fresh batches use it too
 
 
 def env_options(config: RLPanningConfig) -> dict:
@@ -435,7 +424,142 @@ def shipped_policy(model: str) -> tuple[str, str]:
 # -- as a pruning method ---------------------------------------------------------------------
 
 
-@pruning.register_method("rlpanning")
+def choose_policy(config, resumed: bool = False):
+    """The run's ``config`` with its policy settled (:attr:`jpanning.pruning.Method.prepare`).
+
+    RL Panning screens with ``--policy``, or searches (``--search``, or a search budget:
+    ``--preset``, ``--agent-steps``), or else screens with the policy that ships for
+    ``--model``: never a silent multi-hour search. A resumed run keeps its recorded choice.
+    Screening with a policy, ``--scoring`` defaults to the policy's own.
+    """
+    method = config.pruning
+    if not resumed:
+        if method.policy is not None and method.search:
+            raise JPanningError(
+                "--search trains a new policy and --policy screens with a saved one; "
+                "give one of them"
+            )
+        if method.policy is None and (method.preset is not None or method.agent_steps is not None):
+            config = config.replace(search=True)  # a search budget was given
+        elif not method.search and method.policy is None:
+            path, line = shipped_policy(config.model)
+            print(f"rlpanning: {line}")
+            config = config.replace(policy=path)
+    if config.pruning.policy is not None and config.pruning.scoring is None:
+        if os.path.isfile(config.pruning.policy):  # else the run says it does not exist
+            config = config.replace(scoring=load_policy(config.pruning.policy)[1].scoring)
+    return config
+
+
+def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
+    """RL Panning in a run: build the pool, search (progress bar, checkpoints) or load the
+    policy, and screen; the policy and the learning curve are saved in the run's folder."""
+    run_config, method = context.config, context.config.pruning
+    config = (
+        load_policy(method.policy)[1] if method.policy else config_from_options(problem.options)
+    )
+    pool_size = method.pool_size or config.pool_size
+    if method.scoring == "pool":
+        data = score_pool(
+            context.dataset, run_config.data.samples_per_class, pool_size, run_config.seed
+        )
+        scoring = f"a pool of {pool_size} scoring batches"
+    else:
+        data = (context.dataset.train_images, context.dataset.train_labels)
+        scoring = f"a fresh batch of {run_config.data.samples_per_class} per class every step"
+    problem = dataclasses.replace(problem, options=problem.options | {"data": data})
+    if method.policy is not None:
+        print(f"rlpanning: screening with the policy in {method.policy} (no search), {scoring}")
+        result = run(problem)
+    else:
+        print(
+            f"rlpanning: TD3 search, {config.agent_steps} agent steps, T={config.rounds} "
+            f"rounds, {scoring} ({method.preset} preset)"
+        )
+        with (
+            context.progress("RL search", config.agent_steps) as progress,
+            context.checkpoints() as ckpt,
+        ):
+            result = run(problem, callback=progress, checkpoints=ckpt, stop=context.stop)
+    return result.masks, {"rl": _report(context, result)}
+
+
+def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
+    """Save the policy and the learning curve; the ``rl`` entry of results.json."""
+    from jpanning import report
+
+    run_config, method = context.config, context.config.pruning
+    files = {"policy": None, "rl_curve": None}
+    out = {
+        "preset": method.preset if method.policy is None else None,
+        "policy_loaded_from": method.policy,
+        "agent_steps": rl.config.agent_steps if rl.metrics is not None else 0,
+        "rounds": rl.config.rounds,
+        "td3": {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in dataclasses.asdict(rl.config.agent_config()).items()
+        },
+        "env": rl.env_options,
+        "ranges": None
+        if rl.ranges is None
+        else {"loss": rl.ranges.loss.tolist(), "grad_norm": rl.ranges.grad_norm.tolist()},
+        "search_seconds": rl.search_seconds,
+        "screen_seconds": rl.screen_seconds,
+        "screen": {k: v.tolist() for k, v in rl.trace.items()},
+    }
+    if rl.metrics is not None:
+        files["policy"] = "policy.msgpack"
+        save_policy(
+            os.path.join(context.out, files["policy"]),
+            rl.actor_params,
+            rl.config,
+            meta={
+                "model": run_config.model,
+                "dataset": run_config.data.dataset,
+                "seed": run_config.seed,
+                "agent_steps": rl.config.agent_steps,
+            },
+            ranges=rl.ranges,
+        )
+        steps, returns = episode_returns(rl.metrics)
+        out["episode_end_steps"] = steps.tolist()
+        out["episode_returns"] = returns.tolist()
+        files["rl_curve"] = "rl_curve.png"
+        report.plot_learning_curve(
+            steps,
+            returns,
+            os.path.join(context.out, files["rl_curve"]),
+            f"RL Panning search: {run_config.model} / {run_config.data.dataset}, T={rl.config.rounds}",
+        )
+        print(
+            f"rlpanning: searched in {rl.search_seconds:.1f}s, {len(returns)} episodes"
+            + (f", last return {returns[-1]:.2f}" if len(returns) else "")
+            + f"; policy saved to {os.path.join(context.out, files['policy'])}"
+        )
+    out["files"] = files
+    return out
+
+
+@pruning.register_method(
+    "rlpanning",
+    presets=tuple(PRESETS),
+    options=(
+        "policy",
+        "search",
+        "preset",
+        "agent_steps",
+        "rounds",
+        "scoring",
+        "pool_size",
+        "fusion",
+        "effective",
+        "reset_observes_sparsity",
+        "temperature",
+        "chunk_size",
+    ),  # fmt: skip
+    prepare=choose_policy,
+    screen=_screen,
+)
 def rlpanning(problem: pruning.PruneProblem):
     """RL Panning as a ``run.py --method``: train a policy (or load ``options['policy']``,
     a path) and screen at ``problem.sparsity``.

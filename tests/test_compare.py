@@ -139,20 +139,20 @@ def test_deleting_one_cell_recomputes_only_that_cell(tiny_grid, monkeypatch):
 
 
 def test_method_failures_are_results_and_other_errors_stop_the_harness(tmp_path, monkeypatch):
-    from jpanning import cli
+    from jpanning import experiment
     from jpanning.errors import JPanningError, RunFailed
 
     cell = compare.cells_of(PRESETS["tiny"])[1]
 
     class Data:
-        def get(self, args):
+        def get(self, config):
             return None
 
-    def cut(args, dataset=None):
+    def cut(config, dataset=None):
         print("screening")
         raise RunFailed("method 'random' pruned every weight of layer(s) X: the network is cut")
 
-    monkeypatch.setattr(cli, "run", cut)
+    monkeypatch.setattr(experiment, "run", cut)
     assert compare.run_cell(cell, str(tmp_path), Data(), None) == "failed"
     assert compare.cell_status(cell, str(tmp_path)) == "failed"
     row = compare.load_row(cell, str(tmp_path))
@@ -160,13 +160,31 @@ def test_method_failures_are_results_and_other_errors_stop_the_harness(tmp_path,
     assert (tmp_path / cell.dirname / "log.txt").read_text().endswith("screening\n")
 
     class Missing:
-        def get(self, args):
+        def get(self, config):
             raise JPanningError("fashion_mnist cannot be loaded: no data")
 
     other = compare.cells_of(PRESETS["tiny"])[2]
     with pytest.raises(JPanningError, match="cannot be loaded"):
         compare.run_cell(other, str(tmp_path), Missing(), None)
     assert compare.cell_status(other, str(tmp_path)) is None
+
+
+def test_cells_are_run_configs_and_their_keys_stay_those_of_their_run_py_arguments():
+    """A cell runs a RunConfig; its folder's name hashes the run.py arguments that define it,
+    as it did when cells ran command lines, so finished cells of earlier grids are reused."""
+    import hashlib
+
+    cells = compare.cells_of(PRESETS["screening-resnet20"])
+    for cell in cells:
+        assert cell.key == hashlib.sha256("\0".join(cell.argv).encode()).hexdigest()[:12]
+    snip = next(c for c in cells if c.method == "snip" and c.seed == 1)
+    assert snip.argv[-4:] == ("--method", "snip", "--ratio", repr(snip.ratio))
+    assert (snip.config.model, snip.config.seed) == ("resnet20", 1)
+    assert (snip.config.pruning.method, snip.config.pruning.ratio) == ("snip", snip.ratio)
+    grid = dataclasses.replace(PRESETS["tiny"], run_args=("--search", "--lr", "0.03"))
+    by_method = {c.method: c.config for c in compare.cells_of(grid)}
+    assert by_method["rlpanning"].pruning.search and not by_method["snip"].pruning.search
+    assert by_method["snip"].training.lr == 0.03
 
 
 def test_cell_keys_follow_the_config():

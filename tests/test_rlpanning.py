@@ -231,17 +231,15 @@ def test_bad_rlpanning_input_is_one_line(args, message):
     assert len(lines) == 1 and message in lines[0], proc.stderr
 
 
-def _cli_args(*argv):
+def _config(*argv):
     from jpanning import cli
 
-    return cli.build_parser().parse_args(["--dataset", "synthetic", *argv])
+    return cli.config_of(cli.build_parser().parse_args(["--dataset", "synthetic", *argv]))
 
 
 def test_rlpanning_screens_with_the_shipped_policy_unless_a_search_is_asked(
     tmp_path, monkeypatch, capsys
 ):
-    from jpanning import cli
-
     actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 7, 3).actor_params
     path = tmp_path / "resnet20-fashion_mnist.msgpack"
     meta = {"model": "resnet20", "dataset": "fashion_mnist", "agent_steps": 123}
@@ -250,32 +248,35 @@ def test_rlpanning_screens_with_the_shipped_policy_unless_a_search_is_asked(
     monkeypatch.setattr(rlpanning, "POLICY_DIR", str(tmp_path))
     trained = "trained on resnet20 / fashion_mnist, 123 of 456 agent steps: an interim policy"
 
-    args = _cli_args("--model", "resnet20")
-    cli._choose_policy(args)
-    assert args.policy == str(path) and not args.search
+    config = rlpanning.choose_policy(_config("--model", "resnet20"))
+    assert config.pruning.policy == str(path) and not config.pruning.search
+    assert config.pruning.scoring == CONFIG.scoring  # screening with a policy: its own
     assert f"the policy shipped for resnet20 ({trained}" in capsys.readouterr().out
-    args = _cli_args("--model", "tinycnn")  # no policy of its own: ResNet-20's, and it says so
-    cli._choose_policy(args)
-    assert args.policy == str(path) and not args.search
+    # no policy of its own: ResNet-20's, and it says so
+    config = rlpanning.choose_policy(_config("--model", "tinycnn"))
+    assert config.pruning.policy == str(path) and not config.pruning.search
     out = capsys.readouterr().out
     assert f"no policy ships for tinycnn; the resnet20 policy, unchanged ({trained}" in out
     # a search budget (or --search) searches; a saved policy screens without one
     for argv in (["--search"], ["--preset", "quick"], ["--agent-steps", "40"]):
-        args = _cli_args("--model", "tinycnn", *argv)
-        cli._choose_policy(args)
-        assert args.search and args.policy is None, argv
-    args = _cli_args("--model", "tinycnn", "--preset", "quick", "--policy", str(path))
-    cli._choose_policy(args)
-    assert not args.search and args.policy == str(path)
+        config = rlpanning.choose_policy(_config("--model", "tinycnn", *argv))
+        assert config.pruning.search and config.pruning.policy is None, argv
+    given = _config("--model", "tinycnn", "--preset", "quick", "--policy", str(path))
+    config = rlpanning.choose_policy(given)
+    assert not config.pruning.search and config.pruning.policy == str(path)
+    # a resumed run keeps its recorded choice
+    assert (
+        rlpanning.choose_policy(_config("--model", "tinycnn"), resumed=True).pruning.policy is None
+    )
     with pytest.raises(JPanningError, match="--search trains a new policy and --policy"):
-        cli._choose_policy(_cli_args("--search", "--policy", str(path)))
+        rlpanning.choose_policy(_config("--search", "--policy", str(path)))
     # a damaged shipped file and a missing one are one clear error, never a silent search
     path.write_bytes(b"\x93not msgpack")
     with pytest.raises(JPanningError, match="is not a jpanning policy file"):
-        cli._choose_policy(_cli_args("--model", "resnet20"))
+        rlpanning.choose_policy(_config("--model", "resnet20"))
     path.unlink()
     with pytest.raises(JPanningError, match="no RL Panning policy ships for 'tinycnn'.*--search"):
-        cli._choose_policy(_cli_args("--model", "tinycnn"))
+        rlpanning.choose_policy(_config("--model", "tinycnn"))
 
 
 def test_the_shipped_policy_screens_a_tiny_model_deterministically_at_the_exact_ratio(problem):

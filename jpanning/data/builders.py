@@ -129,7 +129,7 @@ class _ImageClassification(tfds.core.GeneratorBasedBuilder, skip_registration=Tr
         """
         from urllib.parse import urlsplit
 
-        from jpanning.data.loading import HOST_TIMEOUT_S, host_reachable
+        from jpanning.data.hosts import HOST_TIMEOUT_S, host_reachable
 
         proxies = ("https_proxy", "http_proxy", "all_proxy")
         if any(os.environ.get(v) or os.environ.get(v.upper()) for v in proxies):

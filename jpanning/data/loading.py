@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import socket
 from typing import Any
 
 import numpy as np
 
+from jpanning.data.hosts import HOST_TIMEOUT_S, host_reachable  # noqa: F401 (also its API)
 from jpanning.errors import JPanningError
 
 DATASET_NAMES = ("cifar10", "cifar100", "mnist", "fashion_mnist", "synthetic")
@@ -23,7 +23,6 @@ DEFAULT_DATA_DIR = os.path.join("~", "tensorflow_datasets")
 # Debian's package `dataset-fashion-mnist` installs the four IDX .gz files here.
 DEBIAN_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 CIFAR_HOST = "www.cs.toronto.edu"
-HOST_TIMEOUT_S = 2.0
 _READ_CHUNK = 10_000  # examples per bulk read: bounds the list of decoded dicts in memory
 # What load_dataset("synthetic") generates (see synthetic_splits). 16x16 fits every jpanning
 # model (LeNet-5's unpadded 5x5 convolution after a 2x2 pool needs at least 12x12).
@@ -276,15 +275,6 @@ def resolve_default_dataset(data_dir: str | None = None) -> tuple[str, str]:
         f"Fashion-MNIST ({fashion}): CIFAR-10 is not prepared in {root} "
         f"and {CIFAR_HOST} is unreachable ({why})"
     )
-
-
-def host_reachable(host: str, port: int, timeout: float) -> tuple[bool, str]:
-    """Whether a TCP connection to ``host:port`` opens within ``timeout`` seconds, and why not."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True, "connected"
-    except OSError as err:
-        return False, f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
 
 
 def synthetic_splits(
