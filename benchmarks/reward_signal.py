@@ -59,6 +59,13 @@ def two_way(r: np.ndarray) -> dict:
     }
 
 
+def candidates(staircase_row: np.ndarray, draws: np.ndarray) -> list[np.ndarray]:
+    """The actions tried at a round, in ``names`` order: each metric alone, the staircase's
+    row, then the random draws."""
+    alone = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
+    return [*alone, staircase_row, *draws]
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policy", required=True, help="a policy file: its environment and ranges")
@@ -89,8 +96,7 @@ def main(argv=None) -> int:
         obs, state = reset(k_reset, env_params, target, meta["ranges"])
         for t in range(max(args.rounds) + 1):
             if t in args.rounds:
-                actions = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
-                actions += [stairs[t], *draws]
+                actions = candidates(stairs[t], draws)
                 table = {part: np.zeros((args.batches, len(actions))) for part in PARTS}
                 for k in range(args.batches):
                     k_probe = jax.random.fold_in(jax.random.fold_in(k_steps, 10_000 + t), k)
@@ -124,8 +130,7 @@ def main(argv=None) -> int:
         totals = {"return": 0.0} | {part: 0.0 for part in PARTS[1:]}
         picks = []
         for t in range(config.rounds):
-            actions = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
-            actions += [stairs[t], *draws]
+            actions = candidates(stairs[t], draws)
             k_t = jax.random.fold_in(k_steps, t)
             tried = [step(k_t, state, jnp.asarray(a, jnp.float32), env_params) for a in actions]
             j = int(np.argmax([float(x[2]) for x in tried]))
