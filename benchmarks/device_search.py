@@ -48,17 +48,18 @@ def unpack(path: str) -> tuple[str, dict, int, str]:
 
 
 def run(path: str, argv: list[str]) -> int:
-    from jpanning import checkpoint, cli, parallel
+    from jpanning import checkpoint, cli, experiment, parallel
     from jpanning.errors import JPanningError
 
     args = cli.build_parser().parse_args(argv)
     name, splits, num_classes, source = unpack(path)
-    given = cli._resumed_args(args) if args.resume is not None else args  # run.json's
-    if given.dataset != name:
-        raise SystemExit(f"device_search: --dataset {given.dataset} but {path} holds {name}")
+    # A resumed run's settings are its run.json's.
+    given = experiment.resumed_config(args.resume).flat() if args.resume else vars(args)
+    if given["dataset"] != name:
+        raise SystemExit(f"device_search: --dataset {given['dataset']} but {path} holds {name}")
     dataset = data.from_splits(
         name, splits, num_classes, source,
-        train_limit=given.train_limit, test_limit=given.test_limit, seed=given.seed,
+        train_limit=given["train_limit"], test_limit=given["test_limit"], seed=given["seed"],
     )  # fmt: skip
     parallel.initialize()
     start, status = time.perf_counter(), "finished"
