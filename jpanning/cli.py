@@ -87,9 +87,13 @@ def config_of(args: argparse.Namespace):
 def settings_of(argv) -> dict:
     """The settings ``run.py`` arguments give (those that differ from the defaults), by
     :class:`jpanning.config.RunConfig` field name."""
-    parser = build_parser()
-    defaults, given = vars(parser.parse_args([])), vars(parser.parse_args(list(argv)))
-    return {k: v for k, v in given.items() if v != defaults[k]}
+    return _given(build_parser().parse_args(list(argv)))
+
+
+def _given(args: argparse.Namespace) -> dict:
+    """The parsed arguments that differ from the defaults, by field name."""
+    defaults = vars(build_parser().parse_args([]))
+    return {k: v for k, v in vars(args).items() if v != defaults[k]}
 
 
 def argv_of(settings: dict) -> list[str]:
@@ -107,8 +111,8 @@ def argv_of(settings: dict) -> list[str]:
     return argv
 
 
-def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
-    """The arguments saved in ``args.resume``/run.json, with this call's out and the few
+def _resumed_config(args: argparse.Namespace):
+    """The config saved in ``args.resume``/run.json, with this call's out and the few
     RESUME_MAY_SET it gives (:func:`jpanning.experiment.resumed_config`)."""
     from jpanning import experiment
     from jpanning.config import RESUME_MAY_SET, RUN_FILE
@@ -116,23 +120,18 @@ def _resumed_args(args: argparse.Namespace) -> argparse.Namespace:
     out = args.resume
     if not os.path.isdir(out):
         raise JPanningError(f"--resume {out!r} is not a directory")
-    defaults = vars(build_parser().parse_args([]))
-    given = sorted(
-        k
-        for k, v in vars(args).items()
-        if k not in (*RESUME_MAY_SET, "resume") and v != defaults[k]
-    )
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+    given = _given(args)
+    refused = sorted(k for k in given if k not in (*RESUME_MAY_SET, "resume"))
+    if refused:
+        flags = ", ".join("--" + k.replace("_", "-") for k in refused)
         allowed = ", ".join("--" + k.replace("_", "-") for k in RESUME_MAY_SET)
         raise JPanningError(
             f"--resume takes the run's arguments from its {RUN_FILE}; {flags} cannot change "
             f"them (only {allowed} may be given)"
         )
-    changes = {k: getattr(args, k) for k in RESUME_MAY_SET if getattr(args, k) != defaults[k]}
+    changes = {k: v for k, v in given.items() if k in RESUME_MAY_SET}
     changes |= {"no_progress": args.no_progress, "verbose": args.verbose}
-    config = experiment.resumed_config(out, **changes)
-    return argparse.Namespace(**config.flat())
+    return experiment.resumed_config(out, **changes)
 
 
 def run(args: argparse.Namespace, dataset=None) -> dict:
@@ -142,7 +141,7 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     from jpanning import experiment
 
     if args.resume is not None:
-        config = config_of(_resumed_args(args))
+        config = _resumed_config(args)
         print(f"resuming the run in {config.output.out}")
     else:
         config = config_of(args)

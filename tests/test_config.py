@@ -104,12 +104,13 @@ def test_run_json_round_trips_and_an_old_run_folder_still_reads(tmp_path):
     out = tmp_path / "old"
     out.mkdir()
     (out / "run.json").write_text(json.dumps(old))
-    args = cli._resumed_args(
+    resumed = cli._resumed_config(
         cli.build_parser().parse_args(["--resume", str(out), "--devices", "1"])
     )
-    assert {k: v for k, v in vars(args).items() if k in old and k != "devices"} == {
+    args = resumed.flat()
+    assert {k: v for k, v in args.items() if k in old and k != "devices"} == {
         k: v for k, v in old.items() if k != "devices"
     }
-    assert args.devices == 1 and args.out == args.resume == str(out) and not args.overwrite
-    resumed = RunConfig.from_flat(vars(args))
+    assert args["devices"] == 1 and args["out"] == args["resume"] == str(out)
+    assert not args["overwrite"]
     assert resumed.saved() == old | {"devices": 1}
