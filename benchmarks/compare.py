@@ -34,6 +34,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shlex
 import sys
 import time
@@ -184,10 +185,19 @@ def cell_status(cell: Cell, cells_dir: str) -> str | None:
 
 
 class _DataCache:
-    """Load each (dataset, limits, seed) once for all the cells that train on it."""
+    """Load each (dataset, limits, seed) once for all the cells that train on it.
 
-    def __init__(self):
+    With ``data_file`` (a ``.npz`` of raw splits, ``benchmarks.device_search pack``) the
+    splits come from that file instead of tensorflow-datasets, through the same
+    :func:`jpanning.data.from_splits` (a machine without tfds, such as the lent GPU)."""
+
+    def __init__(self, data_file: str | None = None):
         self._loaded = {}
+        self._splits = None
+        if data_file is not None:
+            from benchmarks.device_search import unpack
+
+            self._splits = unpack(data_file)
 
     def get(self, config: RunConfig):
         from jpanning import data
@@ -196,14 +206,37 @@ class _DataCache:
         key = (d.dataset, d.data_dir, d.train_limit, d.test_limit, config.seed)
         if key not in self._loaded:
             self._loaded = {}  # one at a time: the grid goes seed by seed
-            self._loaded[key] = data.load_dataset(
-                d.dataset,
-                d.data_dir,
-                train_limit=d.train_limit,
-                test_limit=d.test_limit,
-                seed=config.seed,
-            )
+            limits = {"train_limit": d.train_limit, "test_limit": d.test_limit}
+            if self._splits is None:
+                loaded = data.load_dataset(d.dataset, d.data_dir, **limits, seed=config.seed)
+            else:
+                name, splits, num_classes, source = self._splits
+                if name != d.dataset:
+                    raise JPanningError(f"--data-file holds {name}, the grid needs {d.dataset}")
+                loaded = data.from_splits(
+                    name, splits, num_classes, source, **limits, seed=config.seed
+                )
+            self._loaded[key] = loaded
         return self._loaded[key]
+
+
+def shard(cells: list[Cell], k: int, n: int) -> list[Cell]:
+    """The cells of share ``k`` (0-based) of ``n``, for ``n`` workers that run one grid side
+    by side: a cell goes with the cells it depends on (RL Panning's search, PuRL's dense
+    network), and the groups are dealt round-robin in grid order."""
+    groups: dict[str, int] = {}
+
+    def root(cell: Cell) -> Cell:
+        while deps := [c for c in (cell.pretrained_from, cell.policy_from, cell.ratio_from) if c]:
+            cell = deps[0]
+        return cell
+
+    out = []
+    for cell in cells:
+        group = groups.setdefault(root(cell).dirname, len(groups))
+        if group % n == k:
+            out.append(cell)
+    return out
 
 
 def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str | None) -> str:
@@ -278,7 +311,9 @@ def load_row(cell: Cell, cells_dir: str) -> dict:
     }
     if cell_status(cell, cells_dir) == "failed":
         with open(os.path.join(out, "failed.json")) as f:
-            row |= {"status": "failed", "error": json.load(f)["error"]}
+            error = json.load(f)["error"]
+        # the cell's folder where it ran (another machine's) -> cells/NAME
+        row |= {"status": "failed", "error": re.sub(r"\S*/cells/(?=\S)", "cells/", error)}
         return row
     with open(os.path.join(out, "results.json")) as f:
         r = json.load(f)
@@ -400,7 +435,8 @@ def verdicts(stats, grid: Grid) -> list[tuple[float, str, str, str]]:
 
     Panning and RL Panning are compared with the best baseline that also prunes at
     initialization (a higher mean accuracy "beats" it); PuRL with uniform per-layer pruning at
-    the same sparsity, its own baseline. The verdict says whether the gap is within one std.
+    the same sparsity, its own baseline. A gap within one std (the larger of the two) is a
+    tie; a method that cut the network in every seed where the baseline trained loses.
     """
     baseline_best = best_methods(stats, grid, exclude=("dense",) + OURS + TRAINED_METHODS)
     out = []
@@ -410,15 +446,29 @@ def verdicts(stats, grid: Grid) -> list[tuple[float, str, str, str]]:
             pairs.append(("purl", "uniform"))
         for method, base in pairs:
             ours, ref = stats.get((method, ratio)), stats.get((base, ratio))
-            if ours is None or ours.n == 0 or ref is None or ref.n == 0:
+            if ours is None or ref is None or ref.n == 0 or (ours.n == 0 and not ours.failed):
                 out.append((ratio, method, base or "-", "no result"))
                 continue
+            against = f"{base} {ref.mean:.4f}"
+            if ours.n == 0:
+                verdict = f"loses: {ours.outcome} in {ours.failed}/{ours.failed} seeds"
+                out.append((ratio, method, against, verdict))
+                continue
             gap = ours.mean - ref.mean
-            within = " (within one std)" if abs(gap) <= max(ours.std, ref.std) else ""
-            word = "beats" if gap > 0 else "does not beat"
-            out.append(
-                (ratio, method, f"{base} {ref.mean:.4f}", f"{word} {base}: {gap:+.4f}{within}")
-            )
+            if abs(gap) <= max(ours.std, ref.std):
+                verdict = f"ties with {base}: {gap:+.4f} (within one std)"
+            else:
+                verdict = f"{'beats' if gap > 0 else 'loses to'} {base}: {gap:+.4f}"
+            if ours.failed:
+                verdict += f"; {ours.outcome} in {ours.failed} of {ours.n + ours.failed} seeds"
+            short = [
+                (m, st) for m, st in ((method, ours), (base, ref)) if st.n + st.failed < grid.seeds
+            ]
+            if short:  # a grid still running: say on how little the verdict rests
+                verdict += "; so far " + ", ".join(
+                    f"{m} {st.n + st.failed}/{grid.seeds} seeds" for m, st in short
+                )
+            out.append((ratio, method, against, verdict))
     return out
 
 
@@ -700,8 +750,16 @@ def write_report(name: str, grid: Grid, cells: list[Cell], out: str, command: st
     purl_cells = [c for c in done if c.method == "purl" and cell_status(c, cells_dir) == "ok"]
     if purl_cells:
         pngs.append("purl_alphas.png")
+    screened = _policy_weights(grid, cells, cells_dir)
+    if screened:
+        pngs.append("fusion_weights.png")
     table += "".join(f"\n![{png[:-4]}]({png})\n" for png in pngs)
     report.atomic_write_bytes(os.path.join(out, "table.md"), table.encode())
+    report.write_json(
+        os.path.join(out, "table.json"), table_record(name, grid, rows, done, cells_dir, command)
+    )
+    if screened:
+        plot_fusion_weights(grid, screened, os.path.join(out, "fusion_weights.png"))
     title = f"{grid.model} / {grid.dataset}, {grid.epochs} epoch(s), {grid.seeds} seeds"
     plot_accuracy(grid, rows, os.path.join(out, "accuracy.png"), title)
     ratio = grid.density_ratio or grid.ratios[len(grid.ratios) // 2]
@@ -710,6 +768,88 @@ def write_report(name: str, grid: Grid, cells: list[Cell], out: str, command: st
     if purl_cells:
         plot_purl_alphas(grid, purl_cells, cells_dir, os.path.join(out, "purl_alphas.png"))
     return table
+
+
+def table_record(
+    name: str, grid: Grid, rows: list[dict], done: list[Cell], cells_dir: str, command: str
+) -> dict:
+    """table.md as data: the grid, the command, per (method, ratio) the accuracies of every
+    seed with mean and std, the failures, the effective sparsity, and the verdicts."""
+    acc, effective = aggregate(rows), aggregate(rows, "effective_sparsity")
+    stats = []
+    for (method, ratio), st in acc.items():
+        eff = effective[(method, ratio)]
+        stats.append(
+            {
+                "method": method,
+                "ratio": None if ratio == "" else ratio,
+                "seeds_ok": st.n,
+                "seeds_failed": st.failed,
+                "failed_as": st.outcome if st.failed else None,
+                "accuracy": st.values,
+                "accuracy_mean": st.mean if st.n else None,
+                "accuracy_std": st.std if st.n else None,
+                "effective_sparsity_mean": eff.mean if eff.n else None,
+            }
+        )
+    return {
+        "name": name,
+        "command": command,
+        "grid": dataclasses.asdict(grid),
+        "cells": {"finished": len(done), "in_grid": len(cells_of(grid))},
+        "machines": _versions_line(_cell_meta(done, cells_dir)),
+        "stats": stats,
+        "verdicts": [
+            {"ratio": r, "method": m, "compared_with": b, "verdict": v}
+            for r, m, b, v in verdicts(acc, grid)
+        ],
+    }
+
+
+def _policy_weights(grid: Grid, cells: list[Cell], cells_dir: str) -> dict[float, list[dict]]:
+    """``{ratio: [screen record]}`` of the RL Panning cells that screened with a policy
+    (their ``screen.json``, written also when the mask then cut the network)."""
+    out: dict[float, list[dict]] = {}
+    for cell in cells:
+        path = os.path.join(cells_dir, cell.dirname, "screen.json")
+        if cell.method != "rlpanning" or not os.path.isfile(path):
+            continue
+        with open(path) as f:
+            rl = json.load(f).get("rl") or {}
+        if (rl.get("screen") or {}).get("weights"):
+            out.setdefault(cell.ratio, []).append(rl)
+    return out
+
+
+def plot_fusion_weights(grid: Grid, screened: dict[float, list[dict]], path: str) -> None:
+    """The fusion weights (SynFlow, SNIP, GraSP) RL Panning's policy picked in each round,
+    mean over seeds (solid; band: min to max), beside hand Panning's staircase (dashed), one
+    panel per ratio."""
+    from benchmarks.policy_eval import staircase_actions
+
+    plt = report.pyplot()
+    ratios = [r for r in grid.ratios if r in screened]
+    fig, axes = plt.subplots(1, len(ratios), figsize=(3.4 * len(ratios), 3.4), sharey=True)
+    axes = np.atleast_1d(axes)
+    colors = ("tab:blue", "tab:orange", "tab:green")
+    for ax, ratio in zip(axes, ratios):
+        runs = screened[ratio]
+        rounds = min(len(rl["screen"]["weights"]) for rl in runs)
+        w = np.asarray([rl["screen"]["weights"][:rounds] for rl in runs])  # [seeds, T, 3]
+        hand = (staircase_actions(ratio, rounds, runs[0]["env"]["fusion"]) + 1.0) / 2.0
+        x = np.arange(1, rounds + 1)
+        for i, metric in enumerate(("synflow", "snip", "grasp")):
+            ax.plot(x, w[:, :, i].mean(0), color=colors[i], label=f"{metric} (policy)")
+            ax.fill_between(x, w[:, :, i].min(0), w[:, :, i].max(0), color=colors[i], alpha=0.15)
+            ax.plot(x, hand[:, i], "--", color=colors[i], label=f"{metric} (hand)")
+        ax.set_title(f"sparsity {ratio:g} ({len(runs)} seeds)", fontsize=9)
+        ax.set_xlabel("round")
+    axes[0].set_ylabel("fusion weight")
+    axes[-1].legend(fontsize=6, loc="best")
+    policy = os.path.basename(screened[ratios[0]][0].get("policy_loaded_from") or "searched")
+    fig.suptitle(f"{grid.model}: RL Panning's fusion weights ({policy}) vs the hand staircase")
+    fig.tight_layout()
+    report.save_png(fig, path)
 
 
 def plot_purl_alphas(grid: Grid, cells: list[Cell], cells_dir: str, path: str) -> None:
@@ -755,8 +895,7 @@ def update_readme(path: str, name: str, table: str, out: str) -> None:
     if start not in text or end not in text:
         raise JPanningError(f"--readme {path!r} has no markers {start} ... {end}")
     rel = os.path.relpath(out, os.path.dirname(os.path.abspath(path)))
-    for png in ("accuracy.png", "density.png", "screen_time.png", "purl_alphas.png"):
-        table = table.replace(f"({png})", f"({rel}/{png})")
+    table = re.sub(r"\]\(([\w.]+\.png)\)", lambda m: f"]({rel}/{m.group(1)})", table)
     if COSTS in table:  # the README keeps accuracy and verdicts; costs stay in table.md
         accuracy, rest_of_table = table.split(COSTS, 1)
         images = rest_of_table[rest_of_table.index("\n![") :]
@@ -795,12 +934,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--density-ratio", type=_ratio, default=None)
     p.add_argument("--data-dir", default=None, help="tfds data directory")
+    p.add_argument(
+        "--data-file",
+        default=None,
+        help="the dataset's raw splits as one .npz (python -m benchmarks.device_search pack), "
+        "for a machine without tensorflow-datasets",
+    )
+    p.add_argument(
+        "--shard",
+        type=_shard,
+        default=None,
+        metavar="K/N",
+        help="run only share K (0 to N-1) of the cells, for N workers side by side; "
+        "writes no report (run --report-only when all are done)",
+    )
     p.add_argument("--out-root", default=RESULTS, help="where <name>/ goes")
     p.add_argument("--report-only", action="store_true", help="tables and plots, run nothing")
     p.add_argument("--retry-failed", action="store_true", help="run failed cells again")
     p.add_argument("--readme", default=None, help="copy the table into this file's markers")
     p.add_argument("--list", action="store_true", help="list the presets and the cells")
     return p
+
+
+def _shard(text: str) -> tuple[int, int]:
+    k, sep, n = text.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n)):
+        raise argparse.ArgumentTypeError(f"{text!r} is not K/N with 0 <= K < N (e.g. 0/4)")
+    return int(k), int(n)
 
 
 def grid_from_args(args: argparse.Namespace) -> tuple[str, Grid]:
@@ -861,8 +1021,9 @@ def main(argv: list[str] | None = None) -> int:
     cpu.configure()  # the CPU tuning run.py has, before JAX starts (jpanning.cpu)
     args = build_parser().parse_args(argv)
     if args.list:
+        width = max(map(len, PRESETS))
         for name, grid in PRESETS.items():
-            print(f"{name:16s} {len(cells_of(grid)):4d} cells  {grid.about}")
+            print(f"{name:{width}s} {len(cells_of(grid)):4d} cells  {grid.about}")
         if not args.preset and not args.model:
             return 0
     try:
@@ -880,6 +1041,10 @@ def main(argv: list[str] | None = None) -> int:
             or (args.retry_failed and cell_status(c, cells_dir) == "failed")
         ]
         print(f"{name}: {len(cells)} cells, {len(cells) - len(todo)} already done -> {out}")
+        if args.shard:  # dealt over all the cells, so that workers started apart agree
+            mine = {c.dirname for c in shard(cells, *args.shard)}
+            todo = [c for c in todo if c.dirname in mine]
+            print(f"share {args.shard[0]}/{args.shard[1]}: {len(todo)} of them to run")
         if args.list:
             for c in cells:
                 print(f"  {c.dirname:48s} {cell_status(c, cells_dir) or 'to run'}")
@@ -887,7 +1052,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.report_only and todo:
             os.makedirs(cells_dir, exist_ok=True)
             cli.enable_compilation_cache()  # the process's, as run.py sets it
-            data_cache, start = _DataCache(), time.perf_counter()
+            data_cache, start = _DataCache(args.data_file), time.perf_counter()
             for i, cell in enumerate(todo):
                 t0 = time.perf_counter()
                 status = run_cell(cell, cells_dir, data_cache, args.data_dir)
@@ -904,6 +1069,9 @@ def main(argv: list[str] | None = None) -> int:
                     f"({time.perf_counter() - t0:.1f} s; eta {eta})",
                     flush=True,
                 )
+        if args.shard:
+            print(f"share {args.shard[0]}/{args.shard[1]} done; --report-only writes the report")
+            return 0
         table = write_report(name, grid, cells, out, command)
         if args.readme:
             update_readme(args.readme, name, table, out)

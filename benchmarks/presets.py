@@ -142,19 +142,35 @@ PRESETS: dict[str, Grid] = {
     ),
     # Issue 29's screening-quality table: every at-init method at extreme sparsities, RL
     # Panning screening with the policy jpanning ships (no search in the grid), one training
-    # budget for all (20k images, 8 epochs). About 37 cells per seed, ~4 minutes each on
-    # 2 CPU cores: run it seed by seed over sessions (it resumes), or on a GPU.
+    # budget for all (20k images, 8 epochs). 37 cells per seed, ~4 minutes each on 2 CPU
+    # cores: run it seed by seed over sessions (it resumes), or on a GPU, where
+    # scripts/device_compare.sh ran them with 8 workers on one H200 (docs/benchmarks.md).
     "screening-resnet20": Grid(
         model="resnet20",
         dataset="fashion_mnist",
         ratios=(0.95, 0.99, 0.995, 0.998),
         methods=AT_INIT,
-        seeds=3,
+        seeds=5,
         epochs=8,
         train_limit=20000,
         density_ratio=0.99,
-        about="ResNet-20 / Fashion-MNIST (20k), at-init methods at 0.95-0.998, 3 seeds, "
+        about="ResNet-20 / Fashion-MNIST (20k), at-init methods at 0.95-0.998, 5 seeds, "
         "8 epochs; the shipped RL Panning policy",
+    ),
+    # The ablation of that table: hand Panning with SynFlow alone in every band (fusion weights
+    # 1,0,0) keeps Panning's rounds and revival and drops the fusion, so against "panning"
+    # (fused) and "synflow" (no revival) it says which of the two moves the accuracy.
+    "screening-resnet20-synflow-only": Grid(
+        model="resnet20",
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99, 0.995, 0.998),
+        methods=("panning",),
+        seeds=3,
+        epochs=8,
+        train_limit=20000,
+        run_args=("--panning-weights",) + ("1,0,0",) * 5,
+        density_ratio=0.99,
+        about="ablation: hand Panning with SynFlow alone (weights 1,0,0), the table's budget",
     ),
     # Does the ResNet-20 policy transfer? Unchanged, on networks it never saw, against hand
     # Panning and SynFlow with the same budget (issue 29, part 3).

@@ -355,11 +355,11 @@ def _load_data(config: RunConfig, dataset):
     from jpanning import data
 
     d = config.data
-    if config.output.no_progress and d.dataset != "synthetic":
-        import tensorflow_datasets as tfds
-
-        tfds.disable_progress_bar()  # the one-time dataset preparation has bars of its own
     if dataset is None:
+        if config.output.no_progress and d.dataset != "synthetic":
+            import tensorflow_datasets as tfds
+
+            tfds.disable_progress_bar()  # the one-time dataset preparation has bars of its own
         dataset = data.load_dataset(
             d.dataset,
             d.data_dir,

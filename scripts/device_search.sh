@@ -19,13 +19,7 @@ PYTHON=${PYTHON:-python3}
 RUN=runs/gpu-search
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT_DIR"
-if [ -d .whl ]; then
-  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
-nvidia-smi -L 2>/dev/null
-"$PYTHON" -c "import jax, flax, optax, rlax; print('jax', jax.__version__, jax.devices())" || exit 1
+source scripts/device_env.sh
 LEFT=$((BUDGET - ($(date +%s) - START) - 25))
 echo "=== search, limit ${LEFT}s ($(date -u +%T))"
 timeout -s TERM -k 20 "$LEFT" "$PYTHON" -m benchmarks.device_search run .devdata/fashion_mnist.npz -- \

@@ -161,3 +161,30 @@ def test_reward_signal_splits_a_table_into_its_two_main_effects():
     split = two_way(table + bump)
     assert split["std_action"] == pytest.approx(np.std(action))
     assert split["std_rest"] == pytest.approx(np.sqrt(np.sum(bump**2) / bump.size))
+
+
+def test_critic_fit_returns_to_go_by_hand():
+    from benchmarks import critic_fit
+
+    # G_2 = -3; G_1 = -2 + 0.5 * -3 = -3.5; G_0 = -1 + 0.5 * -3.5 = -2.75
+    g = critic_fit.returns_to_go(np.array([-1.0, -2.0, -3.0]), gamma=0.5)
+    np.testing.assert_allclose(g, [-2.75, -3.5, -3.0])
+
+
+def test_critic_fit_trace_windows_the_searchs_metrics():
+    from benchmarks import critic_fit
+
+    metrics = {
+        "q": np.array([0.0, -1.0, -2.0, 4.0, 6.0]),
+        "critic_loss": np.array([9.0, 1.0, 3.0, 5.0, 100.0]),
+        "actor_loss": np.array([0.0, 2.0, 0.0, -4.0, -6.0]),
+        "actor_updated": np.array([False, True, False, True, True]),
+        "reward": np.array([-0.1, -0.2, -174.0, -0.3, -0.1]),
+        "updated": np.array([False, True, True, True, True]),  # step 0: warm-up, no update
+    }
+    first, second, third = critic_fit.search_trace(metrics, window=2)
+    assert first["steps"] == [0, 2] and first["q_mean"] == -1.0  # only the updated step
+    assert first["critic_loss_median"] == 1.0 and first["actor_loss_mean"] == 2.0
+    assert second["q_mean"] == 1.0 and second["critic_loss_median"] == 4.0
+    assert second["reward_min"] == -174.0 and second["collapse_penalties"] == 1
+    assert third["steps"] == [4, 5] and third["critic_loss_mean"] == 100.0

@@ -90,15 +90,26 @@ def test_tiny_grid_writes_consistent_csv_table_and_plots(tiny_grid):
         bold = [m for m in means if cell_text(table, m, col).startswith("**")]
         assert bold == [max(means, key=means.get)]
     assert "| 0.5 | rlpanning |" in table and "| 0.8 | rlpanning |" in table
-    for png in ("accuracy.png", "density.png", "screen_time.png"):
+    for png in ("accuracy.png", "density.png", "screen_time.png", "fusion_weights.png"):
         assert (tiny_grid / png).read_bytes()[:8] == PNG
+    record = json.loads((tiny_grid / "table.json").read_text())
+    assert record["grid"]["seeds"] == 2 and record["cells"] == {"finished": 14, "in_grid": 14}
+    snip = next(s for s in record["stats"] if s["method"] == "snip" and s["ratio"] == 0.8)
+    assert sorted(snip["accuracy"]) == sorted(
+        float(r["test_accuracy"]) for r in rows if r["method"] == "snip" and r["ratio"] == "0.8"
+    )
+    assert snip["accuracy_mean"] == pytest.approx(np.mean(snip["accuracy"]))
+    assert {(v["ratio"], v["method"]) for v in record["verdicts"]} == {
+        (0.5, "rlpanning"),
+        (0.8, "rlpanning"),
+    }
 
 
 def test_without_a_search_budget_every_rlpanning_cell_screens_with_the_shipped_policy():
     grid = PRESETS["screening-resnet20"]
     assert not any(a in grid.run_args for a in compare.SEARCH_FLAGS)
     rl = [c for c in compare.cells_of(grid) if c.method == "rlpanning"]
-    assert len(rl) == len(grid.ratios) * grid.seeds == 12
+    assert len(rl) == len(grid.ratios) * grid.seeds == 20
     assert all(c.policy_from is None and "--policy" not in c.argv for c in rl)
     searching = compare.cells_of(dataclasses.replace(grid, run_args=("--search",)))
     rl = [c for c in searching if c.method == "rlpanning" and c.seed == 0]
@@ -250,9 +261,48 @@ def test_table_marks_best_says_where_panning_loses_and_reports_cut_cells():
     assert "cut (2/2)" in table
     assert cell_text(table, "panning", 1) == "**0.6000 ± 0.1414**"
     assert cell_text(table, "random", 1) == "0.9000 (1 seed, 1 cut)"
-    assert "| 0.9 | panning | snip 0.8550 | does not beat snip: -0.0450 |" in table
-    assert "| 0.99 | panning | - | no result |" in table
+    assert "| 0.9 | panning | snip 0.8550 | loses to snip: -0.0450 |" in table
+    assert "| 0.99 | panning | - | no result |" in table  # no baseline trained in every seed
     assert f"- snip at 0.99: {CUT}" in table
+
+
+def test_verdicts_say_win_tie_or_lose_and_a_cut_network_loses():
+    grid = Grid(model="lenet5", dataset="synthetic", ratios=(0.9, 0.99, 0.995),
+                methods=("synflow", "panning", "rlpanning"), seeds=3)  # fmt: skip
+    rows = []
+    for seed, (syn, pan, rl) in enumerate(
+        [(0.80, 0.81, 0.90), (0.82, 0.79, 0.91), (0.84, 0.83, 0.92)]
+    ):
+        rows += [_row("synflow", 0.9, seed, syn), _row("panning", 0.9, seed, pan),
+                 _row("rlpanning", 0.9, seed, rl)]  # fmt: skip
+        rows += [
+            _row("synflow", 0.99, seed, 0.5),
+            _row("rlpanning", 0.99, seed, None, "failed", CUT),
+        ]
+        rows.append(_row("panning", 0.99, seed, 0.4 if seed else None, "ok" if seed else "failed",
+                         "" if seed else CUT))  # fmt: skip
+    got = {(r, m): v for r, m, _, v in compare.verdicts(compare.aggregate(rows), grid)}
+    # synflow 0.82 ± 0.02; panning 0.81 ± 0.02: a gap of one hundredth is within one std
+    assert got[(0.9, "panning")] == "ties with synflow: -0.0100 (within one std)"
+    assert got[(0.9, "rlpanning")] == "beats synflow: +0.0900"  # 0.91 - 0.82
+    assert got[(0.99, "rlpanning")] == "loses: cut in 3/3 seeds"
+    assert got[(0.99, "panning")] == "loses to synflow: -0.1000; cut in 1 of 3 seeds"
+    assert got[(0.995, "panning")] == "no result"  # nothing ran there
+    partial = [r for r in rows if not (r["method"] == "rlpanning" and r["seed"] == 2)]
+    partial = [r for r in partial if not (r["method"] == "synflow" and r["seed"] == 1)]
+    got = {(r, m): v for r, m, _, v in compare.verdicts(compare.aggregate(partial), grid)}
+    assert got[(0.9, "rlpanning")].endswith("; so far rlpanning 2/3 seeds, synflow 2/3 seeds")
+    assert got[(0.99, "panning")].endswith("; so far synflow 2/3 seeds")
+
+
+def test_a_cells_error_names_its_folder_relative_to_the_grid(tmp_path):
+    cell = compare.cells_of(PRESETS["tiny"])[1]
+    folder = tmp_path / "cells" / cell.dirname
+    folder.mkdir(parents=True)
+    error = f"cut; train it anyway with --resume /tmp/elsewhere/tiny/cells/{cell.dirname} --x"
+    (folder / "failed.json").write_text(json.dumps({"error": error}))
+    row = compare.load_row(cell, str(tmp_path / "cells"))
+    assert row["error"] == f"cut; train it anyway with --resume cells/{cell.dirname} --x"
 
 
 def test_bad_grids_get_one_line_errors(tmp_path, capsys):
@@ -297,3 +347,73 @@ def test_purl_prunes_the_dense_cells_network_and_uniform_matches_its_sparsity(tm
     table = (tmp_path / "p" / "table.md").read_text()
     assert "| 0.5 | purl | uniform " in table
     assert (tmp_path / "p" / "purl_alphas.png").read_bytes()[:8] == PNG
+
+
+def test_shards_split_the_cells_once_each_and_keep_dependent_cells_together():
+    searching = dataclasses.replace(PRESETS["tiny"], run_args=("--search", "--preset", "quick"))
+    for grid in (searching, PRESETS["purl-resnet20"], PRESETS["screening-resnet20"]):
+        cells = compare.cells_of(grid)
+        for n in (1, 2, 3, 5):
+            shares = [compare.shard(cells, k, n) for k in range(n)]
+            names = [c.dirname for share in shares for c in share]
+            assert sorted(names) == sorted(c.dirname for c in cells)  # each cell exactly once
+            for share in shares:
+                mine = {c.dirname for c in share}
+                for c in share:  # a cell runs in the share of the cells it needs
+                    for dep in (c.policy_from, c.ratio_from, c.pretrained_from):
+                        assert dep is None or dep.dirname in mine
+            if n > 1 and grid is PRESETS["screening-resnet20"]:  # independent cells: dealt evenly
+                assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    with pytest.raises(SystemExit):
+        compare.main(["--preset", "tiny", "--shard", "2/2"])
+
+
+def test_a_grid_reads_a_carried_data_file_and_workers_share_it(tmp_path, capsys):
+    """--data-file (a .npz of raw splits, as carried to the GPU machine) feeds the cells; two
+    shares run side by side cover the grid, then --report-only writes the table."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        f"{s}_{k}": v
+        for s, n in (("train", 200), ("test", 100))
+        for k, v in (
+            ("images", rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8)),
+            ("labels", rng.integers(0, 10, n)),
+        )
+    }
+    path = tmp_path / "fmnist.npz"
+    np.savez(path, name="fashion_mnist", num_classes=10, source="test arrays", **arrays)
+    argv = ["--model", "lenet5", "--dataset", "fashion_mnist", "--ratios", "0.5",
+            "--methods", "dense", "magnitude", "random", "--seeds", "1", "--name", "g",
+            "--run-args", "--batch-size 50", "--out-root", str(tmp_path)]  # fmt: skip
+    for k in (1, 0):
+        assert compare.main(argv + ["--data-file", str(path), "--shard", f"{k}/2"]) == 0
+        assert "done; --report-only writes the report" in capsys.readouterr().out
+    assert not (tmp_path / "g" / "runs.csv").exists()
+    assert compare.main(argv + ["--report-only"]) == 0
+    rows = read_csv(tmp_path / "g" / "runs.csv")
+    assert [r["status"] for r in rows] == ["ok"] * 3
+    log = (tmp_path / "g" / "cells" / rows[0]["cell"] / "log.txt").read_text()
+    assert "200 train / 100 test" in log and "test arrays" in log  # the file's splits
+    wrong = tmp_path / "other.npz"
+    np.savez(wrong, **{**arrays, "name": "mnist", "num_classes": 10, "source": "x"})
+    argv[argv.index("--name") + 1] = "h"
+    assert compare.main(argv + ["--data-file", str(wrong)]) == 1
+    assert "--data-file holds mnist, the grid needs fashion_mnist" in capsys.readouterr().err
+
+
+def test_readme_block_links_every_plot_and_leaves_the_costs_in_table_md(tmp_path):
+    readme = tmp_path / "docs" / "page.md"
+    readme.parent.mkdir()
+    readme.write_text("intro\n<!-- benchmark:g:start -->\nold\n<!-- benchmark:g:end -->\nrest\n")
+    out = tmp_path / "benchmarks" / "results" / "g"
+    table = (
+        f"| method | acc |\n\n{compare.COSTS}\n| cost table |\n"
+        "\n![accuracy](accuracy.png)\n\n![fusion_weights](fusion_weights.png)\n"
+    )
+    compare.update_readme(str(readme), "g", table, str(out))
+    text = readme.read_text()
+    assert text.startswith("intro\n<!-- benchmark:g:start -->\n| method | acc |")
+    assert "old" not in text and "| cost table |" not in text and text.endswith("rest\n")
+    for png in ("accuracy.png", "fusion_weights.png"):
+        assert f"(../benchmarks/results/g/{png})" in text
+    assert "[../benchmarks/results/g/table.md](../benchmarks/results/g/table.md)" in text

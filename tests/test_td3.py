@@ -208,6 +208,32 @@ def _transition(i):
     )
 
 
+@pytest.mark.parametrize("kind", ["mse", "huber"])
+def test_critic_loss_and_its_gradient_match_hand_computation(kind):
+    """2 × mean over the batch of the summed per-critic loss of Q_i − y, with y from the
+    critic target; Huber's gradient is the TD error clipped to [−1, 1], MSE's the error."""
+    config = td3.TD3Config(hidden_sizes=(8,), policy_delay=5, critic_loss=kind)
+    state = td3.init_agent(jax.random.key(3), config, obs_size=3, action_size=2)
+    batch = _random_batch(jax.random.key(4), 6, 3, 2)
+    batch = batch.replace(reward=batch.reward.at[0].set(-174.5))  # one collapse penalty
+    key = jax.random.key(5)
+    _, metrics = td3.update(state, batch, key, config)
+    y = td3.critic_target(key, state.target_actor_params, state.target_critic_params, batch, config)
+    q = td3.TwinCritic((8,)).apply(state.critic_params, batch.obs, batch.action)  # [2, B]
+    err = np.asarray(q - y[None], np.float64)
+    if kind == "mse":
+        per, grad = 0.5 * err**2, err
+    else:
+        per = np.where(np.abs(err) <= 1, 0.5 * err**2, np.abs(err) - 0.5)
+        grad = np.clip(err, -1.0, 1.0)
+    np.testing.assert_allclose(float(metrics["critic_loss"]), 2 * per.sum(0).mean(), rtol=1e-5)
+    # d loss / d q: 2/B × the per-element derivative, finite in size for Huber
+    dq = jax.grad(lambda qq: 2.0 * jnp.mean(jnp.sum(td3.td_loss(qq - y[None], kind), 0)))(q)
+    np.testing.assert_allclose(np.asarray(dq), 2.0 / 6 * grad, rtol=1e-5, atol=1e-7)
+    if kind == "huber":
+        assert np.abs(np.asarray(dq)).max() <= 2.0 / 6 + 1e-7  # the penalty's pull is bounded
+
+
 def test_buffer_wraps_around():
     capacity = 5
     buffer = td3.buffer_init(capacity, obs_size=2, action_size=1)
@@ -280,6 +306,8 @@ def test_train_rejects_bad_config():
         td3.make_train(env, params, TINY.replace(batch_size=64), action_size=1)
     with pytest.raises(JPanningError, match="action_size"):
         td3.make_train(env, params, TINY, action_size=0)
+    with pytest.raises(JPanningError, match="critic_loss 'l1' is not one of mse, huber"):
+        td3.make_train(env, params, TINY.replace(critic_loss="l1"), action_size=1)
 
 
 def test_td3_learns_to_reach_the_origin():

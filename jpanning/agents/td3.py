@@ -66,6 +66,11 @@ class TD3Config:
         buffer_size: replay capacity (transitions).
         total_steps: environment steps of :func:`make_train`'s ``train`` (one update each).
         action_low, action_high: action bounds, the same for every dimension.
+        critic_loss: ``"mse"``, the authors' squared TD error, or ``"huber"``, a jpanning
+            deviation (``rlax.huber_loss``, δ = 1): quadratic within one unit of the target,
+            linear beyond, so one rare huge reward (RL Panning's collapse penalty, about 1,500
+            times a median step) cannot dominate the critic's gradient
+            (``benchmarks/results/critic_fit``).
     """
 
     hidden_sizes: tuple[int, ...] = static_field((256, 256))
@@ -83,6 +88,15 @@ class TD3Config:
     total_steps: int = static_field(50_000)
     action_low: float = static_field(-1.0)
     action_high: float = static_field(1.0)
+    critic_loss: str = static_field("mse")
+
+
+CRITIC_LOSSES = ("mse", "huber")
+
+
+def td_loss(error: jax.Array, kind: str) -> jax.Array:
+    """Elementwise critic loss of TD errors: ``x²/2`` (``"mse"``) or Huber with δ = 1."""
+    return rlax.huber_loss(error, 1.0) if kind == "huber" else rlax.l2_loss(error)
 
 
 def validate_config(config: TD3Config) -> TD3Config:
@@ -109,6 +123,10 @@ def validate_config(config: TD3Config) -> TD3Config:
     for name in ("policy_noise", "noise_clip", "exploration_noise"):
         if not getattr(config, name) >= 0:
             raise JPanningError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.critic_loss not in CRITIC_LOSSES:
+        raise JPanningError(
+            f"critic_loss {config.critic_loss!r} is not one of {', '.join(CRITIC_LOSSES)}"
+        )
     if not config.action_low < config.action_high:
         raise JPanningError(
             f"action_low must be < action_high, got {config.action_low}, {config.action_high}"
@@ -300,7 +318,8 @@ def update(
     """One TD3 update: the critics every call; the actor and all targets every
     ``policy_delay``-th call (when ``state.step + 1`` is a multiple of it).
 
-    The critic loss is the authors' ``MSE(Q1, y) + MSE(Q2, y)`` (``2 × rlax.l2_loss``); the
+    The critic loss is the authors' ``MSE(Q1, y) + MSE(Q2, y)`` (``2 × rlax.l2_loss``; with
+    ``critic_loss="huber"``, ``2 × rlax.huber_loss`` instead); the
     actor maximises ``Q1(s, μ(s))`` with the freshly updated critic; targets move by
     ``optax.incremental_update`` with step size τ.
 
@@ -322,7 +341,7 @@ def update(
 
     def critic_loss_fn(params):
         q_tm1 = critic.apply(params, batch.obs, batch.action)  # [2, B]
-        loss = 2.0 * jnp.mean(jnp.sum(rlax.l2_loss(q_tm1 - y[None]), axis=0))
+        loss = 2.0 * jnp.mean(jnp.sum(td_loss(q_tm1 - y[None], config.critic_loss), axis=0))
         return loss, jnp.mean(q_tm1)
 
     (critic_loss, q_mean), grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(
