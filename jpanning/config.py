@@ -261,6 +261,13 @@ class PruningConfig:
         "rlpanning: the first observation carries the first round's sparsity (the "
         "authors' is 0, so the first action does not know the target)"
     )
+    critic_loss: Optional[str] = option(
+        None,
+        "rlpanning search: the TD3 critic's loss; mse: the authors' (the default); huber: "
+        "bounded pull of the rare collapse penalty, after which the authors' critic diverged "
+        "(docs/policy.md)",
+        choices=("mse", "huber"),
+    )
     policy: Optional[str] = option(
         None,
         "rlpanning: screen with this saved policy (a run's policy.msgpack), no search "
@@ -359,13 +366,18 @@ class OutputConfig:
     no_progress: bool = flag("hide progress bars")
 
 
+# Fields newer than run.json files that may still be resumed: a run.json without one ran with
+# its default (the authors' TD3 critic loss before --critic-loss existed).
+ADDED_LATER = ("critic_loss",)
+
 PARTS = {"data": DataConfig, "pruning": PruningConfig, "training": TrainingConfig,
          "output": OutputConfig}  # fmt: skip
 # The options in the order run.py lists them (and run.json holds them).
 ORDER = (
     "model", "dataset", "ratio", "method", "scope", "rounds", "temperature",
     "panning_thresholds", "panning_weights", "chunk_size", "preset", "agent_steps", "scoring",
-    "pool_size", "fusion", "effective", "reset_observes_sparsity", "policy", "search",
+    "pool_size", "fusion", "effective", "reset_observes_sparsity", "critic_loss", "policy",
+    "search",
     "purl_episodes", "purl_alpha_step", "purl_state", "purl_collapse", "pretrained",
     "pretrain_epochs", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed",
     "samples_per_class", "train_limit", "test_limit", "data_dir", "out", "resume", "overwrite",

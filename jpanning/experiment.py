@@ -26,7 +26,14 @@ import shutil
 import time
 from typing import Any, Optional
 
-from jpanning.config import NOT_SAVED, PATH_FIELDS, RESUME_MAY_SET, RUN_FILE, RunConfig
+from jpanning.config import (
+    ADDED_LATER,
+    NOT_SAVED,
+    PATH_FIELDS,
+    RESUME_MAY_SET,
+    RUN_FILE,
+    RunConfig,
+)
 from jpanning.errors import JPanningError, RunFailed
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
@@ -36,7 +43,8 @@ OPTION_NAMES = {
     "rounds": "rounds", "chunk_size": "chunk_size", "temperature": "temperature",
     "panning_thresholds": "thresholds", "panning_weights": "weights", "fusion": "fusion",
     "scoring": "scoring", "effective": "effective",
-    "reset_observes_sparsity": "reset_observes_sparsity", "preset": "preset",
+    "reset_observes_sparsity": "reset_observes_sparsity", "critic_loss": "critic_loss",
+    "preset": "preset",
     "agent_steps": "agent_steps", "policy": "policy", "purl_episodes": "episodes",
     "purl_alpha_step": "alpha_step", "purl_state": "state", "purl_collapse": "collapse_accuracy",
 }  # fmt: skip
@@ -104,7 +112,7 @@ def resumed_config(out: str, **changes) -> RunConfig:
             saved = json.load(f)
         if not isinstance(saved, dict):
             raise ValueError("it holds no settings")
-        missing = sorted(set(RunConfig().saved()) - set(saved) - {"run_id"})
+        missing = sorted(set(RunConfig().saved()) - set(saved) - {"run_id", *ADDED_LATER})
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
         flat = {k: v for k, v in saved.items() if k not in NOT_SAVED}

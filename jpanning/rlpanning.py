@@ -439,7 +439,15 @@ def choose_policy(config, resumed: bool = False):
                 "--search trains a new policy and --policy screens with a saved one; "
                 "give one of them"
             )
-        if method.policy is None and (method.preset is not None or method.agent_steps is not None):
+        budget = method.preset is not None or method.agent_steps is not None
+        searches = method.search or (method.policy is None and budget)
+        if method.critic_loss is not None and not searches:
+            raise JPanningError(
+                f"--critic-loss {method.critic_loss} sets how a search trains its critic; "
+                "add --search (or a budget: --preset, --agent-steps), or leave it out to "
+                "screen with a trained policy"
+            )
+        if method.policy is None and budget:
             config = config.replace(search=True)  # a search budget was given
         elif not method.search and method.policy is None:
             path, line = shipped_policy(config.model)
@@ -554,6 +562,7 @@ def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
         "fusion",
         "effective",
         "reset_observes_sparsity",
+        "critic_loss",
         "temperature",
         "chunk_size",
     ),  # fmt: skip
@@ -599,6 +608,10 @@ def config_from_options(options: dict) -> RLPanningConfig:
         )
     if options.get("rounds"):
         config = dataclasses.replace(config, rounds=int(options["rounds"]))
+    if options.get("critic_loss"):  # a search setting: a loaded policy is already trained
+        config = dataclasses.replace(
+            config, td3=config.td3.replace(critic_loss=options["critic_loss"])
+        )
     return with_env_options(config, options).validate()
 
 

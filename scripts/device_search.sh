@@ -7,6 +7,7 @@
 # dependencies as wheels in .whl/ (docs/performance.md, "On a GPU", says how to fetch them).
 #
 # Usage there: scripts/device_search.sh OUT_DIR [BUDGET_S]
+# SEARCH_ARGS="--critic-loss huber" (say) adds run.py flags: a search variant.
 # The search stops (SIGTERM: checkpoint written, resumable with run.py --resume) BUDGET_S
 # seconds after the script starts, less what packing the results takes; OUT_DIR receives
 # search.log and gpu-search.tar.gz (the run folder: run.json, checkpoints or policy and
@@ -24,7 +25,7 @@ LEFT=$((BUDGET - ($(date +%s) - START) - 25))
 echo "=== search, limit ${LEFT}s ($(date -u +%T))"
 timeout -s TERM -k 20 "$LEFT" "$PYTHON" -m benchmarks.device_search run .devdata/fashion_mnist.npz -- \
   --model resnet20 --dataset fashion_mnist --ratio 0.95 --search --scoring pool --epochs 1 \
-  --checkpoint-every 5000 --seed 0 --out "$RUN" > "$OUT_DIR/search.log" 2>&1
+  --checkpoint-every 5000 --seed 0 --out "$RUN" ${SEARCH_ARGS:-} > "$OUT_DIR/search.log" 2>&1
 echo "=== rc $? ($(date -u +%T))"
 tail -c 2000 "$OUT_DIR/search.log" | tr '\r' '\n' | tail -n 8
 tar -czf "$OUT_DIR/gpu-search.tar.gz" "$RUN"

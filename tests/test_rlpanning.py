@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from jpanning import data, env as env_lib, masks as M, panning, pruning, rlpanning
+from jpanning.config import RunConfig
 from jpanning.agents import td3
 from jpanning.errors import JPanningError
 
@@ -327,3 +328,40 @@ def test_the_policy_of_a_stopped_search_is_read_from_its_checkpoint(tmp_path, po
     assert int(carry.agent.step) == 12 - 8  # trained past the warm-up: not the initial actor
     with pytest.raises(JPanningError, match="is not a directory"):
         rlpanning.policy_from_checkpoint(str(tmp_path / "missing"))
+
+
+def test_the_critic_loss_option_is_a_search_setting():
+    """--critic-loss: the authors' MSE by default, Huber when asked; the run hands it from
+    run.py to the method (experiment.OPTION_NAMES); without a search it is refused."""
+    from jpanning import experiment
+
+    assert experiment.OPTION_NAMES["critic_loss"] == "critic_loss"
+    screening = RunConfig.from_flat({"model": "lenet5", "method": "rlpanning",
+                                     "critic_loss": "huber"})  # fmt: skip
+    with pytest.raises(JPanningError, match="--critic-loss huber sets how a search trains"):
+        rlpanning.choose_policy(screening)
+    searching = rlpanning.choose_policy(screening.replace(agent_steps=50))
+    assert searching.pruning.search and searching.pruning.critic_loss == "huber"
+    assert rlpanning.config_from_options({"preset": "quick"}).td3.critic_loss == "mse"
+    huber = rlpanning.config_from_options({"preset": "quick", "critic_loss": "huber"})
+    assert huber.agent_config().critic_loss == "huber"
+
+
+@pytest.mark.slow  # two searches: half a minute on 2 cores
+def test_the_two_critic_losses_differ_only_once_the_updates_begin(pool_env):
+    # Same seed, same environment: the two losses give the same first transitions (the
+    # warm-up acts at random) and different critics once the updates begin.
+    _, env, env_params = pool_env
+    runs = [
+        rlpanning.search(
+            env,
+            env_params,
+            dataclasses.replace(CONFIG, td3=CONFIG.td3.replace(critic_loss=k)),
+            jax.random.key(0),
+        )
+        for k in ("mse", "huber")
+    ]
+    (_, m_mse), (_, m_huber) = runs
+    warm = CONFIG.td3.warmup_steps
+    np.testing.assert_array_equal(m_mse["action"][:warm], m_huber["action"][:warm])
+    assert not np.allclose(m_mse["critic_loss"][warm:], m_huber["critic_loss"][warm:])
