@@ -1,28 +1,31 @@
 """Does an RL Panning search's critic know what its episodes return? Q against rolled-out returns.
 
     python -m benchmarks.critic_fit --checkpoint runs/policy-resnet20-fmnist/checkpoints/search \\
-        --policy benchmarks/results/policy_eval/resnet20-fashion_mnist-step39629/policy.msgpack
+        --policy benchmarks/results/policy_eval/resnet20-fashion_mnist-step39629/policy.msgpack \\
+        --offline 40000
 
 TD3's actor climbs its critic: a policy is only as good as ``Q(s, a)``'s ordering of actions.
-This plays the policy's own environment (as ``benchmarks.policy_eval`` does: held-out targets,
-the same network and scoring pool per seed, the policy's normalisation ranges) with the policy
-and with fixed controllers (the hand staircase, each metric alone, random actions), and at
-every round compares the search's twin critic, ``min(Q1, Q2)(s_t, a_t)`` (the value its actor
-is trained on), with the discounted return actually collected from there on,
-``G_t = sum_k gamma^k r_{t+k}`` (the episode ends at round T, so ``G`` needs no bootstrap).
+Writes ``benchmarks/results/critic_fit/<name>/``:
 
-It writes ``benchmarks/results/critic_fit/<name>/`` with ``table.md``, ``rounds.json`` and
-``q_vs_return.png``:
-
-* per controller and target: the true return ``G_0`` and the critic's ``Q(s_0, a_0)``;
-* over all rounds of all controllers: the correlation of Q with G, and the error by round;
-* along the policy's own episodes: how often the critic prefers the policy's action to
-  SynFlow alone (weight 1, 0, 0) and to the staircase's row in the same state, against which
-  of the fixed controllers actually returns more from that round.
+* ``trace.md``, ``trace.png``: the search's own per-step metrics from its checkpoint, per
+  2,000 agent steps: the critic loss, the mean Q, the actor loss, the rewards and the
+  collapse penalties among them (every reward is ≤ 0, so a positive Q is divergence);
+* ``offline.md``, ``offline.png`` (with ``--offline UPDATES``): fresh TD3 agents trained on
+  the checkpoint's replay buffer alone, with the MSE critic loss, with MSE after removing the
+  rewards below −1, and with the Huber loss;
+* ``table.md``, ``rounds.json``, ``q_vs_return.png``: the policy's own environment played as
+  ``benchmarks.policy_eval`` does (held-out targets, the same network and scoring pool per
+  seed, the policy's normalisation ranges) with the policy and with fixed controllers (the
+  hand staircase, each metric alone, random actions). At every round the search's twin
+  critic, ``min(Q1, Q2)(s_t, a_t)``, is set against the discounted return collected from
+  there on, ``G_t = sum_k gamma^k r_{t+k}`` (the episode ends at round T: no bootstrap):
+  their correlation, the controllers ranked by ``G_0`` and by ``Q_0``, and, in the policy's
+  own states, how often the critic prefers the policy's action to SynFlow alone and to the
+  staircase's row.
 
 ``--checkpoint`` is a search's ``checkpoints/search`` folder (its newest step is read);
 ``--policy`` the policy exported from that same step (``scripts/export_policy.py``), which
-gives the environment's settings and ranges. The two must be of the same step.
+gives the environment's settings and ranges; the two are checked to hold the same actor.
 """
 
 from __future__ import annotations
