@@ -58,20 +58,15 @@ def returns_to_go(rewards: np.ndarray, gamma: float) -> np.ndarray:
 
 
 def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
-    """One episode; every round's observation, action and reward."""
-    k_reset, k_steps = jax.random.split(key)
-    obs, state = reset(k_reset, env_params, target, ranges)
+    """One episode (:func:`benchmarks.policy_eval.rounds`); every round's observation,
+    action and reward."""
     observations, actions, rewards = [], [], []
-    for t in range(env_params.rounds):
-        action = jnp.asarray(actions_of(t, obs), jnp.float32)
+    for obs, action, reward, info, _ in policy_eval.rounds(
+        env, env_params, step, reset, actions_of, target, key, ranges
+    ):
         observations.append(np.asarray(obs, np.float32))
         actions.append(np.asarray(action, np.float32))
-        obs, state, reward, terminated, _, info = step(
-            jax.random.fold_in(k_steps, t), state, action, env_params
-        )
         rewards.append(float(reward))
-        if bool(terminated):
-            break
     return {
         "obs": np.stack(observations),
         "actions": np.stack(actions),

@@ -85,25 +85,35 @@ def build(model_name: str, dataset, config: rlpanning.RLPanningConfig, seed: int
     return env, env_params, problem.key
 
 
-def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
-    """One episode; ``actions_of(t, obs)`` gives round t's action. Returns its totals."""
+def rounds(env, env_params, step, reset, actions_of, target, key, ranges):
+    """One episode, round by round: yields ``(obs, action, reward, info, state)``, where
+    ``obs`` is what round t's action ``actions_of(t, obs)`` saw and the rest is the step's."""
     k_reset, k_steps = jax.random.split(key)
     obs, state = reset(k_reset, env_params, target, ranges)
-    totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
-    info, weights = None, []
     for t in range(env_params.rounds):
         action = jnp.asarray(actions_of(t, obs), jnp.float32)
-        obs, state, reward, terminated, _, info = step(
+        next_obs, state, reward, terminated, _, info = step(
             jax.random.fold_in(k_steps, t), state, action, env_params
         )
+        yield obs, action, reward, info, state
+        if bool(terminated):
+            break
+        obs = next_obs
+
+
+def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
+    """One episode (:func:`rounds`); returns its totals."""
+    totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
+    weights = []
+    for _, _, reward, info, state in rounds(
+        env, env_params, step, reset, actions_of, target, key, ranges
+    ):
         totals["return"] += float(reward)
         weights.append(np.asarray(info["weights"], np.float64).round(4).tolist())
         for term in TERMS:
             totals[term] += float(info[term])
-        if bool(terminated):
-            break
     return totals | {
-        "rounds_played": t + 1,
+        "rounds_played": len(weights),
         "collapsed": bool(info["collapsed"]),
         "effective": float(state.effective),
         "sparsity": float(info["sparsity"]),
