@@ -94,13 +94,34 @@ class Cell:
     @property
     def key(self) -> str:
         # pretrained_from is left out: a cell without that file trains the same network itself
-        parts = list(self.argv) + [c.key for c in (self.policy_from, self.ratio_from) if c]
+        parts = _legacy_argv(self.argv, self.config)
+        parts += [c.key for c in (self.policy_from, self.ratio_from) if c]
         return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
 
     @property
     def dirname(self) -> str:
         ratio = "dense" if self.ratio is None else f"{self.ratio:g}"
         return f"{self.method}-{ratio}-seed{self.seed}-{self.key}"
+
+
+def _legacy_argv(argv: tuple[str, ...], config: RunConfig) -> list[str]:
+    """The arguments a cell's key hashes. ``--collapse-shield off`` is left out: a cell
+    screened before the shield existed ran without it, so its key (and its results) stay the
+    shield-off cell's; a method that reads the shield with it on (the default) adds the
+    setting, so its cells are new."""
+    parts, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--collapse-shield":
+            skip = True
+        else:
+            parts.append(arg)
+    method = METHODS.get(config.pruning.method)
+    shield = config.pruning.collapse_shield
+    if method is not None and "collapse_shield" in method.options and shield != "off":
+        parts += ["--collapse-shield", shield]
+    return parts
 
 
 def cells_of(grid: Grid) -> list[Cell]:
@@ -175,13 +196,26 @@ def _config(settings: dict, **cell) -> RunConfig:
 
 
 def cell_status(cell: Cell, cells_dir: str) -> str | None:
-    """'ok' or 'failed' when the cell has finished, else None."""
+    """'ok' or 'failed' when the cell has finished, else None (also for a cell refused under
+    the old rule, :func:`refused_by_old_rule`: it runs again)."""
     out = os.path.join(cells_dir, cell.dirname)
     if os.path.isfile(os.path.join(out, "results.json")):
         return "ok"
-    if os.path.isfile(os.path.join(out, "failed.json")):
+    failed = os.path.join(out, "failed.json")
+    if os.path.isfile(failed) and not refused_by_old_rule(experiment.read_json(failed)):
         return "failed"
     return None
+
+
+def refused_by_old_rule(record) -> bool:
+    """A failed.json from before the connectivity rule (jpanning.experiment._check_masks):
+    that rule refused every mask that emptied a layer ("the network is cut"), ResNet masks
+    whose shortcuts keep them connected included; such cells are run again."""
+    return (
+        isinstance(record, dict)
+        and "disconnected" not in record
+        and "the network is cut" in str(record.get("error", ""))
+    )
 
 
 class _DataCache:
@@ -289,7 +323,10 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
         status = "failed"
         path = os.path.join(out, "failed.json")
         recorded = experiment.read_json(path) or {}  # the run's own record (its run_id) stays
-        report.write_json(path, recorded | {"error": str(e), "argv": argv, **report.environment()})
+        record = {"error": str(e), "disconnected": e.disconnected, "argv": argv}
+        if e.disconnected:
+            record["chance_accuracy"] = 1.0 / dataset.num_classes
+        report.write_json(path, recorded | record | report.environment())
     finally:
         before = b""
         if resumed and os.path.isfile(os.path.join(out, "log.txt")):
@@ -311,9 +348,18 @@ def load_row(cell: Cell, cells_dir: str) -> dict:
     }
     if cell_status(cell, cells_dir) == "failed":
         with open(os.path.join(out, "failed.json")) as f:
-            error = json.load(f)["error"]
+            failed = json.load(f)
         # the cell's folder where it ran (another machine's) -> cells/NAME
-        row |= {"status": "failed", "error": re.sub(r"\S*/cells/(?=\S)", "cells/", error)}
+        row |= {
+            "status": "failed",
+            "error": re.sub(r"\S*/cells/(?=\S)", "cells/", failed["error"]),
+        }
+        if failed.get("disconnected"):  # the literature's record: chance accuracy, counted
+            row |= {
+                "status": "chance",
+                "test_accuracy": failed["chance_accuracy"],
+                "effective_sparsity": 1.0,
+            }
         return row
     with open(os.path.join(out, "results.json")) as f:
         r = json.load(f)
@@ -362,6 +408,7 @@ class Stat:
     values: list[float]
     failed: int
     errors: list[str]
+    chance: int = 0  # seeds whose mask was disconnected, at chance accuracy among the values
 
     @property
     def n(self) -> int:
@@ -393,6 +440,10 @@ def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str,
         stat = stats.setdefault((row["method"], row["ratio"]), Stat([], 0, []))
         if row["status"] == "ok":
             stat.values.append(float(row[field]))
+        elif row["status"] == "chance":
+            if row[field] != "":
+                stat.values.append(float(row[field]))
+            stat.chance += 1
         else:
             stat.failed += 1
             stat.errors.append(row["error"])
@@ -406,6 +457,8 @@ def _fmt(stat: Stat | None, digits: int = 4, expected: int | None = None) -> str
         return f"{stat.outcome} ({stat.failed}/{stat.failed})" if stat.failed else "not run"
     text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.n > 1 else "")
     notes = [] if stat.n > 1 or expected in (None, 1) else ["1 seed"]
+    if stat.chance:
+        notes.append(f"{stat.chance} disconnected")
     if stat.failed:
         notes.append(f"{stat.failed} {stat.outcome}")
     if expected is not None and stat.n + stat.failed < expected:
@@ -428,6 +481,34 @@ def best_methods(stats, grid: Grid, exclude=("dense",)) -> dict[float, str | Non
         ]
         best[ratio] = max(candidates)[1] if candidates else None
     return best
+
+
+def best_rows(stats, grid: Grid) -> list[str]:
+    """The best test accuracy among all pruning methods at each sparsity, and how far each of
+    Panning and RL Panning is from it (Markdown lines; none when neither is in the grid)."""
+    ours = [m for m in OURS if m in grid.methods]
+    if not ours:
+        return []
+    best = best_methods(stats, grid)
+    head = "| | " + " | ".join(f"sparsity {r:g}" for r in grid.ratios) + " |"
+    lines = ["", "The best method at each sparsity, and the gap of ours to it:", "", head]
+    lines.append("|---|" + "---|" * len(grid.ratios))
+    cells = [
+        f"{best[r]} {stats[(best[r], r)].mean:.4f}" if best[r] else "-" for r in grid.ratios
+    ]
+    lines.append("| best | " + " | ".join(cells) + " |")
+    for m in ours:
+        row = []
+        for r in grid.ratios:
+            st = stats.get((m, r))
+            if not best[r] or st is None or not st.n:
+                row.append("-")
+            elif best[r] == m:
+                row.append("best")
+            else:
+                row.append(f"{st.mean - stats[(best[r], r)].mean:+.4f}")
+        lines.append(f"| {m} − best | " + " | ".join(row) + " |")
+    return lines
 
 
 def verdicts(stats, grid: Grid) -> list[tuple[float, str, str, str]]:
@@ -461,6 +542,12 @@ def verdicts(stats, grid: Grid) -> list[tuple[float, str, str, str]]:
                 verdict = f"{'beats' if gap > 0 else 'loses to'} {base}: {gap:+.4f}"
             if ours.failed:
                 verdict += f"; {ours.outcome} in {ours.failed} of {ours.n + ours.failed} seeds"
+            for m, st in ((method, ours), (base, ref)):
+                if st.chance:
+                    verdict += (
+                        f"; {m} disconnected in {st.chance} of {st.n + st.failed} seeds "
+                        "(at chance accuracy, counted)"
+                    )
             short = [
                 (m, st) for m, st in ((method, ours), (base, ref)) if st.n + st.failed < grid.seeds
             ]
@@ -513,10 +600,13 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
         + f", {grid.seeds} seeds, `run.py` defaults"
         + (f" and `{' '.join(grid.run_args)}`" if grid.run_args else ""),
         "",
-        "Test accuracy, mean ± std over seeds (std with ddof=1); **bold**: the best pruning "
-        "method at that sparsity; *cut (k/n)*: in k of n seeds the method pruned a layer or "
-        "every input-output path away (the run refuses to train it); *diverged*: the loss "
-        "turned NaN. The reasons are listed under the tables.",
+        "Test accuracy at the last epoch, mean ± std over seeds (std with ddof=1); **bold**: "
+        "the best pruning method at that sparsity. A mask whose emptied layers the network "
+        "routes around (a ResNet's residual branches) is trained. *k disconnected*: in k "
+        "seeds no input reached the output (effective sparsity 1); as in the literature, "
+        "those seeds count at chance accuracy (1/classes) in the mean and std. *cut (k/n)*: "
+        "refused under the older rule that also refused routed-around masks (not yet rerun); "
+        "*diverged*: the loss turned NaN. The reasons are listed under the tables.",
         "",
         "| method | " + " | ".join(f"sparsity {r:g}" for r in ratios) + " |",
         "|---|" + "---|" * len(ratios),
@@ -548,6 +638,7 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
                 else ""
             ),
         ]
+    lines += best_rows(acc, grid)
     ours = verdicts(acc, grid)
     if ours:
         said = []
@@ -785,6 +876,7 @@ def table_record(
                 "ratio": None if ratio == "" else ratio,
                 "seeds_ok": st.n,
                 "seeds_failed": st.failed,
+                "seeds_disconnected": st.chance,
                 "failed_as": st.outcome if st.failed else None,
                 "accuracy": st.values,
                 "accuracy_mean": st.mean if st.n else None,
@@ -1059,11 +1151,10 @@ def main(argv: list[str] | None = None) -> int:
                 row = load_row(cell, cells_dir)
                 elapsed = time.perf_counter() - start
                 eta = datetime.timedelta(seconds=round(elapsed / (i + 1) * (len(todo) - i - 1)))
-                what = (
-                    f"acc {row['test_accuracy']:.4f}"
-                    if status == "ok"
-                    else f"failed: {row['error']}"
-                )
+                what = {
+                    "ok": lambda: f"acc {row['test_accuracy']:.4f}",
+                    "chance": lambda: f"disconnected, at chance {row['test_accuracy']:.4f}",
+                }.get(row["status"], lambda: f"failed: {row['error']}")()
                 print(
                     f"[{i + 1}/{len(todo)}] {cell.dirname}: {what} "
                     f"({time.perf_counter() - t0:.1f} s; eta {eta})",

@@ -168,9 +168,23 @@ PRESETS: dict[str, Grid] = {
         seeds=3,
         epochs=8,
         train_limit=20000,
-        run_args=("--panning-weights",) + ("1,0,0",) * 5,
+        run_args=("--panning-weights",) + ("1,0,0",) * 5 + ("--collapse-shield", "off"),
         density_ratio=0.99,
         about="ablation: hand Panning with SynFlow alone (weights 1,0,0), the table's budget",
+    ),
+    # The collapse shield's ablation: Panning and RL Panning as the authors screen (no shield),
+    # the table's budget; where the shield never acted, the masks and results are the same.
+    "screening-resnet20-no-shield": Grid(
+        model="resnet20",
+        dataset="fashion_mnist",
+        ratios=(0.95, 0.99, 0.995, 0.998),
+        methods=("panning", "rlpanning"),
+        seeds=5,
+        epochs=8,
+        train_limit=20000,
+        run_args=("--collapse-shield", "off"),
+        density_ratio=0.99,
+        about="ablation: Panning and RL Panning without the collapse shield (the authors')",
     ),
     # Does the ResNet-20 policy transfer? Unchanged, on networks it never saw, against hand
     # Panning and SynFlow with the same budget (issue 29, part 3).

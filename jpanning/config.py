@@ -23,7 +23,7 @@ RUN_FILE = "run.json"  # the run's settings (and its run_id), for --resume
 # settings a resumed run takes from its own call, not from run.json
 NOT_SAVED = ("resume", "no_progress", "out", "overwrite", "verbose")
 # what --resume may change: how the run goes on, not what it computes (--allow-collapsed lets a
-# refused mask train without redoing its search)
+# refused, disconnected mask train without redoing its search)
 RESUME_MAY_SET = (
     "allow_collapsed", "devices", "checkpoint_every", "data_dir", "no_progress", "verbose"
 )  # fmt: skip
@@ -251,6 +251,14 @@ class PruningConfig:
         "default) or a product of powers (mul; with its own hand staircase)",
         choices=("add", "mul"),
     )
+    collapse_shield: str = option(
+        "synflow",
+        "panning, rlpanning screening: on a round whose fusion weights would empty a prunable "
+        "layer, use SynFlow's weights alone for that round (synflow, jpanning's default: "
+        "SynFlow avoids layer collapse) or keep the fused mask (off, the authors'); never "
+        "inside an RL search, whose collapse penalty is the authors'",
+        choices=("synflow", "off"),
+    )
     effective: str = option(
         "authors",
         "rlpanning: effective sparsity in the reward; authors: weights alive in the "
@@ -338,7 +346,10 @@ class TrainingConfig:
         parse=positive(int),
     )
     allow_collapsed: bool = flag(
-        "train a mask that leaves a layer with no input-output path (refused otherwise)"
+        "train even a mask through which no input reaches the output (effective sparsity 1; "
+        "refused otherwise): it can only learn its biases, so it scores chance accuracy. "
+        "A mask whose emptied layers the network routes around (a ResNet's residual "
+        "branches) trains without it"
     )
 
 
@@ -367,8 +378,9 @@ class OutputConfig:
 
 
 # Fields newer than run.json files that may still be resumed: a run.json without one ran with
-# its default (the authors' TD3 critic loss before --critic-loss existed).
-ADDED_LATER = ("critic_loss",)
+# the value given here (the authors' TD3 critic loss before --critic-loss existed; no collapse
+# shield before --collapse-shield existed).
+ADDED_LATER = {"critic_loss": None, "collapse_shield": "off"}
 
 PARTS = {"data": DataConfig, "pruning": PruningConfig, "training": TrainingConfig,
          "output": OutputConfig}  # fmt: skip
@@ -376,8 +388,8 @@ PARTS = {"data": DataConfig, "pruning": PruningConfig, "training": TrainingConfi
 ORDER = (
     "model", "dataset", "ratio", "method", "scope", "rounds", "temperature",
     "panning_thresholds", "panning_weights", "chunk_size", "preset", "agent_steps", "scoring",
-    "pool_size", "fusion", "effective", "reset_observes_sparsity", "critic_loss", "policy",
-    "search",
+    "pool_size", "fusion", "collapse_shield", "effective", "reset_observes_sparsity",
+    "critic_loss", "policy", "search",
     "purl_episodes", "purl_alpha_step", "purl_state", "purl_collapse", "pretrained",
     "pretrain_epochs", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed",
     "samples_per_class", "train_limit", "test_limit", "data_dir", "out", "resume", "overwrite",

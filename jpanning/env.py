@@ -116,6 +116,12 @@ class EnvParams:
         fusion: ``'add'`` or ``'mul'`` (:func:`jpanning.panning.fuse`) (static).
         reset_observes_sparsity: ``reset`` observes ``ρ_0`` (so the first action knows the
             target) instead of the authors' 0 (static).
+        shield_masks: with ``collapse_shield``, SynFlow's mask at the coming step's sparsity
+            (:meth:`PanningEnv.synflow_alone`), the shield's fallback; None otherwise.
+        collapse_shield: on a step whose fusion weights would empty a prunable layer, take
+            ``shield_masks`` instead (:func:`jpanning.panning.shield`) (static). Off in a
+            search (the authors' environment, whose collapse penalty the agent learns from);
+            screening with a trained policy turns it on (:func:`jpanning.rlpanning.screen`).
     """
 
     net_params: PyTree
@@ -134,12 +140,14 @@ class EnvParams:
     target_high: jax.Array
     alpha: jax.Array
     gtg_scale: jax.Array
+    shield_masks: Optional[PyTree] = None
     rounds: int = flax.struct.field(pytree_node=False, default=100)
     scoring: str = flax.struct.field(pytree_node=False, default="pool")
     samples_per_class: int = flax.struct.field(pytree_node=False, default=10)
     effective: str = flax.struct.field(pytree_node=False, default="authors")
     fusion: str = flax.struct.field(pytree_node=False, default="add")
     reset_observes_sparsity: bool = flax.struct.field(pytree_node=False, default=False)
+    collapse_shield: bool = flax.struct.field(pytree_node=False, default=False)
 
     def with_targets(self, targets: Sequence[tuple[float, float, float]]) -> "EnvParams":
         """The same params with another target distribution ``((prob, low, high), ...)``."""
@@ -156,6 +164,7 @@ class EnvParams:
             "effective": self.effective,
             "fusion": self.fusion,
             "reset_observes_sparsity": self.reset_observes_sparsity,
+            "collapse_shield": self.collapse_shield,
             "alpha": float(self.alpha),
             "gtg_scale": float(self.gtg_scale),
         }
@@ -297,6 +306,14 @@ class PanningEnv:
         signed = jax.tree.map(lambda f, p: f * jnp.sign(p), flow, net_params)
         alive = jax.tree.map(lambda f, m: (f != 0) & (m != 0), flow, masks)
         return panning.normalise(signed, self.prunable), alive
+
+    def synflow_alone(self, net_params, masks, sparsity) -> PyTree:
+        """SynFlow's next mask at ``sparsity`` from its own ``masks``
+        (:func:`jpanning.panning.synflow_round`): the collapse shield's trajectory."""
+        return panning.synflow_round(
+            self.synflow_apply_fn, net_params, masks, sparsity, self.input_shape,
+            prunable=self.prunable, select=self._select,
+        )  # fmt: skip
 
     def _alive_fraction(self, alive) -> jax.Array:
         chosen = [x for x, f in zip(jax.tree.leaves(alive), self.flags) if f]
@@ -504,9 +521,11 @@ class PanningEnv:
 
         Returns:
             ``(obs, state, reward, terminated, truncated, info)``; ``info`` holds the round's
-            sparsity, the fusion weights, the reward's terms, the kept and alive counts, the
+            sparsity, the fusion weights used (SynFlow's alone on a shielded step), the
+            reward's terms, the kept and alive counts, the
             number of revived weights, whether the network collapsed and the ranges after the
-            step (``[[loss lo, hi], [‖g‖² lo, hi]]``).
+            step (``[[loss lo, hi], [‖g‖² lo, hi]]``); with ``params.collapse_shield``, also
+            ``shielded``, whether the shield acted.
         """
         weights = (jnp.clip(jnp.asarray(action, jnp.float32), -1.0, 1.0) + 1.0) / 2.0
         net = params.net_params
@@ -514,6 +533,11 @@ class PanningEnv:
         sparsity = masks_lib.round_sparsity(state.target, t, params.rounds)
         maps = {"synflow": state.synflow, "snip": state.snip, "grasp": state.grasp}
         masks = self._select(panning.fuse(maps, weights, params.fusion), sparsity)
+        shield = {}  # in info only where the shield is on: a search's metrics keep their shape
+        if params.collapse_shield:
+            masks, weights, shield["shielded"] = panning.shield(
+                masks, weights, params.shield_masks, self.prunable
+            )
 
         batch, _, dense = self._dense_on(key, params)
         synflow, alive = self.synflow_maps(net, masks)
@@ -586,6 +610,7 @@ class PanningEnv:
             "revived": masks_lib.revived(state.masks, masks, self.prunable),
             "collapsed": collapsed,
             "ranges": jnp.stack([ranges.loss, ranges.grad_norm]),
+            **shield,
         }
         return obs, new, reward, terminated, jnp.zeros((), bool), info
 

@@ -12,7 +12,17 @@ class JPanningError(ValueError):
 class RunFailed(JPanningError):
     """The method or the recipe failed on this problem: a result, not a usage error.
 
-    A mask that cuts a layer or every input-output path, or a loss that turns NaN. The CLI
-    treats it like any :class:`JPanningError`; the benchmark harness records it as the
-    cell's outcome (a method that cannot reach a ratio is a finding) instead of stopping.
+    A mask through which no input reaches the output (``disconnected``), or a loss that turns
+    NaN. The CLI treats it like any :class:`JPanningError`; the benchmark harness records it
+    as the cell's outcome (a method that cannot reach a ratio is a finding) instead of
+    stopping: a disconnected mask at chance accuracy, as the literature reports it.
+
+    Args:
+        message: the one-line message.
+        disconnected: the mask left no input-output path (every path crosses an emptied
+            layer; effective sparsity 1): the network can only output its biases.
     """
+
+    def __init__(self, message: str, *, disconnected: bool = False):
+        super().__init__(message)
+        self.disconnected = disconnected

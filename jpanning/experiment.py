@@ -44,6 +44,7 @@ OPTION_NAMES = {
     "panning_thresholds": "thresholds", "panning_weights": "weights", "fusion": "fusion",
     "scoring": "scoring", "effective": "effective",
     "reset_observes_sparsity": "reset_observes_sparsity", "critic_loss": "critic_loss",
+    "collapse_shield": "collapse_shield",
     "preset": "preset",
     "agent_steps": "agent_steps", "policy": "policy", "purl_episodes": "episodes",
     "purl_alpha_step": "alpha_step", "purl_state": "state", "purl_collapse": "collapse_accuracy",
@@ -115,7 +116,8 @@ def resumed_config(out: str, **changes) -> RunConfig:
         missing = sorted(set(RunConfig().saved()) - set(saved) - {"run_id", *ADDED_LATER})
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
-        flat = {k: v for k, v in saved.items() if k not in NOT_SAVED}
+        flat = {k: v for k, v in ADDED_LATER.items() if k not in saved}  # what it ran with
+        flat |= {k: v for k, v in saved.items() if k not in NOT_SAVED}
         flat |= {k: v for k, v in changes.items() if k not in NOT_SAVED}
         rest = {k: v for k, v in changes.items() if k in NOT_SAVED and k != "out"}
         return RunConfig.from_flat(flat | rest | {"out": out, "resume": out, "overwrite": False})
@@ -346,9 +348,10 @@ def _run(config: RunConfig, dataset, stop) -> dict:
         from jpanning import report
 
         if os.path.isdir(out):
-            report.write_json(
-                os.path.join(out, "failed.json"), {"error": str(e), "run_id": config.run_id}
-            )
+            record = {"error": str(e), "run_id": config.run_id, "disconnected": e.disconnected}
+            if e.disconnected:  # the literature reports such a network at chance accuracy
+                record["chance_accuracy"] = 1.0 / dataset.num_classes
+            report.write_json(os.path.join(out, "failed.json"), record)
         raise
 
 
@@ -614,25 +617,23 @@ def _agent_bar(desc: str, total: int, disable: bool):
 
 
 def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: float) -> dict:
-    """Refuse a mask that empties a layer, or (unless ``allow_collapsed``) leaves a layer
-    with no input-output path; returns its sparsity, effective sparsity and FLOPs."""
+    """The connectivity rule of the literature: refuse only a mask through which no input
+    reaches the output (effective sparsity 1: a layer that every path crosses, such as the
+    stem, the classifier or any layer of a chain, is empty) unless ``allow_collapsed``; train
+    every other mask, naming the layers it empties or leaves off every path (a ResNet routes
+    around them through its shortcuts). Returns its sparsity, effective sparsity, emptied and
+    bypassed layers and FLOPs."""
     from jpanning import flops, models, scores
     from jpanning import masks as masks_lib
 
     m, input_shape = config.pruning, dataset.input_shape
     sparsity = masks_lib.sparsity_report(masks, problem.prunable)
-    empty = masks_lib.empty_layers(masks, problem.prunable)
-    if empty:
-        raise RunFailed(
-            f"method {m.method!r} at ratio {m.ratio} pruned every weight of "
-            f"layer(s) {', '.join(empty)}: the network is cut; lower --ratio or "
-            "use --scope layer"
-        )
+    emptied = masks_lib.empty_layers(masks, problem.prunable)
     variables = problem.variables
     eval_apply = models.make_apply_fn(problem.model, variables["batch_stats"], train=False)
     prunable = problem.prunable
     effective = float(scores.effective_sparsity(eval_apply, masks, input_shape, prunable=prunable))
-    collapsed = scores.collapsed_layers(eval_apply, masks, input_shape, prunable=prunable)
+    bypassed = scores.collapsed_layers(eval_apply, masks, input_shape, prunable=prunable)
     forward = flops.forward_flops(problem.model, variables, masks, prunable, input_shape)
     print(
         f"pruned with {m.method} in {prune_seconds:.2f}s: kept {sparsity['kept']:,} "
@@ -640,23 +641,38 @@ def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: floa
         f"(sparsity {sparsity['sparsity']:.4f}, effective {effective:.4f}); "
         f"forward FLOPs {forward['fraction']:.4f} of dense"
     )
-    if collapsed:
-        where = (
-            "no input reaches the output"
-            if effective >= 1.0
-            else "the network stays connected only around them"
-        )
+    disconnected = effective >= 1.0
+    if disconnected:
+        where = ", ".join(emptied or bypassed)
         message = (
-            f"method {m.method!r} at ratio {m.ratio} left no input-output path through "
-            f"layer(s) {', '.join(collapsed)}: the network is cut there ({where})"
+            f"method {m.method!r} at ratio {m.ratio} left no input-output path (effective "
+            f"sparsity 1): every path crosses an emptied layer ({where}); the network is "
+            "disconnected"
         )
         if not config.training.allow_collapsed:
             raise RunFailed(
-                f"{message}; lower --ratio, or train this mask anyway with --resume "
-                f"{config.output.out} --allow-collapsed"
+                f"{message}; lower --ratio, or train it anyway (it can only learn its biases) "
+                f"with --resume {config.output.out} --allow-collapsed",
+                disconnected=True,
             )
         print(f"warning: {message}; training it (--allow-collapsed)")
-    return {"sparsity": sparsity, "effective": effective, "collapsed": collapsed, "flops": forward}
+    elif bypassed:
+        only_cut = [name for name in bypassed if name not in emptied]
+        parts = [f"emptied {', '.join(emptied)}"] if emptied else []
+        parts += [f"left off every path {', '.join(only_cut)}"] if only_cut else []
+        print(
+            f"note: the mask {'; '.join(parts)}; the network routes around "
+            f"{'it' if len(bypassed) == 1 else 'them'} (effective sparsity {effective:.4f}, "
+            f"forward FLOPs {forward['fraction']:.4f} of dense): training it"
+        )
+    return {
+        "sparsity": sparsity,
+        "effective": effective,
+        "emptied": emptied,
+        "bypassed": bypassed,
+        "disconnected": disconnected,
+        "flops": forward,
+    }
 
 
 def _results(config, problem, dataset, masks, screen, checked, trained, pretrained) -> dict:
@@ -691,7 +707,10 @@ def _results(config, problem, dataset, masks, screen, checked, trained, pretrain
         },
         "sparsity": sparsity,
         "effective_sparsity": checked["effective"],
-        "collapsed_layers": checked["collapsed"],
+        "emptied_layers": checked["emptied"],
+        "bypassed_layers": checked["bypassed"],
+        "collapsed_layers": checked["bypassed"],  # the name before emptied/bypassed
+        "disconnected": checked["disconnected"],
         "flops": checked["flops"],
         "nonzero_after_training": {"kept": nonzero["kept"], "sparsity": nonzero["sparsity"]},
         "test_accuracy": final["test_accuracy"],

@@ -345,6 +345,13 @@ def empty_layers(masks: PyTree, prunable: PyTree) -> list[str]:
     return [name for name, v in report["layers"].items() if v["kept"] == 0]
 
 
+def any_empty(masks: PyTree, prunable: PyTree) -> jax.Array:
+    """Whether some prunable layer keeps no weight (traceable: a bool scalar)."""
+    flags = jax.tree.leaves(prunable)
+    empty = [~jnp.any(m != 0) for m, f in zip(jax.tree.leaves(masks), flags) if f]
+    return jnp.any(jnp.stack(empty)) if empty else jnp.zeros((), bool)
+
+
 class MaskedState(NamedTuple):
     """Optimizer state of :func:`masked_optimizer`: the masks travel with the inner state."""
 

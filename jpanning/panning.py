@@ -20,6 +20,13 @@ authors' code (kangxiatao/RLPanning, ``pruner/panning.py``, ``Panning``):
   staircase over the round's sparsity (:class:`PanningConfig`) or from an agent (RL Panning);
 * each round keeps ``int(n · keep)`` weights (the authors' floor).
 
+jpanning adds one named deviation, on by default (``collapse_shield``): on a round where the
+fused scores would empty a prunable layer, that round's mask is the one SynFlow alone reaches
+at that round (SynFlow's own trajectory, carried beside the fused one; :func:`shield`). The SNIP and GraSP shares can empty whole residual stages at high sparsity,
+so the trained network is shallower than the one asked for; SynFlow conserves synaptic flow
+and avoids that collapse (Tanaka et al. 2020), and the shield borrows exactly that. The
+authors have no such rule (``collapse_shield=False`` is their method).
+
 The authors score in train mode, so their BatchNorm running statistics drift with every
 scoring batch and reach their SynFlow network (a copy of the model); that is a side effect of
 their code, not of the method, and jpanning does not reproduce it (SynFlow's network uses the
@@ -48,6 +55,8 @@ METRICS = ("synflow", "snip", "grasp")
 
 
 FUSIONS = ("add", "mul")
+# The collapse shield's fusion weights: SynFlow's alone.
+SYNFLOW_ALONE = (1.0, 0.0, 0.0)
 # The authors' staircases (``Panning``): the sum's, and the product's ('mul' in their debug flags).
 ADD_WEIGHTS = ((0.2, 0.5, 0.3), (0.2, 0.4, 0.4), (0.2, 0.3, 0.5), (0.4, 0.2, 0.4), (0.5, 0.0, 0.5))
 MUL_WEIGHTS = ((0.3, 1.0, 0.2), (0.3, 1.0, 0.4), (0.5, 0.5, 0.6), (0.8, 0.0, 1.0), (1.0, 0.0, 1.0))
@@ -66,6 +75,9 @@ class PanningConfig:
         weights: fusion weights ``(synflow, snip, grasp)`` of each step, one more row than
             ``thresholds``; None: the authors' staircase for ``fusion``.
         fusion: ``'add'`` (``Σ p_i m_i``, the authors' default) or ``'mul'`` (``Π m_i^p_i``).
+        collapse_shield: on a round whose fused mask would empty a prunable layer, keep
+            SynFlow's own mask instead (:func:`shield`); True by default (jpanning's,
+            not the authors': their method is ``False``).
     """
 
     rounds: int = flax.struct.field(pytree_node=False, default=100)
@@ -73,6 +85,7 @@ class PanningConfig:
     thresholds: tuple = flax.struct.field(pytree_node=False, default=(0.8, 0.9, 0.98, 0.99))
     weights: Optional[tuple] = flax.struct.field(pytree_node=False, default=None)
     fusion: str = flax.struct.field(pytree_node=False, default="add")
+    collapse_shield: bool = flax.struct.field(pytree_node=False, default=True)
 
     @property
     def staircase(self) -> tuple:
@@ -241,6 +254,43 @@ def fused_scores(
     return fuse({"synflow": flow, "snip": dense["snip"], "grasp": dense["grasp"]}, weights, fusion)
 
 
+def shield(masks: PyTree, weights: jax.Array, synflow_masks: PyTree, prunable: PyTree):
+    """The collapse shield of one round: where ``masks`` empties a prunable layer, the mask
+    SynFlow reaches at this round instead (traceable).
+
+    SynFlow here is the method of Tanaka et al. 2020 (:func:`synflow_round`: the masked
+    network's flow, pruned weights stay pruned), run as its own trajectory beside the fused
+    one. Falling back to its mask, rather than to SynFlow scored at the fused mask, keeps
+    the guarantee that a shielded screen empties a layer only where SynFlow would: once the
+    fused rounds have starved a residual stage, scoring at that mask (Panning's own signed
+    SynFlow, with revival, included) empties it too.
+
+    Args:
+        masks: the round's mask from the fused scores.
+        weights: ``[3]`` the fusion weights that chose it.
+        synflow_masks: SynFlow's mask at this round (same structure).
+        prunable: pytree of bools.
+    Returns:
+        ``(masks, weights, shielded)``: ``shielded`` is a bool scalar; when it is set,
+        ``masks`` is ``synflow_masks`` and ``weights`` :data:`SYNFLOW_ALONE`.
+    """
+    shielded = masks_lib.any_empty(masks, prunable)
+    masks = jax.tree.map(lambda a, b: jnp.where(shielded, a, b), synflow_masks, masks)
+    weights = jnp.where(shielded, jnp.asarray(SYNFLOW_ALONE, weights.dtype), weights)
+    return masks, weights, shielded
+
+
+def synflow_round(synflow_apply_fn, params, masks, sparsity, input_shape: tuple, *, prunable,
+                  select: Callable) -> PyTree:  # fmt: skip
+    """One round of SynFlow (Tanaka et al. 2020; ``run.py --method synflow``): the flow of
+    the masked ``|θ|``-network fed all ones, pruned weights kept out, then ``select`` at
+    ``sparsity`` (what :func:`shield` falls back to)."""
+    ones = (jnp.ones((1, *input_shape), jnp.float32), jnp.zeros((1,), jnp.int32))
+    flow = scores.synflow(synflow_apply_fn, params, ones, masks=masks, prunable=prunable)
+    flow = jax.tree.map(lambda x, m: jnp.where(m != 0, x, -jnp.inf), flow, masks)
+    return select(flow, sparsity)
+
+
 def panning(
     apply_fn: Callable,
     synflow_apply_fn: Callable,
@@ -273,8 +323,9 @@ def panning(
             every round); each distinct batch is scored once.
     Returns:
         ``(masks, trace)``: the final masks at ``sparsity`` (``int(n (1 − s))`` kept, the
-        authors' floor), and per round the sparsity, fusion weights and number of weights
-        revived (kept now, pruned before).
+        authors' floor), and per round the sparsity, the fusion weights used (SynFlow's
+        alone on a shielded round), whether the collapse shield acted and the number of
+        weights revived (kept now, pruned before).
     """
     config.validate()
     schedule = masks_lib.exponential_schedule(sparsity, config.rounds)
@@ -297,7 +348,7 @@ def panning(
     )
 
     @jax.jit
-    def one_round(params, dense, masks, t, s, band):
+    def one_round(params, dense, masks, synflow_masks, t, s, band):
         p = staircase[band] if weights_fn is None else weights_fn(t, s)
         fused = fused_scores(
             synflow_apply_fn,
@@ -310,9 +361,17 @@ def panning(
             fusion=config.fusion,
         )
         new = select(fused, s)
-        return new, {
+        shielded = jnp.zeros((), bool)
+        if config.collapse_shield:  # SynFlow's own trajectory, the shield's fallback
+            synflow_masks = synflow_round(
+                synflow_apply_fn, params, synflow_masks, s, input_shape, prunable=prunable,
+                select=select,
+            )  # fmt: skip
+            new, p, shielded = shield(new, p, synflow_masks, prunable)
+        return new, synflow_masks, {
             "sparsity": s,
             "weights": p,
+            "shielded": shielded,
             "revived": masks_lib.revived(masks, new, prunable),
         }
 
@@ -321,6 +380,7 @@ def panning(
     # times slower in a lax.scan body on XLA:CPU).
     cached = {}
     masks, trace = masks_lib.ones_like(params), []
+    synflow_masks = masks if config.collapse_shield else None
     for t, s in enumerate(schedule):
         b = t % num_batches
         dense = cached.get(b)
@@ -329,7 +389,9 @@ def panning(
             dense = {"snip": maps["snip"], "grasp": maps["grasp"]}
             if num_batches < config.rounds:  # scored again in a later round: keep it
                 cached[b] = dense
-        masks, info = one_round(params, dense, masks, jnp.int32(t), s, jnp.int32(bands[t]))
+        masks, synflow_masks, info = one_round(
+            params, dense, masks, synflow_masks, jnp.int32(t), s, jnp.int32(bands[t])
+        )
         trace.append(info)
     return masks, jax.tree.map(lambda *xs: jnp.stack(xs), *trace)
 

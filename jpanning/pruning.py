@@ -21,6 +21,7 @@ from typing import Any, Callable, Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jpanning import masks as masks_lib, models, panning as panning_lib, scores
 from jpanning.errors import JPanningError
@@ -312,18 +313,61 @@ def force(problem: PruneProblem):
 
 def _panning_screen(problem: PruneProblem, context: ScreenContext):
     """Panning in a run: T fresh scoring batches (``--scoring fresh``, the authors'), or a
-    pool of ``--pool-size`` cycled through."""
+    pool of ``--pool-size`` cycled through; the rounds the collapse shield took over are
+    counted in the log and in results.json's ``panning`` entry."""
     run, method = context.config, context.config.pruning
     count = (method.rounds or 100) if method.scoring == "fresh" else (method.pool_size or 1)
     data = panning_lib.score_pool(context.dataset, run.data.samples_per_class, count, run.seed)
     problem = dataclasses.replace(problem, options=problem.options | {"data": data})
-    return prune("panning", problem), {}
+    masks, trace = _panning(problem)
+    record = shield_record(np.asarray(trace["shielded"]), method.collapse_shield)
+    print(f"panning: {record['summary']}")
+    return masks, {"panning": record}
+
+
+def shield_record(shielded: np.ndarray, setting: Optional[str]) -> dict:
+    """The collapse shield's entry of results.json: the setting, the rounds (1-based) it
+    took over, and a one-line summary for the log."""
+    setting = setting or ("synflow" if shield_on(None) else "off")
+    rounds = [int(t) + 1 for t in np.flatnonzero(shielded)]
+    if setting == "off":
+        summary = "collapse shield off (the authors' method)"
+    elif rounds:
+        summary = (
+            f"the collapse shield took SynFlow's mask in {len(rounds)} of "
+            f"{len(shielded)} rounds (rounds {rounds[0]}-{rounds[-1]}), where the fused "
+            "weights would have emptied a layer"
+        )
+    else:
+        summary = f"the collapse shield was not needed in any of {len(shielded)} rounds"
+    return {
+        "collapse_shield": setting,
+        "shielded_rounds": len(rounds),
+        "shielded_at": rounds,
+        "rounds": int(len(shielded)),
+        "summary": summary,
+    }
+
+
+def shield_on(setting: Optional[str]) -> bool:
+    """Whether the collapse shield setting ``'synflow'`` or ``'off'`` turns it on; None: the
+    library's default (:class:`jpanning.panning.PanningConfig`)."""
+    if setting is None:
+        return panning_lib.PanningConfig().collapse_shield
+    if setting not in SHIELDS:
+        raise JPanningError(
+            f"unknown collapse_shield {setting!r}; choose from: {', '.join(SHIELDS)}"
+        )
+    return setting == "synflow"
+
+
+SHIELDS = ("synflow", "off")
 
 
 @register_method(
     "panning",
     options=("rounds", "temperature", "panning_thresholds", "panning_weights", "scoring",
-             "pool_size", "fusion", "chunk_size"),
+             "pool_size", "fusion", "collapse_shield", "chunk_size"),
     screen=_panning_screen,
 )  # fmt: skip
 def panning(problem: PruneProblem):
@@ -335,8 +379,14 @@ def panning(problem: PruneProblem):
     the scoring batch alone), SynFlow of the masked network every round; pruned weights may
     come back in any round. ``options['fusion']`` (``'add'``/``'mul'``),
     ``options['thresholds']`` and ``options['weights']`` replace the staircase (see
-    :class:`jpanning.panning.PanningConfig`).
+    :class:`jpanning.panning.PanningConfig`); ``options['collapse_shield']``
+    (``'synflow'``, the default, or ``'off'``, the authors') sets the collapse shield.
     """
+    return _panning(problem)[0]
+
+
+def _panning(problem: PruneProblem):
+    """:func:`panning`'s masks and its per-round trace."""
     defaults = panning_lib.PanningConfig()
     weights = problem.options.get("weights")
     config = panning_lib.PanningConfig(
@@ -345,8 +395,9 @@ def panning(problem: PruneProblem):
         thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
         weights=tuple(map(tuple, weights)) if weights else None,
         fusion=problem.options.get("fusion") or defaults.fusion,
+        collapse_shield=shield_on(problem.options.get("collapse_shield")),
     )
-    masks, _ = panning_lib.panning(
+    masks, trace = panning_lib.panning(
         train_apply_fn(problem),
         eval_apply_fn(problem),
         problem.params,
@@ -358,4 +409,4 @@ def panning(problem: PruneProblem):
         chunk_size=_chunk(problem),
         batches=problem.options.get("data"),
     )
-    return masks
+    return jax.block_until_ready(masks), trace

@@ -29,7 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import checkpoint as checkpoint_lib, env as env_lib, panning as panning_lib, pruning
+from jpanning import checkpoint as checkpoint_lib, env as env_lib, masks as masks_lib
+from jpanning import panning as panning_lib, pruning
 from jpanning.agents import loop, td3
 from jpanning.errors import JPanningError, RunFailed
 
@@ -223,6 +224,7 @@ def screen(
     key: jax.Array,
     *,
     ranges: Optional[env_lib.Ranges] = None,
+    collapse_shield: bool = True,
 ):
     """Screen at ``target`` with a trained policy: T deterministic environment steps.
 
@@ -235,37 +237,50 @@ def screen(
         ranges: the normalisation ranges the policy observes through, as the authors screen
             with the environment they trained (:func:`final_ranges`); None: ``env_params``'
             warm-up ranges.
+        collapse_shield: on a round whose fusion weights would empty a prunable layer, use
+            SynFlow's alone (:func:`jpanning.panning.shield`; jpanning's default, the
+            authors' screening has no shield: False).
 
     Returns:
         ``(masks, trace)``: the final masks, at ``target`` (the last round keeps
-        ``int(n (1 − target))``), and a dict of numpy arrays per round: ``weights [T, 3]``,
-        ``sparsity``, ``effective``, ``reward``, ``revived``.
+        ``int(n (1 − target))``), and a dict of numpy arrays per round: ``weights [T, 3]``
+        (those used), ``sparsity``, ``effective``, ``reward``, ``revived``, ``shielded``.
 
     Raises:
         RunFailed: the policy left no weight alive.
     """
     agent_config = config.agent_config()
+    env_params = env_params.replace(collapse_shield=bool(collapse_shield))
     k_reset, k_steps = jax.random.split(key)
     obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
+    # the shield's fallback: SynFlow's own trajectory (None without the shield)
+    synflow_masks = masks_lib.ones_like(env_params.net_params) if collapse_shield else None
 
     @jax.jit
-    def one_round(obs, state, k, env_params):
+    def one_round(obs, state, k, env_params, synflow_masks):
+        if collapse_shield:
+            sparsity = masks_lib.round_sparsity(state.target, state.round, env_params.rounds)
+            synflow_masks = env.synflow_alone(env_params.net_params, synflow_masks, sparsity)
+            env_params = env_params.replace(shield_masks=synflow_masks)
         action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
         obs, state, reward, _, _, info = env.step(k, state, action, env_params)
-        return obs, state, info | {"reward": reward, "effective": state.effective}
+        return obs, state, synflow_masks, info | {"reward": reward, "effective": state.effective}
 
     trace = []
     for t in range(env_params.rounds):
-        obs, state, info = one_round(obs, state, jax.random.fold_in(k_steps, t), env_params)
+        k = jax.random.fold_in(k_steps, t)
+        obs, state, synflow_masks, info = one_round(obs, state, k, env_params, synflow_masks)
         trace.append(jax.tree.map(np.asarray, info))
         if bool(info["collapsed"]):
             raise RunFailed(
                 f"the RL Panning policy left no weight on an input-output path at round {t + 1} "
                 f"of {env_params.rounds} (sparsity {float(info['sparsity']):.4f}); train the "
-                "policy longer or lower the ratio"
+                "policy longer or lower the ratio",
+                disconnected=True,
             )
     stacked = {k: np.stack([r[k] for r in trace]) for k in trace[0]}
-    keep = ("weights", "sparsity", "effective", "reward", "revived")
+    stacked.setdefault("shielded", np.zeros(len(trace), bool))
+    keep = ("weights", "sparsity", "effective", "reward", "revived", "shielded")
     return state.masks, {k: stacked[k] for k in keep}
 
 
@@ -489,6 +504,7 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
             context.checkpoints() as ckpt,
         ):
             result = run(problem, callback=progress, checkpoints=ckpt, stop=context.stop)
+    print(f"rlpanning: {result.shield['summary']}")
     return result.masks, {"rl": _report(context, result)}
 
 
@@ -514,6 +530,7 @@ def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
         "search_seconds": rl.search_seconds,
         "screen_seconds": rl.screen_seconds,
         "screen": {k: v.tolist() for k, v in rl.trace.items()},
+        "shield": rl.shield,
     }
     if rl.metrics is not None:
         files["policy"] = "policy.msgpack"
@@ -563,6 +580,7 @@ def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
         "effective",
         "reset_observes_sparsity",
         "critic_loss",
+        "collapse_shield",
         "temperature",
         "chunk_size",
     ),  # fmt: skip
@@ -596,6 +614,7 @@ class RLPanningResult:
     env_options: dict
     search_seconds: float
     screen_seconds: float
+    shield: dict  # the collapse shield at screening (:func:`jpanning.pruning.shield_record`)
 
 
 def config_from_options(options: dict) -> RLPanningConfig:
@@ -676,8 +695,16 @@ def run(
         actor_params = agent.actor_params
         ranges = final_ranges(metrics)
     start = time.perf_counter()
+    shield_setting = options.get("collapse_shield")
     masks, trace = screen(
-        env, env_params, actor_params, config, problem.sparsity, k_screen, ranges=ranges
+        env,
+        env_params,
+        actor_params,
+        config,
+        problem.sparsity,
+        k_screen,
+        ranges=ranges,
+        collapse_shield=pruning.shield_on(shield_setting),
     )
     masks = jax.block_until_ready(masks)
     return RLPanningResult(
@@ -690,4 +717,5 @@ def run(
         env_options=env_params.options(),
         search_seconds=search_seconds,
         screen_seconds=time.perf_counter() - start,
+        shield=pruning.shield_record(trace["shielded"], shield_setting),
     )

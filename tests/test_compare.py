@@ -185,9 +185,19 @@ def test_cells_are_run_configs_and_their_keys_stay_those_of_their_run_py_argumen
     as it did when cells ran command lines, so finished cells of earlier grids are reused."""
     import hashlib
 
+    def sha(parts):
+        return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:12]
+
     cells = compare.cells_of(PRESETS["screening-resnet20"])
     for cell in cells:
-        assert cell.key == hashlib.sha256("\0".join(cell.argv).encode()).hexdigest()[:12]
+        # the methods with a collapse shield screen with it (new cells); the others as before
+        shield = ["--collapse-shield", "synflow"] if cell.method in compare.OURS else []
+        assert cell.key == sha(list(cell.argv) + shield)
+    # without the shield (the authors'), Panning's cells are those screened before it existed
+    for cell in compare.cells_of(PRESETS["screening-resnet20-no-shield"]):
+        i = cell.argv.index("--collapse-shield")
+        assert cell.argv[i + 1] == "off" and cell.config.pruning.collapse_shield == "off"
+        assert cell.key == sha(cell.argv[:i] + cell.argv[i + 2 :])
     snip = next(c for c in cells if c.method == "snip" and c.seed == 1)
     assert snip.argv[-4:] == ("--method", "snip", "--ratio", repr(snip.ratio))
     assert (snip.config.model, snip.config.seed) == ("resnet20", 1)
