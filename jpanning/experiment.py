@@ -623,6 +623,9 @@ def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: floa
     every other mask, naming the layers it empties or leaves off every path (a ResNet routes
     around them through its shortcuts). Returns its sparsity, effective sparsity, emptied and
     bypassed layers and FLOPs."""
+    import jax
+    import numpy as np
+
     from jpanning import flops, models, scores
     from jpanning import masks as masks_lib
 
@@ -632,8 +635,18 @@ def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: floa
     variables = problem.variables
     eval_apply = models.make_apply_fn(problem.model, variables["batch_stats"], train=False)
     prunable = problem.prunable
-    effective = float(scores.effective_sparsity(eval_apply, masks, input_shape, prunable=prunable))
-    bypassed = scores.collapsed_layers(eval_apply, masks, input_shape, prunable=prunable)
+    # one jitted pass gives both the effective sparsity and the layers off every path
+    alive = jax.jit(
+        lambda m: scores.effective_masks(eval_apply, m, input_shape, prunable=prunable)
+    )(masks)
+    flat, _ = jax.tree_util.tree_flatten_with_path(alive)
+    layers = [
+        (masks_lib.path_str(path), np.asarray(x)) for (path, x), f in
+        zip(flat, jax.tree.leaves(prunable)) if f
+    ]  # fmt: skip
+    total = sum(x.size for _, x in layers)
+    effective = 1.0 - sum(int(np.count_nonzero(x)) for _, x in layers) / total
+    bypassed = [name for name, x in layers if not np.any(x)]
     forward = flops.forward_flops(problem.model, variables, masks, prunable, input_shape)
     print(
         f"pruned with {m.method} in {prune_seconds:.2f}s: kept {sparsity['kept']:,} "

@@ -295,18 +295,26 @@ def test_bad_inputs_give_one_line_a_nonzero_exit_and_lose_nothing(tmp_path, caps
     assert run_ids[0]["config"]["run_id"] != run_ids[1]["config"]["run_id"]
 
 
-def test_a_collapsed_mask_is_refused_and_resume_allow_collapsed_trains_it(
+def test_a_disconnected_mask_is_refused_and_resume_allow_collapsed_trains_it(
     tmp_path, capsys, monkeypatch
 ):
+    import jax
+
     from jpanning import cli, scores
 
-    # Pretend SNIP's mask left Conv_1 without a path (the check itself: tests/test_scores.py).
-    monkeypatch.setattr(scores, "collapsed_layers", lambda *a, **k: ["Conv_1/kernel"])
+    # Pretend SNIP's mask left no input-output path (the check itself:
+    # tests/test_connectivity_rule.py): every weight off the paths.
+    monkeypatch.setattr(
+        scores,
+        "effective_masks",
+        lambda apply_fn, masks, *a, **k: jax.tree.map(lambda m: 0 * m, masks),
+    )
     out = tmp_path / "run"
     rc = cli.main([*TINY, "--epochs", "1", "--out", str(out), "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 1 and len(err.splitlines()) == 1
-    assert "left no input-output path through layer(s) Conv_1/kernel: the network is cut" in err
+    assert "left no input-output path (effective sparsity 1)" in err
+    assert "the network is disconnected" in err
     assert f"--resume {out} --allow-collapsed" in err
     assert not (out / "results.json").exists() and (out / "masks.npz").exists()
     rc = cli.main(["--resume", str(out), "--allow-collapsed", "--no-progress"])
@@ -315,4 +323,5 @@ def test_a_collapsed_mask_is_refused_and_resume_allow_collapsed_trains_it(
     assert "screening: the masks in" in captured.out and "(resumed)" in captured.out
     assert "warning: method 'snip'" in captured.out
     results = json.loads((out / "results.json").read_text())
-    assert results["collapsed_layers"] == ["Conv_1/kernel"] and results["config"]["allow_collapsed"]
+    assert results["disconnected"] and results["config"]["allow_collapsed"]
+    assert results["effective_sparsity"] == 1.0 and len(results["bypassed_layers"]) == 3

@@ -113,5 +113,6 @@ def test_run_json_round_trips_and_an_old_run_folder_still_reads(tmp_path):
     }
     assert args["devices"] == 1 and args["out"] == args["resume"] == str(out)
     assert not args["overwrite"]
-    # a field added since (config.ADDED_LATER) reads as its default, what that run used
-    assert resumed.saved() == old | {"devices": 1, "critic_loss": None}
+    # a field added since (config.ADDED_LATER) reads as what that run used: the authors' critic
+    # loss, and no collapse shield (it screened without one)
+    assert resumed.saved() == old | {"devices": 1, "critic_loss": None, "collapse_shield": "off"}

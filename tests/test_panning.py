@@ -394,3 +394,104 @@ def test_bad_environment_options_are_one_clear_error(net, tiny_env, kwargs, mess
     env, params = tiny_env
     with pytest.raises(JPanningError, match=message):
         env.make_params(net["params"], params.inputs, params.labels, **kwargs)
+
+
+# -- the collapse shield (jpanning's option, on by default; the authors have none) -------------
+
+
+def _synflow_by_hand(net, sparsities):
+    """SynFlow (Tanaka et al. 2020) round by round: the masked |θ|-network's flow, pruned
+    weights kept out, the floor top-k; the mask after each round."""
+
+    @jax.jit
+    def one_round(masks, s):
+        flow = scores.synflow(
+            net["eval"], net["params"], net["batch"], masks=masks, prunable=net["prunable"]
+        )
+        flow = jax.tree.map(lambda f, m: jnp.where(m != 0, f, -jnp.inf), flow, masks)
+        return M.global_topk(flow, s, net["prunable"], "floor")
+
+    masks, out = M.ones_like(net["params"]), []
+    for s in sparsities:
+        masks = one_round(masks, jnp.float32(s))
+        out.append(masks)
+    return out
+
+
+def test_the_shield_takes_the_fallback_only_where_a_layer_would_be_empty():
+    prunable = {"a": {"kernel": True}, "b": {"kernel": True, "bias": False}}
+    fused = {
+        "a": {"kernel": jnp.array([1.0, 0.0])},
+        "b": {"kernel": jnp.zeros(2), "bias": jnp.ones(1)},
+    }
+    fallback = {
+        "a": {"kernel": jnp.array([0.0, 1.0])},
+        "b": {"kernel": jnp.array([1.0, 0.0]), "bias": jnp.ones(1)},
+    }
+    p = jnp.array([0.2, 0.5, 0.3])
+    shield = jax.jit(lambda m, w, f: panning.shield(m, w, f, prunable))  # prunable is static
+    masks, weights, shielded = shield(fused, p, fallback)
+    assert bool(shielded)
+    _same(masks, fallback)
+    np.testing.assert_array_equal(weights, [1.0, 0.0, 0.0])
+    kept = {
+        "a": {"kernel": jnp.array([1.0, 0.0])},
+        "b": {"kernel": jnp.array([0.0, 1.0]), "bias": jnp.zeros(1)},
+    }
+    masks, weights, shielded = panning.shield(kept, p, fallback, prunable)
+    assert not bool(shielded)  # a non-prunable leaf of zeros is no empty layer
+    _same(masks, kept)
+    np.testing.assert_array_equal(weights, p)
+
+
+def test_a_shielded_panning_empties_no_layer_that_synflow_keeps(net):
+    # GraSP alone at 0.99 in 5 rounds empties the classifier; with the shield, the rounds where
+    # it would take SynFlow's mask of that round, so the final mask is SynFlow's own.
+    grasp_alone = lambda t, s: jnp.array([0.0, 0.0, 1.0])
+    run = lambda shield: panning.panning(
+        net["train"], net["eval"], net["params"], net["batch"], 0.99, prunable=net["prunable"],
+        config=panning.PanningConfig(rounds=5, collapse_shield=shield), weights_fn=grasp_alone,
+    )  # fmt: skip
+    unshielded, trace_off = run(False)
+    assert M.empty_layers(unshielded, net["prunable"]) == ["Dense_0/kernel"]
+    assert not np.any(trace_off["shielded"])
+    shielded, trace = run(True)
+    synflow = _synflow_by_hand(net, np.asarray(trace["sparsity"]))
+    assert M.empty_layers(synflow[-1], net["prunable"]) == []
+    assert M.empty_layers(shielded, net["prunable"]) == []
+    on = np.asarray(trace["shielded"])
+    assert on[-1] and 0 < on.sum() < 5
+    _same(shielded, synflow[-1])  # the last round was shielded: SynFlow's mask of that round
+    np.testing.assert_array_equal(np.asarray(trace["weights"])[on], [[1.0, 0.0, 0.0]] * on.sum())
+    np.testing.assert_array_equal(
+        np.asarray(trace["weights"])[~on], [[0.0, 0.0, 1.0]] * (~on).sum()
+    )
+
+
+def test_the_environment_shields_a_step_with_the_synflow_trajectory_it_is_given(net, tiny_env):
+    env, params = tiny_env
+    grasp_alone = jnp.array([-1.0, -1.0, 1.0])  # p = (0, 0, 1)
+    step = jax.jit(env.step)
+
+    def episode(shield):
+        p = params.replace(collapse_shield=shield)
+        _, state = env.reset(jax.random.key(0), p, target=0.99)
+        synflow, trace = M.ones_like(net["params"]), []
+        for t in range(p.rounds):
+            if shield:
+                s = M.round_sparsity(state.target, state.round, p.rounds)
+                synflow = env.synflow_alone(p.net_params, synflow, s)
+                p = p.replace(shield_masks=synflow)
+            _, state, _, _, _, info = step(jax.random.key(t), state, grasp_alone, p)
+            trace.append(info)
+        return state.masks, trace, synflow
+
+    off, trace_off, _ = episode(False)
+    assert "shielded" not in trace_off[0]  # a search's metrics keep their shape
+    assert M.empty_layers(off, net["prunable"]) == ["Dense_0/kernel"]
+    on, trace, synflow = episode(True)
+    sparsities = [float(M.round_sparsity(0.99, t, params.rounds)) for t in range(params.rounds)]
+    _same(synflow, _synflow_by_hand(net, sparsities)[-1])
+    assert M.empty_layers(on, net["prunable"]) == [] and bool(trace[-1]["shielded"])
+    _same(on, synflow)
+    np.testing.assert_array_equal(trace[-1]["weights"], [1.0, 0.0, 0.0])
