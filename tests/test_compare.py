@@ -427,3 +427,53 @@ def test_readme_block_links_every_plot_and_leaves_the_costs_in_table_md(tmp_path
     for png in ("accuracy.png", "fusion_weights.png"):
         assert f"(../benchmarks/results/g/{png})" in text
     assert "[../benchmarks/results/g/table.md](../benchmarks/results/g/table.md)" in text
+
+
+def test_a_disconnected_seed_counts_at_chance_and_the_table_says_how_many():
+    grid = Grid(model="lenet5", dataset="synthetic", ratios=(0.99,),
+                methods=("synflow", "panning", "rlpanning"), seeds=2)  # fmt: skip
+    chance = _row("rlpanning", 0.99, 1, None, "chance", "no input-output path")
+    chance |= {"test_accuracy": 0.1, "effective_sparsity": 1.0}
+    rows = [
+        _row("synflow", 0.99, 0, 0.80),
+        _row("synflow", 0.99, 1, 0.82),
+        _row("panning", 0.99, 0, 0.84),
+        _row("panning", 0.99, 1, 0.86),
+        _row("rlpanning", 0.99, 0, 0.70),
+        chance,
+    ]
+    stats = compare.aggregate(rows)
+    rl = stats[("rlpanning", 0.99)]
+    assert rl.values == [0.70, 0.1] and rl.chance == 1 and rl.failed == 0  # counted, as published
+    table = compare.render_table("t", grid, rows, [], "python -m benchmarks.compare ...")
+    assert cell_text(table, "rlpanning", 0) == "0.4000 ± 0.4243 (1 disconnected)"
+    got = {(r, m): v for r, m, _, v in compare.verdicts(stats, grid)}
+    assert got[(0.99, "rlpanning")] == (
+        "ties with synflow: -0.4100 (within one std); rlpanning disconnected in 1 of 2 seeds "
+        "(at chance accuracy, counted)"
+    )
+    # the best method at each sparsity, ours among the candidates, and our gaps to it
+    assert "| best | panning 0.8500 |" in table
+    assert "| panning − best | best |" in table
+    assert "| rlpanning − best | -0.4500 |" in table
+
+
+def test_cells_refused_by_the_old_rule_run_again_and_disconnected_ones_load_at_chance(tmp_path):
+    cells = compare.cells_of(PRESETS["tiny"])
+    old, new, diverged = cells[1], cells[2], cells[3]
+    for cell, record in [
+        (old, {"error": CUT}),  # before the rule: a routed-around mask was refused too
+        (
+            new,
+            {"error": "left no input-output path", "disconnected": True, "chance_accuracy": 0.1},
+        ),  # fmt: skip
+        (diverged, {"error": "the loss diverged (NaN) at step 3"}),
+    ]:
+        (tmp_path / cell.dirname).mkdir()
+        (tmp_path / cell.dirname / "failed.json").write_text(json.dumps(record))
+    assert compare.cell_status(old, str(tmp_path)) is None  # runs again
+    assert compare.cell_status(new, str(tmp_path)) == "failed"
+    assert compare.cell_status(diverged, str(tmp_path)) == "failed"
+    row = compare.load_row(new, str(tmp_path))
+    assert (row["status"], row["test_accuracy"], row["effective_sparsity"]) == ("chance", 0.1, 1.0)
+    assert compare.load_row(diverged, str(tmp_path))["status"] == "failed"
