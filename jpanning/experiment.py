@@ -51,6 +51,43 @@ OPTION_NAMES = {
 }  # fmt: skip
 
 
+@dataclasses.dataclass(frozen=True)
+class Screened:
+    """What screening produced: the masks, the method's own entries of results.json (RL
+    Panning's ``rl``, PuRL's ``purl``, Panning's ``panning``) and the seconds it took.
+    ``screen.json`` holds :meth:`record`."""
+
+    masks: Any
+    entries: dict
+    prune_seconds: float
+
+    def record(self) -> dict:
+        return self.entries | {"prune_seconds": self.prune_seconds}
+
+
+@dataclasses.dataclass(frozen=True)
+class Checked:
+    """The mask's connectivity and cost (:func:`_check_masks`): its sparsity report, the
+    effective sparsity, the layers it emptied and those left off every input-output path
+    (bypassed), whether no input reaches the output, and the forward FLOPs."""
+
+    sparsity: dict
+    effective: float
+    emptied: list
+    bypassed: list
+    disconnected: bool
+    flops: dict
+
+
+@dataclasses.dataclass(frozen=True)
+class Trained:
+    """The trained state, its per-epoch history and the seconds it took."""
+
+    state: Any
+    history: list
+    seconds: float
+
+
 def read_json(path: str):
     """The JSON in ``path``, or None when it is missing or not JSON."""
     import json
@@ -334,16 +371,16 @@ def _run(config: RunConfig, dataset, stop) -> dict:
             # the pretraining used train_key (as a dense run with this seed does)
             train_key = _fold(train_key)
         problem = prune_problem(config, problem_setup, variables)
-        masks, screen = _screen(config, problem, dataset, stop)
-        checked = _check_masks(config, problem, dataset, masks, screen["prune_seconds"])
+        screened = _screen(config, problem, dataset, stop)
+        checked = _check_masks(config, problem, dataset, screened)
         _check_stop(stop, out, "after screening (masks.npz saved)")
         start = time.perf_counter()
         state, history = _train(
             config, "train", problem.model, variables, dataset, train_key,
-            masks if METHODS[config.pruning.method].prunes else None, mesh, stop,
+            screened.masks if METHODS[config.pruning.method].prunes else None, mesh, stop,
         )  # fmt: skip
-        trained = {"state": state, "history": history, "seconds": time.perf_counter() - start}
-        return _results(config, problem, dataset, masks, screen, checked, trained, pretrained)
+        trained = Trained(state, history, time.perf_counter() - start)
+        return _results(config, problem, dataset, screened, checked, trained, pretrained)
     except RunFailed as e:  # a result of this run: recorded, so the folder is not "stopped"
         from jpanning import report
 
@@ -522,9 +559,9 @@ def _load_pretrained(path: str, variables: dict, what: str | None = None) -> dic
     return {name: jax.tree.map(jax.numpy.asarray, loaded.get(name, {})) for name in variables}
 
 
-def _screen(config: RunConfig, problem, dataset, stop):
-    """The run's masks and ``screen`` (what results.json keeps of the screening): the saved
-    ones of a resumed run, or the method's (:func:`jpanning.pruning.screen`), saved now."""
+def _screen(config: RunConfig, problem, dataset, stop) -> Screened:
+    """The run's screening: the saved one of a resumed run, or the method's
+    (:func:`jpanning.pruning.screen`), saved now (masks.npz, screen.json)."""
     from jpanning import pruning, report
 
     out = config.output.out
@@ -541,16 +578,18 @@ def _screen(config: RunConfig, problem, dataset, stop):
         checkpoints=lambda: _search_checkpoints(config),
     )
     start = time.perf_counter()
-    masks, screen = pruning.screen(config.pruning.method, problem, context)
-    screen["prune_seconds"] = time.perf_counter() - start
+    masks, entries = pruning.screen(config.pruning.method, problem, context)
+    screened = Screened(masks, entries, time.perf_counter() - start)
     # kept before the checks: a refused mask's search is not lost
     report.save_npz(os.path.join(out, "masks.npz"), masks=masks)
-    report.write_json(os.path.join(out, "screen.json"), screen | {"run_id": config.run_id})
-    return masks, screen
+    report.write_json(
+        os.path.join(out, "screen.json"), screened.record() | {"run_id": config.run_id}
+    )
+    return screened
 
 
-def _load_screen(config: RunConfig, params):
-    """The saved ``(masks, screen)`` of a resumed run, or None when screening had not ended."""
+def _load_screen(config: RunConfig, params) -> Optional[Screened]:
+    """The saved screening of a resumed run, or None when screening had not ended."""
     import json
 
     import jax
@@ -580,7 +619,8 @@ def _load_screen(config: RunConfig, params):
             f"readable ({type(e).__name__}: {e}); delete both to screen again"
         )
     screen.pop("run_id", None)
-    return masks, screen
+    prune_seconds = screen.pop("prune_seconds")
+    return Screened(masks, screen, prune_seconds)
 
 
 @contextlib.contextmanager
@@ -616,13 +656,14 @@ def _agent_bar(desc: str, total: int, disable: bool):
         bar.close()
 
 
-def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: float) -> dict:
+def _check_masks(config: RunConfig, problem, dataset, screened: Screened) -> Checked:
     """The connectivity rule of the literature: refuse only a mask through which no input
     reaches the output (effective sparsity 1: a layer that every path crosses, such as the
     stem, the classifier or any layer of a chain, is empty) unless ``allow_collapsed``; train
     every other mask, naming the layers it empties or leaves off every path (a ResNet routes
     around them through its shortcuts). Returns its sparsity, effective sparsity, emptied and
     bypassed layers and FLOPs."""
+    masks = screened.masks
     import jax
     import numpy as np
 
@@ -649,7 +690,7 @@ def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: floa
     bypassed = [name for name, x in layers if not np.any(x)]
     forward = flops.forward_flops(problem.model, variables, masks, prunable, input_shape)
     print(
-        f"pruned with {m.method} in {prune_seconds:.2f}s: kept {sparsity['kept']:,} "
+        f"pruned with {m.method} in {screened.prune_seconds:.2f}s: kept {sparsity['kept']:,} "
         f"of {sparsity['total']:,} prunable weights "
         f"(sparsity {sparsity['sparsity']:.4f}, effective {effective:.4f}); "
         f"forward FLOPs {forward['fraction']:.4f} of dense"
@@ -678,17 +719,11 @@ def _check_masks(config: RunConfig, problem, dataset, masks, prune_seconds: floa
             f"{'it' if len(bypassed) == 1 else 'them'} (effective sparsity {effective:.4f}, "
             f"forward FLOPs {forward['fraction']:.4f} of dense): training it"
         )
-    return {
-        "sparsity": sparsity,
-        "effective": effective,
-        "emptied": emptied,
-        "bypassed": bypassed,
-        "disconnected": disconnected,
-        "flops": forward,
-    }
+    return Checked(sparsity, effective, emptied, bypassed, disconnected, forward)
 
 
-def _results(config, problem, dataset, masks, screen, checked, trained, pretrained) -> dict:
+def _results(config: RunConfig, problem, dataset, screened: Screened, checked: Checked,
+             trained: Trained, pretrained: Optional[dict]) -> dict:  # fmt: skip
     """Write results.json, model.npz and density.png; remove the checkpoints; print the
     summary. Returns the results."""
     import jax
@@ -697,8 +732,8 @@ def _results(config, problem, dataset, masks, screen, checked, trained, pretrain
     from jpanning import masks as masks_lib
     from jpanning import models, parallel, report
 
-    out, state, sparsity = config.output.out, trained["state"], checked["sparsity"]
-    final = trained["history"][-1]
+    out, state, sparsity = config.output.out, trained.state, checked.sparsity
+    final = trained.history[-1]
     nonzero = masks_lib.sparsity_report(
         jax.tree.map(lambda p: (p != 0).astype(np.float32), state.params), problem.prunable
     )
@@ -719,31 +754,31 @@ def _results(config, problem, dataset, masks, screen, checked, trained, pretrain
             "prunable": sparsity["total"],
         },
         "sparsity": sparsity,
-        "effective_sparsity": checked["effective"],
-        "emptied_layers": checked["emptied"],
-        "bypassed_layers": checked["bypassed"],
-        "collapsed_layers": checked["bypassed"],  # the name before emptied/bypassed
-        "disconnected": checked["disconnected"],
-        "flops": checked["flops"],
+        "effective_sparsity": checked.effective,
+        "emptied_layers": checked.emptied,
+        "bypassed_layers": checked.bypassed,
+        "collapsed_layers": checked.bypassed,  # the name before emptied/bypassed
+        "disconnected": checked.disconnected,
+        "flops": checked.flops,
         "nonzero_after_training": {"kept": nonzero["kept"], "sparsity": nonzero["sparsity"]},
         "test_accuracy": final["test_accuracy"],
         "test_loss": final["test_loss"],
-        "prune_seconds": screen["prune_seconds"],
-        "train_seconds": trained["seconds"],
-        "history": trained["history"],
+        "prune_seconds": screened.prune_seconds,
+        "train_seconds": trained.seconds,
+        "history": trained.history,
         "files": {"masks_and_params": "model.npz", "density_plot": "density.png"},
     }
     if pretrained is not None:
         results["pretrained"] = pretrained
         if pretrained.get("file"):
             results["files"]["pretrained"] = pretrained["file"]
-    for name, record in screen.items():  # the method's own entries (rl, purl) and their files
+    for name, record in screened.entries.items():  # the method's own entries and their files
         if isinstance(record, dict):
             results[name] = record
             results["files"] |= {k: v for k, v in record.get("files", {}).items() if v}
     report.save_npz(
         os.path.join(out, "model.npz"),
-        masks=masks,
+        masks=screened.masks,
         params=state.params,
         batch_stats=state.batch_stats,
     )

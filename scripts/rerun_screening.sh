@@ -1,6 +1,6 @@
 #!/bin/sh
 # Issue 34: rerun the screening-resnet20 cells that the older rule refused (and the new,
-# shielded Panning and RL Panning cells), most telling first, seed by seed. Resumable: run it
+# shielded Panning and RL Panning cells), most telling first, seed by seed, then PuRL's grid. Resumable: run it
 # again and it goes on where it stopped (finished cells are kept; benchmarks.compare).
 #   nice -n 19 sh scripts/rerun_screening.sh [PYTHON] [OUT_ROOT]
 # Then: python -m benchmarks.compare --preset NAME --report-only --readme README.md
@@ -18,3 +18,5 @@ for seeds in 1 2 3 5; do
   run --preset screening-resnet20-no-shield --seeds $seeds
 done
 run --preset screening-resnet20-synflow-only
+# PuRL's grid predates PuRL's conformance change (issue 34, part 3)
+run --preset purl-resnet20

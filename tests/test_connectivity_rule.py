@@ -70,12 +70,14 @@ def test_an_emptied_residual_branch_is_trained_with_its_exact_effective_sparsity
                                                          jax.tree.leaves(prunable)) if f)  # fmt: skip
     # the whole branch of block 4: both convolutions emptied
     masks = _emptied(params, prunable, ["BasicBlock_4/Conv_0/", "BasicBlock_4/Conv_1/"])
-    checked = experiment._check_masks(_config(tmp_path), resnet, _Data(SHAPE), masks, 0.0)
+    checked = experiment._check_masks(
+        _config(tmp_path), resnet, _Data(SHAPE), experiment.Screened(masks, {}, 0.0)
+    )
     branch = ["BasicBlock_4/Conv_0/kernel", "BasicBlock_4/Conv_1/kernel"]
-    assert checked["emptied"] == branch and checked["bypassed"] == branch
-    assert not checked["disconnected"]
+    assert checked.emptied == branch and checked.bypassed == branch
+    assert not checked.disconnected
     size = _size(params, prunable, ["BasicBlock_4/Conv_0/", "BasicBlock_4/Conv_1/"])
-    assert checked["effective"] == pytest.approx(size / total, abs=1e-7)
+    assert checked.effective == pytest.approx(size / total, abs=1e-7)
     out = capsys.readouterr().out
     assert "note: the mask emptied BasicBlock_4/Conv_0/kernel, BasicBlock_4/Conv_1/kernel" in out
     assert "routes around them" in out
@@ -83,9 +85,11 @@ def test_an_emptied_residual_branch_is_trained_with_its_exact_effective_sparsity
     # only its first convolution emptied: the second keeps its weights but no input reaches
     # it (it sees BatchNorm's constant shift), so it is bypassed and counts as pruned
     masks = _emptied(params, prunable, ["BasicBlock_4/Conv_0/"])
-    checked = experiment._check_masks(_config(tmp_path), resnet, _Data(SHAPE), masks, 0.0)
-    assert checked["emptied"] == branch[:1] and checked["bypassed"] == branch
-    assert checked["effective"] == pytest.approx(size / total, abs=1e-7)
+    checked = experiment._check_masks(
+        _config(tmp_path), resnet, _Data(SHAPE), experiment.Screened(masks, {}, 0.0)
+    )
+    assert checked.emptied == branch[:1] and checked.bypassed == branch
+    assert checked.effective == pytest.approx(size / total, abs=1e-7)
     assert "left off every path BasicBlock_4/Conv_1/kernel" in capsys.readouterr().out
 
 
@@ -108,14 +112,17 @@ def test_a_layer_that_every_path_crosses_emptied_is_refused_as_disconnected(
         )
     config = _config(tmp_path, model=model)
     with pytest.raises(RunFailed, match="left no input-output path .effective sparsity 1.") as e:
-        experiment._check_masks(config, problem, _Data(SHAPE), masks, 0.0)
+        experiment._check_masks(config, problem, _Data(SHAPE), experiment.Screened(masks, {}, 0.0))
     assert e.value.disconnected and layer in str(e.value)
     assert f"--resume {tmp_path} --allow-collapsed" in str(e.value)
     # --allow-collapsed trains it anyway (it can only learn its biases)
     allowed = experiment._check_masks(
-        config.replace(allow_collapsed=True), problem, _Data(SHAPE), masks, 0.0
+        config.replace(allow_collapsed=True),
+        problem,
+        _Data(SHAPE),
+        experiment.Screened(masks, {}, 0.0),
     )
-    assert allowed["disconnected"] and allowed["effective"] == 1.0
+    assert allowed.disconnected and allowed.effective == 1.0
 
 
 def test_a_run_trains_a_routed_around_mask_and_records_its_layers(tmp_path, monkeypatch):
