@@ -93,8 +93,7 @@ class Resumable:
 
     def interrupted(self, signal_name: str, step: int) -> Interrupted:
         """The :class:`Interrupted` of a stop at ``step``, naming the checkpoint written."""
-        where = f"; checkpoint at step {step} in {self.checkpoints.directory}"
-        return Interrupted(
-            f"stopped by {signal_name} at {self.unit} {step}{where if self.checkpoints else ''}",
-            signal_name,
-        )
+        where = ""
+        if self.checkpoints is not None:
+            where = f"; checkpoint at step {step} in {self.checkpoints.directory}"
+        return Interrupted(f"stopped by {signal_name} at {self.unit} {step}{where}", signal_name)
