@@ -48,6 +48,7 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -125,7 +126,9 @@ def _check_float(path, leaf) -> None:
         )
 
 
-def _check_batch(batch) -> tuple:
+def _check_batch(batch, *, integer_labels: bool = True) -> tuple:
+    """``batch`` as ``(inputs [B, ...], labels [B])``; with ``integer_labels`` (the data
+    scorers' door) the labels are asserted (chex) a vector of integers, as the loss takes them."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise JPanningError(f"batch must be a pair (inputs, labels); got {type(batch).__name__}")
     inputs, labels = batch
@@ -134,6 +137,11 @@ def _check_batch(batch) -> tuple:
             f"inputs {np.shape(inputs)} and labels {np.shape(labels)} must share "
             "a leading batch dimension"
         )
+    if integer_labels:
+        message = "batch labels: integer class indices [B]"
+        array = labels if hasattr(labels, "dtype") else np.asarray(labels)  # chex reads a list
+        chex.assert_rank(array, 1, custom_message=message)  # as several inputs
+        chex.assert_type(array, int, custom_message=message)
     return inputs, labels
 
 
@@ -537,7 +545,7 @@ def synflow(
         Non-negative scores, a pytree shaped like ``params``.
     """
     del key, loss_fn
-    inputs, _ = _check_batch(batch)
+    inputs, _ = _check_batch(batch, integer_labels=False)
     if rescale not in RESCALINGS:
         raise JPanningError(
             f"unknown SynFlow rescale {rescale!r}; choose from: {', '.join(RESCALINGS)}"
