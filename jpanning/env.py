@@ -57,6 +57,7 @@ import functools
 import math
 from typing import Any, Callable, Optional, Sequence
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -430,6 +431,38 @@ class PanningEnv:
             warm = _stack(measure(k, params) for k in jax.random.split(key, int(warmup_batches)))
         return params.replace(ranges=warmup_ranges(*warm))
 
+    # -- the door ----------------------------------------------------------------------------
+
+    def assert_params(self, params: EnvParams) -> None:
+        """Assert the shapes and dtypes of ``params`` (chex; trace-time, so jit-safe): the
+        scoring data ``[P, B, *input_shape]``/``[P, B]`` (``'pool'``, with ``[P, ...]`` maps and
+        ``[P]`` dense values) or ``[N, *input_shape]``/``[N]`` (``'fresh'``), integer labels,
+        the dense SynFlow map (and, with the collapse shield, ``shield_masks``) shaped like the
+        network and ``[K]`` target mixtures."""
+        extra = 2 if params.scoring == "pool" else 1
+        data = f"EnvParams (scoring {params.scoring!r}): inputs, labels"
+        chex.assert_shape(params.inputs, (None,) * extra + self.input_shape, custom_message=data)
+        chex.assert_rank(params.labels, extra, custom_message=data)
+        chex.assert_equal_shape_prefix([params.inputs, params.labels], extra, custom_message=data)
+        chex.assert_type(params.labels, int, custom_message=data)
+        if params.scoring == "pool":
+            pool = (params.inputs.shape[0],)
+            maps = "EnvParams: snip, grasp, dense_loss, dense_grad_norm"
+            chex.assert_tree_shape_prefix((params.snip, params.grasp), pool, custom_message=maps)
+            chex.assert_shape(
+                [params.dense_loss, params.dense_grad_norm], pool, custom_message=maps
+            )
+        chex.assert_trees_all_equal_shapes(
+            params.dense_synflow, params.net_params, custom_message="EnvParams: dense_synflow"
+        )
+        if params.collapse_shield:
+            chex.assert_trees_all_equal_shapes(
+                params.shield_masks, params.net_params, custom_message="EnvParams: shield_masks"
+            )
+        targets = [params.target_probs, params.target_low, params.target_high]
+        chex.assert_rank(targets, 1, custom_message="EnvParams: target_probs, _low, _high")
+        chex.assert_equal_shape(targets, custom_message="EnvParams: target_probs, _low, _high")
+
     # -- the episode -------------------------------------------------------------------------
 
     def sample_target(self, key, params: EnvParams) -> jax.Array:
@@ -492,7 +525,13 @@ class PanningEnv:
         self, key, params: EnvParams, target=None, ranges: Optional[Ranges] = None
     ) -> tuple[jax.Array, EnvState]:
         """A new episode: dense masks, round 0, a target drawn (or the given ``target``), the
-        first batch's dense maps; ``ranges`` (default: the warm-up ranges) are not widened."""
+        first batch's dense maps; ``ranges`` (default: the warm-up ranges) are not widened.
+
+        Asserts (chex) ``params`` (:meth:`assert_params`) and a scalar ``target``.
+        """
+        self.assert_params(params)
+        if target is not None:
+            chex.assert_rank(jnp.asarray(target), 0, custom_message="reset: target")
         k_target, k_batch = jax.random.split(key)
         target = self.sample_target(k_target, params) if target is None else target
         _, _, dense = self._dense_on(k_batch, params)
@@ -526,7 +565,18 @@ class PanningEnv:
             number of revived weights, whether the network collapsed and the ranges after the
             step (``[[loss lo, hi], [‖g‖² lo, hi]]``); with ``params.collapse_shield``, also
             ``shielded``, whether the shield acted.
+
+        Asserts (chex) an action ``[3]``, a state whose masks are shaped like the network and
+        whose round and target are scalars (the round an integer), and ``params``
+        (:meth:`assert_params`).
         """
+        self.assert_params(params)
+        chex.assert_shape(jnp.asarray(action), (ACTION_SIZE,), custom_message="step: action")
+        chex.assert_trees_all_equal_shapes(
+            state.masks, params.net_params, custom_message="step: state.masks"
+        )
+        chex.assert_rank([state.round, state.target], 0, custom_message="step: round, target")
+        chex.assert_type(state.round, int, custom_message="step: state.round")
         weights = (jnp.clip(jnp.asarray(action, jnp.float32), -1.0, 1.0) + 1.0) / 2.0
         net = params.net_params
         t = state.round

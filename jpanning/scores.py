@@ -3,9 +3,10 @@
 Scorers (in :data:`SCORERS`; add yours with :func:`register_scorer`): :func:`magnitude`,
 :func:`random`, :func:`snip`, :func:`grasp`, :func:`grad_norm`, :func:`synflow`.
 :func:`fused` computes SNIP, GraSP and SynFlow in one call (optionally chunked);
-:func:`loss_and_grad_norm` gives the masked network's loss and ``‖g‖²``;
-:func:`effective_masks`, :func:`effective_sparsity` and :func:`collapsed_layers` find the
-weights and layers cut off from every input-to-output path.
+:func:`loss_and_grad_norm` gives the masked network's loss and ``‖g‖²``. The connectivity
+analysis (:func:`effective_masks`, :func:`effective_sparsity`, :func:`collapsed_layers`: the
+weights and layers cut off from every input-to-output path) lives in
+:mod:`jpanning.connectivity`; its names are re-exported here.
 
 Every scorer has one signature::
 
@@ -45,15 +46,20 @@ effective-sparsity functions feed a single all-ones input and need running stati
 from __future__ import annotations
 
 import functools
-import math
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Optional
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jpanning import masks as masks_lib
+from jpanning import leaves as leaves_lib, masks as masks_lib
+from jpanning.connectivity import (  # noqa: F401 (re-exported: scores.effective_masks etc.)
+    collapsed_layers,
+    effective_masks,
+    effective_sparsity,
+)
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -88,24 +94,6 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, *, temperature: float = 
 # Checks and small pytree helpers (trace-time Python only).
 
 
-def _prunable_flags(params: PyTree, prunable: Optional[PyTree]) -> list[bool]:
-    """The prunable flags as a list aligned with ``jax.tree.leaves(params)``."""
-    treedef = jax.tree.structure(params)
-    if prunable is None:
-        prunable = masks_lib.prunable_tree(params)
-    try:
-        flags = treedef.flatten_up_to(prunable)
-    except (ValueError, TypeError) as e:
-        raise JPanningError(f"prunable does not have the params' tree structure: {e}") from None
-    flags = [bool(f) for f in flags]
-    if not any(flags):
-        raise JPanningError(
-            "no prunable leaves: the prunable filter selected nothing; name the weights "
-            f"{'/'.join(masks_lib.WEIGHT_NAMES)} or pass prunable= (a pytree of bools like params)"
-        )
-    return flags
-
-
 def _masks_or_ones(params: PyTree, masks: Optional[PyTree]) -> PyTree:
     """``masks`` cast to the params' dtypes, or ones; checks structure and shapes."""
     if masks is None:
@@ -138,7 +126,9 @@ def _check_float(path, leaf) -> None:
         )
 
 
-def _check_batch(batch) -> tuple:
+def _check_batch(batch, *, integer_labels: bool = True) -> tuple:
+    """``batch`` as ``(inputs [B, ...], labels [B])``; with ``integer_labels`` (the data
+    scorers' door) the labels are asserted (chex) a vector of integers, as the loss takes them."""
     if not isinstance(batch, (tuple, list)) or len(batch) != 2:
         raise JPanningError(f"batch must be a pair (inputs, labels); got {type(batch).__name__}")
     inputs, labels = batch
@@ -147,6 +137,11 @@ def _check_batch(batch) -> tuple:
             f"inputs {np.shape(inputs)} and labels {np.shape(labels)} must share "
             "a leading batch dimension"
         )
+    if integer_labels:
+        message = "batch labels: integer class indices [B]"
+        array = labels if hasattr(labels, "dtype") else np.asarray(labels)  # chex reads a list
+        chex.assert_rank(array, 1, custom_message=message)  # as several inputs
+        chex.assert_type(array, int, custom_message=message)
     return inputs, labels
 
 
@@ -159,35 +154,6 @@ def _only_prunable(tree: PyTree, flags: list[bool]) -> PyTree:
 def _sum_squares(tree: PyTree, flags: list[bool]) -> jax.Array:
     leaves = [x for x, f in zip(jax.tree.leaves(tree), flags) if f]
     return sum(jnp.sum(jnp.square(x)) for x in leaves)
-
-
-def _fan_out_axis(path) -> int:
-    """The outputs' axis of a weight: 0 for Equinox's ``weight`` [out, in, ...], else the last.
-
-    Flax's ``kernel``, Haiku's ``w`` and plain ``x @ W`` weights have their outputs last.
-    """
-    return 0 if masks_lib.leaf_name(path) == "weight" else -1
-
-
-def _layer_gain(weights: jax.Array, axis: int = -1) -> jax.Array:
-    """Mean output of one layer fed ones: ``sum(|W|) / fan_out`` (``axis`` is the outputs').
-
-    Constant under differentiation; 1 for an empty layer so that dividing by it is safe.
-    """
-    gain = jnp.sum(jnp.abs(weights)) / weights.shape[axis]
-    return jax.lax.stop_gradient(jnp.where(gain > 0, gain, jnp.ones_like(gain)))
-
-
-def _compute_dtype(dtype, reference: jax.Array):
-    if dtype is None:
-        return jnp.result_type(reference)
-    dtype = jnp.dtype(dtype)
-    if dtype == jnp.float64 and not jax.config.jax_enable_x64:
-        raise JPanningError(
-            "dtype float64 needs 64-bit JAX: wrap the call in "
-            "`with jax.enable_x64(True):` or set JAX_ENABLE_X64=1"
-        )
-    return dtype
 
 
 # ----------------------------------------------------------------------------------------------
@@ -398,7 +364,7 @@ def grasp(
     """
     del key
     batch = _check_batch(batch)
-    flags = _prunable_flags(params, prunable)
+    flags = leaves_lib.prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     _, _, hg = _grad_and_hvp(
         apply_fn, masks_lib.apply(params, m), batch, loss_fn, flags, chunk_size
@@ -427,7 +393,7 @@ def loss_grad_hvp(
         (gradient restricted to the prunable leaves), both pytrees like ``params``.
     """
     batch = _check_batch(batch)
-    flags = _prunable_flags(params, prunable)
+    flags = leaves_lib.prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     return _grad_and_hvp(apply_fn, masks_lib.apply(params, m), batch, loss_fn, flags, chunk_size)
 
@@ -495,7 +461,7 @@ def loss_and_grad_norm(
         ``(loss, grad_norm_sq)``, two scalars.
     """
     batch = _check_batch(batch)
-    flags = _prunable_flags(params, prunable)
+    flags = leaves_lib.prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     loss, g = _loss_and_grad(apply_fn, masks_lib.apply(params, m), batch, loss_fn, chunk_size)
     return loss, _sum_squares(g if whole_tensors else masks_lib.apply(g, m), flags)
@@ -579,16 +545,16 @@ def synflow(
         Non-negative scores, a pytree shaped like ``params``.
     """
     del key, loss_fn
-    inputs, _ = _check_batch(batch)
+    inputs, _ = _check_batch(batch, integer_labels=False)
     if rescale not in RESCALINGS:
         raise JPanningError(
             f"unknown SynFlow rescale {rescale!r}; choose from: {', '.join(RESCALINGS)}"
         )
-    flags = _prunable_flags(params, prunable)
+    flags = leaves_lib.prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     flat, treedef = jax.tree_util.tree_flatten_with_path(params)
     paths, leaves = [path for path, _ in flat], [x for _, x in flat]
-    dtype = _compute_dtype(dtype, leaves[0])
+    dtype = leaves_lib.compute_dtype(dtype, leaves[0])
     abs_params = [jnp.abs(p).astype(dtype) for p in leaves]
     weights = [p * x.astype(dtype) for p, x in zip(abs_params, jax.tree.leaves(m))]
     ones = jnp.ones((1,) + tuple(np.shape(inputs)[1:]), dtype)
@@ -597,7 +563,7 @@ def synflow(
     kernel_scale = [jnp.ones((), dtype)] * len(leaves)  # w_l / c_l in the network
     if rescale in ("io", "layer"):
         gains = [
-            _layer_gain(w, _fan_out_axis(path)) if f else jnp.ones((), dtype)
+            leaves_lib.layer_gain(w, leaves_lib.fan_out_axis(path)) if f else jnp.ones((), dtype)
             for path, w, f in zip(paths, weights, flags)
         ]
         if rescale == "layer":
@@ -680,7 +646,7 @@ def fused(
     """
     del key
     batch = _check_batch(batch)
-    flags = _prunable_flags(params, prunable)
+    flags = leaves_lib.prunable_flags(params, prunable)
     m = _masks_or_ones(params, masks)
     _, g, hg = _grad_and_hvp(
         apply_fn, masks_lib.apply(params, m), batch, loss_fn, flags, chunk_size
@@ -735,114 +701,3 @@ def get_scorer(name: str) -> Scorer:
     if name not in SCORERS:
         raise JPanningError(f"unknown scorer {name!r}; choose from: {', '.join(SCORERS)}")
     return SCORERS[name]
-
-
-# ----------------------------------------------------------------------------------------------
-# Effective sparsity.
-
-
-def effective_masks(
-    apply_fn: ApplyFn, masks: PyTree, input_shape: Sequence[int], *, prunable=None, dtype=None
-) -> PyTree:
-    """The kept weights that lie on some input-to-output path of kept weights.
-
-    Vysogorets & Kempe 2021, "Connectivity matters: neural network pruning through the lens
-    of effective sparsity". The network is evaluated with every prunable kernel replaced by
-    its mask (scaled per layer by its mean gain, see :func:`synflow`) and every other leaf
-    (biases, norm scales and shifts) by one. ``D`` is the derivative of the summed outputs
-    along the all-ones input, ``D = ∂/∂t Σ f(t·1)``: every term of it is the product of the
-    weights along one input-to-output path, all non-negative, so ``∂D/∂m_q ≠ 0`` exactly when
-    weight q is on such a path. Differentiating along the input (rather than ``Σ f(1)``
-    itself) drops paths that start at a bias, which carry no signal from the data; biases of
-    one keep every ReLU strictly active. ``apply_fn`` must be in eval mode, with BatchNorm
-    running statistics as at initialization (mean 0, variance 1) or at least non-negative
-    affine maps; a max-pool routes the derivative to one element of each window, which is
-    exact for weight-shared convolutions fed a constant input.
-
-    Args:
-        apply_fn: ``apply_fn(params, x) -> outputs`` (eval mode).
-        masks: 0/1 pytree shaped like the params (only shapes and prunable leaves are read).
-        input_shape: one example's shape, without the batch axis, e.g. ``(32, 32, 3)``.
-        prunable: pytree of bools (default ``jpanning.masks.prunable_tree(masks)``).
-        dtype: compute dtype (float64 needs ``jax.enable_x64``); default the masks' dtype, or
-            float32 for integer or bool masks.
-    Returns:
-        A mask pytree like ``masks`` (same dtypes): 1 where a prunable weight is kept and
-        effective, 0 elsewhere on prunable leaves, ones on the others.
-    """
-    flags = _prunable_flags(masks, prunable)
-    return _effective_masks(apply_fn, masks, tuple(input_shape), tuple(flags), dtype)
-
-
-def _effective_masks(apply_fn, masks, input_shape: tuple, flags: tuple, dtype):
-    flat, treedef = jax.tree_util.tree_flatten_with_path(masks)
-    paths, leaves = [path for path, _ in flat], [x for _, x in flat]
-    reference = jnp.asarray(leaves[0])
-    if not jnp.issubdtype(reference.dtype, jnp.floating):
-        reference = reference.astype(jnp.float32)
-    dtype = _compute_dtype(dtype, reference)
-    kept = [(jnp.asarray(x) != 0).astype(dtype) for x in leaves]
-    scale = [
-        _layer_gain(k, _fan_out_axis(path)) if f else None for path, k, f in zip(paths, kept, flags)
-    ]
-    x0 = jnp.ones((1,) + input_shape, dtype)
-
-    def input_flow(kept_leaves):
-        weights = treedef.unflatten(
-            [k / c if f else jnp.ones_like(k) for k, c, f in zip(kept_leaves, scale, flags)]
-        )
-        return jax.jvp(lambda x: jnp.sum(apply_fn(weights, x)), (x0,), (x0,))[1]
-
-    flow = jax.grad(input_flow)(kept)
-    out = [
-        ((g != 0) & (k != 0)).astype(jnp.result_type(x))
-        if f
-        else jnp.ones(np.shape(x), jnp.result_type(x))
-        for g, k, x, f in zip(flow, kept, leaves, flags)
-    ]
-    return treedef.unflatten(out)
-
-
-# One compilation per (apply_fn, input shape, prunable flags, dtype), reused across calls.
-_effective_masks_jit = jax.jit(_effective_masks, static_argnums=(0, 2, 3, 4))
-
-
-def effective_sparsity(
-    apply_fn: ApplyFn, masks: PyTree, input_shape: Sequence[int], *, prunable=None, dtype=None
-) -> jax.Array:
-    """Fraction of prunable weights that are pruned **or** on no input-to-output path.
-
-    Args: as :func:`effective_masks`.
-    Returns:
-        A scalar in [0, 1]; at least the direct sparsity of ``masks``.
-    """
-    flags = _prunable_flags(masks, prunable)
-    effective = effective_masks(apply_fn, masks, input_shape, prunable=prunable, dtype=dtype)
-    chosen = [x for x, f in zip(jax.tree.leaves(effective), flags) if f]
-    total = sum(math.prod(np.shape(x)) for x in chosen)
-    alive = sum(jnp.sum(x != 0) for x in chosen)
-    return (total - alive) / total  # exactly 0 when every weight is effective
-
-
-def collapsed_layers(
-    apply_fn: ApplyFn, masks: PyTree, input_shape: Sequence[int], *, prunable=None
-) -> list[str]:
-    """Paths (``'block1/conv1/kernel'``) of prunable layers with no effective weight left.
-
-    Host-side: runs :func:`effective_masks` under ``jax.jit`` (compiled once per apply_fn,
-    input shape and prunable set) and returns Python strings. In a
-    chain without skips one collapsed layer disconnects every layer; in a ResNet a collapsed
-    residual branch leaves the rest connected through the shortcuts.
-
-    Args: as :func:`effective_masks`.
-    Returns:
-        Paths in tree-flattening order; empty when every prunable layer keeps a path.
-    """
-    flags = _prunable_flags(masks, prunable)
-    effective = _effective_masks_jit(apply_fn, masks, tuple(input_shape), tuple(flags), None)
-    flat, _ = jax.tree_util.tree_flatten_with_path(effective)
-    return [
-        masks_lib.path_str(path)
-        for (path, x), f in zip(flat, flags)
-        if f and not np.any(np.asarray(x))
-    ]

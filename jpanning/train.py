@@ -25,6 +25,7 @@ from jpanning import checkpoint as checkpoint_lib, masks as masks_lib, parallel,
 from jpanning.checkpoint import Checkpoints
 from jpanning.data import Dataset, augment_batch, epoch_batches
 from jpanning.errors import JPanningError, RunFailed
+from jpanning.resumable import Resumable
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,20 +177,65 @@ def _check_finite(loss: float, step: int, lr: float) -> None:
 
 
 @dataclasses.dataclass
-class _Position:
-    """Where the epoch loop stands (the ``meta`` of a checkpoint): ``batch`` batches of epoch
-    ``epoch`` (0-based) done, ``rng`` the shuffling generator's state when that epoch began,
-    the epoch's running sums so far and the finished epochs' records."""
+class EpochSums:
+    """The running sums of the step metrics over the epoch so far (host-side numbers).
+
+    A new metric of :func:`train_step_fn` is summed in :meth:`add` and reported in
+    :meth:`record`; checkpoints carry every field (:class:`Position`).
+    """
+
+    loss_sum: float = 0.0
+    correct: int = 0
+    seen: int = 0  # steps summed
+
+    def add(self, fetched: list[dict]) -> None:
+        """Add the fetched metrics of ``len(fetched)`` steps."""
+        self.loss_sum += sum(float(m["loss"]) for m in fetched)
+        self.correct += sum(int(m["correct"]) for m in fetched)
+        self.seen += len(fetched)
+
+    def record(self, batch_size: int) -> dict:
+        """The epoch's ``train_loss`` and ``train_accuracy``."""
+        return {
+            "train_loss": self.loss_sum / self.seen,
+            "train_accuracy": self.correct / (self.seen * batch_size),
+        }
+
+
+@dataclasses.dataclass(frozen=True)
+class Position:
+    """Where the epoch loop stands (the ``meta`` of a checkpoint).
+
+    Attributes:
+        epoch, batch: ``batch`` batches of epoch ``epoch`` (0-based) are done.
+        rng: the shuffling generator's state when that epoch began.
+        sums: the epoch's running sums so far.
+        history: the finished epochs' records.
+        key: the run's PRNG key data, and ``run`` the training settings: what must match to
+            resume.
+    """
 
     epoch: int
     batch: int
     rng: dict
-    loss_sum: float = 0.0
-    correct: int = 0
-    seen: int = 0
+    sums: EpochSums = dataclasses.field(default_factory=EpochSums)
     history: list = dataclasses.field(default_factory=list)
     key: list = dataclasses.field(default_factory=list)
-    run: dict = dataclasses.field(default_factory=dict)  # what must match to resume
+    run: dict = dataclasses.field(default_factory=dict)
+
+    def meta(self) -> dict:
+        """As JSON: the fields, with the sums' inline (the layout of every checkpoint)."""
+        meta = dataclasses.asdict(self)
+        sums = meta.pop("sums")
+        return meta | sums
+
+    @classmethod
+    def from_meta(cls, meta: dict) -> "Position":
+        """The position :meth:`meta` wrote. Raises TypeError on other fields."""
+        meta = dict(meta)
+        names = [f.name for f in dataclasses.fields(EpochSums)]
+        sums = EpochSums(**{name: meta.pop(name) for name in names if name in meta})
+        return cls(sums=sums, **meta)
 
 
 def train(
@@ -226,7 +272,7 @@ def train(
         stop: polled after every step but an epoch's last (whose checkpoint follows the
             evaluation, and the poll with it); when it returns a signal name the loop writes a
             checkpoint and raises :class:`jpanning.checkpoint.Interrupted`. A stop during the
-            last epoch lets the run finish.
+            last epoch lets the run finish. (:class:`jpanning.resumable.Resumable` does both.)
     Returns:
         The final :class:`TrainState` and one dict per epoch (train loss/accuracy, test
         loss/accuracy).
@@ -250,14 +296,16 @@ def train(
     shuffle_key, aug_key = jax.random.split(key)
     rng = np.random.default_rng(np.asarray(jax.random.key_data(shuffle_key)))
     run = dataclasses.asdict(config) | {"steps_per_epoch": steps_per_epoch}
-    pos = _Position(epoch=0, batch=0, rng=rng.bit_generator.state, key=_key_list(key), run=run)
+    pos = Position(epoch=0, batch=0, rng=rng.bit_generator.state, key=_key_list(key), run=run)
     saved = {"masks": masks if masks is not None else {}}
-    if checkpoints is not None and checkpoints.latest() is not None:
-        state, pos = _restore(checkpoints, state, saved, pos, log)
+    loop = Resumable(checkpoints, stop)
+    restored = loop.restore({"train": state, **saved}, log=log)
+    if restored is not None:
+        state, pos = _resume(loop, restored, saved, pos, log)
         rng.bit_generator.state = pos.rng
     state = parallel.replicate(mesh, state)
 
-    def save(position: _Position) -> None:
+    def save(position: Position) -> None:
         if checkpoints is None:
             return
         finite = jax.tree.map(lambda p: jnp.all(jnp.isfinite(p)), state.params)
@@ -267,13 +315,7 @@ def train(
                 f"(now {config.lr}); the last good checkpoint (step {checkpoints.latest()}) "
                 f"is kept in {checkpoints.directory}"
             )
-        checkpoints.save(done, {"train": state, **saved}, dataclasses.asdict(position))
-
-    def stopped(signal_name: str) -> checkpoint_lib.Interrupted:
-        where = f"; checkpoint at step {done} in {checkpoints.directory}" if checkpoints else ""
-        return checkpoint_lib.Interrupted(
-            f"stopped by {signal_name} at step {done}{where}", signal_name
-        )
+        loop.save(done, {"train": state, **saved}, position.meta())
 
     done = pos.epoch * steps_per_epoch + pos.batch  # steps taken (a host counter, no sync)
     history = pos.history
@@ -281,53 +323,42 @@ def train(
         resumed_here = epoch == pos.epoch
         epoch_rng = rng.bit_generator.state
         skip = pos.batch if resumed_here else 0
-        sums = (pos.loss_sum, pos.correct, pos.seen) if resumed_here else (0.0, 0, 0)
-        loss_sum, correct, seen = sums
+        sums = dataclasses.replace(pos.sums) if resumed_here else EpochSums()
         pending = []
+
+        def drain() -> None:
+            _drain_checked(pending, sums, config, done, bar, checkpoints)
+
+        def checkpoint(batch: int) -> None:
+            drain()
+            save(Position(epoch, batch, epoch_rng, sums, history, pos.key, run))
+
         batches = epoch_batches(rng, dataset.num_train, config.batch_size)
-        bar = tqdm(
+        with tqdm(
             total=steps_per_epoch,
             initial=skip,
             desc=f"epoch {epoch + 1}/{config.epochs}",
             disable=not progress,
             leave=False,
             unit="step",
-        )
-        for i, idx in enumerate(batches):
-            if i < skip:
-                continue
-            images, labels = parallel.put_batch(
-                mesh, (dataset.train_images[idx], dataset.train_labels[idx])
-            )
-            state, metrics = train_step(state, jax.random.fold_in(aug_key, done), images, labels)
-            done += 1
-            bar.update()
-            pending.append(metrics)
-            inside = i + 1 < steps_per_epoch  # the epoch end has its own checkpoint
-            due = (
-                checkpoints is not None
-                and checkpoints.every > 0
-                and done % checkpoints.every == 0
-                and inside
-            )
-            signal_name = stop() if inside else None
-            if len(pending) == config.check_every or due or signal_name:
-                loss_sum, correct, seen = _drain_checked(
-                    pending, loss_sum, correct, seen, config, done, bar, checkpoints
+        ) as bar:
+            for i, idx in enumerate(batches):
+                if i < skip:
+                    continue
+                images, labels = parallel.put_batch(
+                    mesh, (dataset.train_images[idx], dataset.train_labels[idx])
                 )
-            if due or signal_name:
-                save(
-                    _Position(
-                        epoch, i + 1, epoch_rng, loss_sum, correct, seen, history, pos.key, run
-                    )
-                )
-            if signal_name:
-                bar.close()
-                raise stopped(signal_name)
-        loss_sum, correct, seen = _drain_checked(
-            pending, loss_sum, correct, seen, config, done, bar, checkpoints
-        )
-        bar.close()
+                key_t = jax.random.fold_in(aug_key, done)
+                state, metrics = train_step(state, key_t, images, labels)
+                done += 1
+                bar.update()
+                pending.append(metrics)
+                if len(pending) == config.check_every:
+                    drain()
+                # The epoch's last step checkpoints after the evaluation (the boundary below).
+                last = i + 1 == steps_per_epoch
+                loop.after(done - 1, done, lambda: checkpoint(i + 1), last=last)
+            drain()
         test = evaluate(
             eval_step,
             state.params,
@@ -337,25 +368,19 @@ def train(
             eval_batch_size,
             mesh=mesh,
         )
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / (seen * config.batch_size),
-            "test_loss": test["loss"],
-            "test_accuracy": test["accuracy"],
-        }
+        record = (
+            {"epoch": epoch + 1}
+            | sums.record(config.batch_size)
+            | {"test_loss": test["loss"], "test_accuracy": test["accuracy"]}
+        )
         history = history + [record]
         log(
             f"epoch {epoch + 1}/{config.epochs}: train loss {record['train_loss']:.4f} "
             f"acc {record['train_accuracy']:.4f} | test loss {test['loss']:.4f} "
             f"acc {test['accuracy']:.4f}"
         )
-        save(
-            _Position(epoch + 1, 0, rng.bit_generator.state, history=history, key=pos.key, run=run)
-        )
-        signal_name = stop()
-        if signal_name and epoch + 1 < config.epochs:
-            raise stopped(signal_name)
+        end = Position(epoch + 1, 0, rng.bit_generator.state, history=history, key=pos.key, run=run)
+        loop.boundary(done, lambda: save(end), final=epoch + 1 == config.epochs)
     return state, history
 
 
@@ -363,44 +388,34 @@ def _key_list(key) -> list:
     return np.asarray(jax.random.key_data(key)).tolist()
 
 
-def _restore(checkpoints, state: TrainState, saved: dict, pos: _Position, log):
-    """The newest checkpoint's state and position, checked against this run's key and masks."""
-    step, restored, meta = checkpoints.restore({"train": state, **saved}, log=log)
+def _resume(loop: Resumable, restored: tuple, saved: dict, pos: Position, log):
+    """The restored checkpoint's state and position, checked against this run's settings,
+    key and masks (``pos``, ``saved``)."""
+    step, restored, meta = restored
     try:
-        position = _Position(**meta)
+        position = Position.from_meta(meta)
     except TypeError as e:
-        raise JPanningError(
-            f"the checkpoint in {checkpoints.directory} was not written by this training loop ({e})"
-        )
+        raise loop.refuse(f"was not written by this training loop ({e})") from None
     if position.run != pos.run:
         diff = sorted(k for k in pos.run if position.run.get(k) != pos.run[k])
-        raise JPanningError(
-            f"the checkpoint in {checkpoints.directory} was written with other training "
-            f"settings ({', '.join(diff) or 'unknown'}); it cannot be resumed by this run"
+        raise loop.refuse(
+            f"was written with other training settings ({', '.join(diff) or 'unknown'})"
         )
     if position.key != pos.key:
-        raise JPanningError(
-            f"the checkpoint in {checkpoints.directory} was written by a run with another "
-            "seed or key; it cannot be resumed by this one"
-        )
+        raise loop.refuse("was written by a run with another seed or key")
     same_masks = jax.tree.all(
         jax.tree.map(lambda a, b: bool(np.array_equal(a, b)), restored["masks"], saved["masks"])
     )
     if not same_masks:
-        raise JPanningError(
-            f"the checkpoint in {checkpoints.directory} holds other masks than this run's"
-        )
-    log(
-        f"resuming from the checkpoint at step {step} (epoch {position.epoch + 1}, "
-        f"batch {position.batch}) in {checkpoints.directory}"
-    )
+        raise loop.refuse("holds other masks than this run's")
+    loop.resumed(step, log=log, where=f" (epoch {position.epoch + 1}, batch {position.batch})")
     return restored["train"], position
 
 
-def _drain_checked(pending, loss_sum, correct, seen, config, done, bar, checkpoints):
+def _drain_checked(pending, sums, config, done, bar, checkpoints) -> None:
     """:func:`_drain`, with the last good checkpoint named when the loss is not finite."""
     try:
-        return _drain(pending, loss_sum, correct, seen, config, done, bar)
+        _drain(pending, sums, config, done, bar)
     except RunFailed as e:
         if checkpoints is None or checkpoints.latest() is None:
             raise
@@ -410,23 +425,19 @@ def _drain_checked(pending, loss_sum, correct, seen, config, done, bar, checkpoi
         ) from None
 
 
-def _drain(
-    pending: list, loss_sum: float, correct: int, seen: int, config: TrainConfig, done: int, bar
-) -> tuple[float, int, int]:
-    """Fetch queued step metrics (one host sync per ``check_every`` steps) and check them.
+def _drain(pending: list, sums: EpochSums, config: TrainConfig, done: int, bar) -> None:
+    """Fetch queued step metrics (one host sync per ``check_every`` steps), check them and
+    add them to ``sums``.
 
     ``done`` counts the steps taken; the queued ones are steps ``done - len(pending) + 1`` to
     ``done`` (1-based), which is how a non-finite loss is reported.
     """
     if not pending:
-        return loss_sum, correct, seen
+        return
     fetched = jax.device_get(pending)
     first_step = done - len(fetched) + 1
     for i, m in enumerate(fetched):
         _check_finite(float(m["loss"]), first_step + i, config.lr)
-    loss_sum += sum(float(m["loss"]) for m in fetched)
-    correct += sum(int(m["correct"]) for m in fetched)
-    seen += len(fetched)
+    sums.add(fetched)
     pending.clear()
-    bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-    return loss_sum, correct, seen
+    bar.set_postfix(loss=f"{sums.loss_sum / sums.seen:.4f}")

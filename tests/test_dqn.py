@@ -45,6 +45,21 @@ def test_td_errors_match_a_hand_computation(double_q):
     assert float(got[1]) == pytest.approx(-0.5 - q[1, 2], abs=1e-6)
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_td_errors_and_update_assert_the_batch_at_the_door(jit):
+    state = dqn.init_agent(jax.random.key(0), CONFIG, 2, 3)
+    batch = _batch()
+    td_errors = jax.jit(dqn.td_errors, static_argnums=3) if jit else dqn.td_errors
+    update = jax.jit(dqn.update, static_argnums=2) if jit else dqn.update
+    float_actions = batch.replace(action=batch.action.astype(jnp.float32))
+    with pytest.raises(AssertionError, match=r"assert_type.*dqn.td_errors: batch \(obs, action"):
+        td_errors(state.params, state.target_params, float_actions, CONFIG)
+    with pytest.raises(AssertionError, match=r"assert_rank.*dqn.update"):
+        update(state, batch.replace(reward=batch.reward[:, None]), CONFIG)
+    with pytest.raises(AssertionError, match=r"dqn.update: obs, next_obs"):
+        update(state, batch.replace(next_obs=batch.next_obs[:, :1]), CONFIG)
+
+
 def test_epsilon_falls_linearly_over_the_exploration_fraction():
     config = dqn.DQNConfig(total_steps=1000, exploration_fraction=0.7, epsilon_end=0.05)
     eps = [float(dqn.epsilon_at(t, config)) for t in (0, 350, 700, 999)]

@@ -219,6 +219,26 @@ def test_reset_observes_the_dense_batch_only_and_steps_agree_with_and_without_ji
     assert report["kept"] == int(report["total"] * (1 - s0)) == int(eager[5]["kept"])
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_reset_and_step_assert_their_inputs_at_the_door(tiny_env, jit):
+    env, params = tiny_env
+    reset, step = (jax.jit(env.reset), jax.jit(env.step)) if jit else (env.reset, env.step)
+    key = jax.random.key(0)
+    _, state = env.reset(key, params, target=0.9)
+    with pytest.raises(AssertionError, match=r"assert_shape.*step: action"):
+        step(key, state, jnp.zeros(4), params)
+    with pytest.raises(AssertionError, match=r"step: state.masks"):
+        step(key, state.replace(masks=jax.tree.map(lambda m: m[None], state.masks)), jnp.zeros(3), params)  # fmt: skip
+    with pytest.raises(AssertionError, match=r"assert_type.*EnvParams \(scoring 'pool'\)"):
+        reset(key, params.replace(labels=params.labels.astype(jnp.float32)))
+    with pytest.raises(AssertionError, match=r"assert_shape.*EnvParams"):
+        reset(key, params.replace(inputs=params.inputs[0]))
+    with pytest.raises(AssertionError, match=r"EnvParams: snip"):
+        reset(key, params.replace(snip=jax.tree.map(lambda x: x[:2], params.snip)))
+    with pytest.raises(AssertionError, match=r"reset: target"):
+        reset(key, params, jnp.array([0.9, 0.8]))
+
+
 def test_vmap_over_four_environments_equals_four_single_steps(tiny_env):
     env, params = tiny_env
     keys = jax.random.split(jax.random.key(3), 4)

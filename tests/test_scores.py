@@ -483,6 +483,26 @@ def test_bad_inputs_raise_one_line_errors():
         S.fused(mlp_apply, params, batch, chunk_size=0)
 
 
+class DoorTest(chex.TestCase):
+    """A wrong input fails at the scorer's door with chex's message, with and without jit."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    @parameterized.parameters("snip", "grasp", "grad_norm", "fused", "loss_and_grad_norm")
+    def test_data_scorers_assert_integer_label_vectors(self, name):
+        params, _, (x, y) = mlp_problem()
+        scorer = self.variant(functools.partial(getattr(S, name), mlp_apply))
+        with pytest.raises(AssertionError, match=r"assert_type.*integer class indices"):
+            scorer(params, (x, y.astype(jnp.float32)))
+        one_hot = jax.nn.one_hot(y, 3).astype(jnp.int32)
+        with pytest.raises(AssertionError, match=r"assert_rank.*integer class indices"):
+            scorer(params, (x, one_hot))
+
+    def test_synflow_reads_no_labels(self):
+        params, _, (x, y) = mlp_problem()
+        got = S.synflow(mlp_apply, params, (x, y.astype(jnp.float32)))
+        assert_trees_close(got, S.synflow(mlp_apply, params, (x, y)), rtol=0, atol=0)
+
+
 # ----------------------------------------------------------------------------------------------
 # Effective sparsity.
 

@@ -197,6 +197,24 @@ def test_update_with_and_without_jit_agree_and_does_not_retrace():
 # -- the replay buffer ----------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("jit", [False, True])
+def test_update_and_critic_target_assert_the_batch_at_the_door(jit):
+    config = td3.TD3Config(hidden_sizes=(8,), batch_size=4)
+    state = td3.init_agent(jax.random.key(0), config, obs_size=3, action_size=2)
+    batch = _random_batch(jax.random.key(1), 4, 3, 2)
+    update = jax.jit(td3.update, static_argnums=3) if jit else td3.update
+    target = jax.jit(td3.critic_target, static_argnums=4) if jit else td3.critic_target
+    key = jax.random.key(2)
+    unbatched = jax.tree.map(lambda x: x[0], batch)
+    with pytest.raises(AssertionError, match=r"assert_rank.*td3.update: batch \(obs, action"):
+        update(state, unbatched, key, config)
+    with pytest.raises(AssertionError, match=r"assert_equal_shape_prefix.*td3.update"):
+        update(state, batch.replace(reward=batch.reward[:3]), key, config)
+    with pytest.raises(AssertionError, match=r"assert_type.*td3.critic_target"):
+        target(key, state.target_actor_params, state.target_critic_params,
+               batch.replace(action=batch.action.astype(jnp.int32)), config)  # fmt: skip
+
+
 def _transition(i):
     i = float(i)
     return td3.Transition(

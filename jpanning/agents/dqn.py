@@ -159,7 +159,14 @@ def td_errors(
 
     Q-learning: ``r + γ(1 − terminated) max_a Q'(s', a) − Q(s, a)``; double Q-learning picks
     the argmax with the online network and takes its value from the target network.
+
+    Args:
+        params, target_params: the online and target Q-networks.
+        batch: transitions with ``obs``, ``next_obs`` ``[B, O]``, ``action`` ``[B]`` int,
+            ``reward``, ``terminated`` ``[B]`` (asserted).
+        config: γ, double Q-learning and the network sizes.
     """
+    replay.assert_batch(batch, action_rank=1, action_type=int, where="dqn.td_errors")
     num_actions = _num_actions(params)
     q_tm1 = q_values(params, batch.obs, config, num_actions)
     q_t_value = q_values(target_params, batch.next_obs, config, num_actions)
@@ -177,9 +184,15 @@ def update(
 ) -> tuple[AgentState, dict[str, jax.Array]]:
     """One gradient step on the mean Huber loss of the TD errors (targets held fixed).
 
+    Args:
+        state: the agent.
+        batch: transitions as :func:`td_errors` takes them (asserted here, at the door).
+        config: hyper-parameters.
+
     Returns:
         ``(state, metrics)`` with scalar ``loss`` and ``q`` (mean Q of the taken actions).
     """
+    replay.assert_batch(batch, action_rank=1, action_type=int, where="dqn.update")
 
     def loss_fn(params):
         td = td_errors(params, state.target_params, batch, config)

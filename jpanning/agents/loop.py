@@ -23,6 +23,7 @@ import numpy as np
 from jpanning import checkpoint as checkpoint_lib
 from jpanning.agents import replay
 from jpanning.errors import JPanningError
+from jpanning.resumable import Resumable
 
 
 @flax.struct.dataclass
@@ -153,8 +154,9 @@ def host_loop(
             observation; and the metrics so far) and writes one every ``checkpoints.every``
             steps and on a stop request. A resumed loop ends where an
             uninterrupted one does.
-        stop: polled after every call; a signal name makes the loop write a checkpoint and
-            raise :class:`jpanning.checkpoint.Interrupted`.
+        stop: polled after every call but the last; a signal name makes the loop write a
+            checkpoint and raise :class:`jpanning.checkpoint.Interrupted`
+            (:class:`jpanning.resumable.Resumable` does both).
 
     Returns:
         ``(agent, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
@@ -175,23 +177,21 @@ def host_loop(
     carry = jax.jit(init)(k_init, env_params_at(0))
     chunks = []
     t = 0
-    key_list = np.asarray(jax.random.key_data(key)).tolist()
-    if checkpoints is not None and checkpoints.latest() is not None:
-        t, carry, meta, done = checkpoints.restore(carry, extra=True)
-        if meta.get("key") != key_list or meta.get("total_steps") != total_steps:
-            raise JPanningError(
-                f"the agent checkpoint in {checkpoints.directory} belongs to another run "
-                "(seed or number of steps); it cannot be resumed by this one"
-            )
-        print(f"resuming the agent's training at step {t} from {checkpoints.directory}")
+    run = {"key": np.asarray(jax.random.key_data(key)).tolist(), "total_steps": total_steps}
+    loop = Resumable(checkpoints, stop, unit="agent step")
+    restored = loop.restore(carry, extra=True)
+    if restored is not None:
+        t, carry, meta, done = restored
+        if meta.get("key") != run["key"] or meta.get("total_steps") != total_steps:
+            raise loop.refuse("belongs to another run (seed or number of steps)")
+        loop.resumed(t)
         chunks.append(done)
         if callback is not None:
             callback(t, done)
 
-    def save(t):
+    def checkpoint() -> None:
         if checkpoints is not None:
-            done = jax.tree.map(lambda *xs: np.concatenate(xs), *chunks)
-            checkpoints.save(t, carry, {"key": key_list, "total_steps": total_steps}, done)
+            loop.save(t, carry, run, jax.tree.map(lambda *xs: np.concatenate(xs), *chunks))
 
     while t < total_steps:
         n = min(int(steps_per_call), total_steps - t)
@@ -201,15 +201,7 @@ def host_loop(
         t_before, t = t, t + n
         if callback is not None:
             callback(t, metrics)
-        signal_name = stop() if t < total_steps else None
-        every = checkpoints.every if checkpoints is not None else 0
-        if signal_name or (every and t // every > t_before // every and t < total_steps):
-            save(t)
-        if signal_name:
-            where = f"; checkpoint in {checkpoints.directory}" if checkpoints else ""
-            raise checkpoint_lib.Interrupted(
-                f"stopped by {signal_name} at agent step {t}{where}", signal_name
-            )
+        loop.after(t_before, t, checkpoint, last=t >= total_steps)
     if not chunks:
         empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params_at(0))[1], carry)
         return carry.agent, jax.tree.map(lambda x: np.zeros((0, *x.shape), x.dtype), empty)

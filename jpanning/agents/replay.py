@@ -7,6 +7,7 @@ vectors, DQN integer action indices.
 
 from __future__ import annotations
 
+import chex
 import flax.struct
 import jax
 import jax.numpy as jnp
@@ -87,3 +88,18 @@ def buffer_sample(key: jax.Array, buffer: ReplayBuffer, batch_size: int) -> Tran
     """
     index = jax.random.randint(key, (batch_size,), 0, jnp.maximum(buffer.size, 1))
     return jax.tree.map(lambda store: store[index], buffer.data)
+
+
+def assert_batch(batch: Transition, *, action_rank: int, action_type, where: str) -> None:
+    """Assert a batch of transitions at a loss's door (chex; trace-time, jit-safe).
+
+    ``obs`` and ``next_obs`` ``[B, O]`` float, ``action`` of rank ``action_rank`` and dtype
+    kind ``action_type`` (TD3: 2, float; DQN: 1, int), ``reward`` and ``terminated`` ``[B]``
+    float, all sharing B. ``where`` names the function in the message.
+    """
+    fields = [batch.obs, batch.action, batch.reward, batch.next_obs, batch.terminated]
+    message = f"{where}: batch (obs, action, reward, next_obs, terminated)"
+    chex.assert_rank(fields, [2, action_rank, 1, 2, 1], custom_message=message)
+    chex.assert_type(fields, [float, action_type, float, float, float], custom_message=message)
+    chex.assert_equal_shape_prefix(fields, 1, custom_message=message)
+    chex.assert_equal_shape([batch.obs, batch.next_obs], custom_message=f"{where}: obs, next_obs")

@@ -27,6 +27,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import chex
 import flax.linen as nn
 import flax.struct
 import jax
@@ -301,6 +302,7 @@ def critic_target(
     Returns:
         ``[B]`` targets, without gradient.
     """
+    replay.assert_batch(batch, action_rank=2, action_type=float, where="td3.critic_target")
     action_size = batch.action.shape[-1]
     half = _half_range(config)
     noise = config.policy_noise * half * jax.random.normal(key, batch.action.shape)
@@ -333,6 +335,8 @@ def update(
         ``(state, metrics)``; metrics are scalars ``critic_loss``, ``actor_loss`` (0 where
         the actor did not update), ``q`` (mean of both critics) and ``actor_updated`` (bool).
     """
+    replay.assert_batch(batch, action_rank=2, action_type=float, where="td3.update")
+    chex.assert_rank(state.step, 0)
     action_size = batch.action.shape[-1]
     actor, critic = _actor(config, action_size), _critic(config)
     actor_opt, critic_opt = _optimizers(config)
