@@ -250,11 +250,13 @@ def screen(
         RunFailed: the policy left no weight alive.
     """
     agent_config = config.agent_config()
-    env_params = env_params.replace(collapse_shield=bool(collapse_shield))
-    k_reset, k_steps = jax.random.split(key)
-    obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
     # the shield's fallback: SynFlow's own trajectory (None without the shield)
     synflow_masks = masks_lib.ones_like(env_params.net_params) if collapse_shield else None
+    env_params = env_params.replace(
+        collapse_shield=bool(collapse_shield), shield_masks=synflow_masks
+    )
+    k_reset, k_steps = jax.random.split(key)
+    obs, state = jax.jit(env.reset)(k_reset, env_params, target, ranges)
 
     @jax.jit
     def one_round(obs, state, k, env_params, synflow_masks):

@@ -494,9 +494,9 @@ def test_the_environment_shields_a_step_with_the_synflow_trajectory_it_is_given(
     step = jax.jit(env.step)
 
     def episode(shield):
-        p = params.replace(collapse_shield=shield)
-        _, state = env.reset(jax.random.key(0), p, target=0.99)
         synflow, trace = M.ones_like(net["params"]), []
+        p = params.replace(collapse_shield=shield, shield_masks=synflow if shield else None)
+        _, state = env.reset(jax.random.key(0), p, target=0.99)
         for t in range(p.rounds):
             if shield:
                 s = M.round_sparsity(state.target, state.round, p.rounds)
