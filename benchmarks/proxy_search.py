@@ -2,6 +2,7 @@
 
         python -m benchmarks.proxy_search --out runs/proxy/mse-s0 --seed 0
         python -m benchmarks.proxy_search --out runs/proxy/huber-s0 --seed 0 --critic-loss huber
+        python -m benchmarks.proxy_search --out runs/proxy/floor-s0 --target-reward-floor -1
 
 The authors' search (50,000 TD3 agent steps, T = 100, their target distribution and agent
 settings) on the proxy of ResNet-20 / Fashion-MNIST that ``--proxy`` names; the network and
@@ -40,6 +41,12 @@ def main(argv=None) -> int:
     p.add_argument("--proxy", default="proxy", choices=sorted(proxy.PROXIES))
     p.add_argument("--agent-steps", type=int, default=50_000)
     p.add_argument("--critic-loss", default="mse", choices=("mse", "huber"))
+    p.add_argument(
+        "--target-reward-floor",
+        type=float,
+        default=None,
+        help="floor on the reward in the critic's target only (TD3Config.target_reward_floor)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
     args = p.parse_args(argv)
@@ -57,7 +64,10 @@ def main(argv=None) -> int:
     base = rlpanning.RLPanningConfig(
         agent_steps=args.agent_steps, scoring="pool", steps_per_call=args.steps_per_call
     )
-    config = dataclasses.replace(base, td3=base.td3.replace(critic_loss=args.critic_loss))
+    agent_settings = base.td3.replace(
+        critic_loss=args.critic_loss, target_reward_floor=args.target_reward_floor
+    )
+    config = dataclasses.replace(base, td3=agent_settings)
     setting = proxy.proxy(args.proxy)
     env, env_params = proxy.build_env(
         problem, dataset, config, setting, args.seed, key=jax.random.fold_in(problem.key, 1)
@@ -88,6 +98,7 @@ def main(argv=None) -> int:
         "agent_steps": args.agent_steps,
         "proxy": args.proxy,
         "critic_loss": args.critic_loss,
+        "target_reward_floor": args.target_reward_floor,
     }
     rlpanning.save_policy(
         os.path.join(args.out, "policy.msgpack"), agent.actor_params, config, meta, ranges
