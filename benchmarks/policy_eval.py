@@ -20,6 +20,15 @@ return is the environment's (the authors' reward), so "the policy learned" means
 return than every fixed controller on the same episodes. Also written per episode: the final
 effective sparsity, whether the network collapsed, and each reward term summed.
 
+``--proxy NAME`` plays the proxy environment of the same network (:mod:`jpanning.proxy`).
+A policy searched on a proxy (its meta names it) and judged on the real environment, or the
+reverse, does not observe through its own ranges: they measure another network's losses.
+As the authors' environment widens its ranges on the network it screens, the real
+environment's warm-up ranges are first widened by ``--widen-episodes`` episodes of the policy
+(default 5, targets from the late distribution; :func:`widen_ranges`) and every controller
+then plays through those. Without ``--policy`` only the fixed controllers play (the shipped
+policy's environment settings, the warm-up ranges).
+
 Writes ``benchmarks/results/policy_eval/<name>/`` (``episodes.json``, ``table.md``), resuming
 from the episodes already there.
 """

@@ -174,7 +174,7 @@ def test_diagnostics_r2_ridge_features_and_split_by_hand():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(200, 4))
     target = x @ np.array([1.0, -2.0, 0.5, 0.0]) + 3.0
-    predict = search_diagnostics.ridge_fit(x, target, l2=0.0)
+    predict = search_diagnostics.ridge_fit(x, target, l2=0.0, clip=None)
     np.testing.assert_allclose(predict(x), target, atol=1e-9)
     obs = np.zeros((2, 7))
     obs[:, 4], obs[:, 5] = [0.5, 0.8], [0.49, 0.8]
