@@ -326,6 +326,7 @@ def faithfulness(pairs) -> dict:
         }
     return {
         "episodes": len(pairs),
+        "spearman_within_target_mean": float(np.mean([r["spearman"] for r in per_target.values()])),
         "spearman_episodes": spearman(real, prox),
         "spearman_cells": spearman(cell_real, cell_proxy),
         "per_target": per_target,
@@ -349,11 +350,16 @@ def faithful(args) -> None:
         f"Real: `benchmarks/results/policy_eval/{args.real}` (`{real['command']}`); proxy: "
         f"`benchmarks/results/policy_eval/{args.proxy}` (`{prox['command']}`). Same network "
         "initialization, controllers, targets, seeds and episode keys; each environment "
-        "observes through its own warm-up ranges.",
+        "observes through the ranges of its own run (its command: a policy's ranges, or the "
+        "warm-up ranges without `--policy`).",
         "",
-        f"Spearman rank correlation of the episode returns: **{result['spearman_episodes']:.3f}** "
-        f"over {result['episodes']} episodes; **{result['spearman_cells']:.3f}** over the "
-        "(controller, target) means.",
+        "Spearman rank correlation of the returns across the controllers, per target, mean "
+        f"over targets: **{result['spearman_within_target_mean']:.2f}** (the ranking that "
+        "matters: which controller is best at a target). Pooled over targets, where the "
+        "target's own effect on the return dominates: "
+        f"{result['spearman_episodes']:.3f} over {result['episodes']} episodes, "
+        f"{result['spearman_cells']:.3f} over the (controller, target) means. Seeds: "
+        f"{sorted({k[2] for k, _, _ in pairs})}.",
         "",
         "| target | Spearman across controllers | best on real | best on proxy | real returns | "
         "proxy returns |",
