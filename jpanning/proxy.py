@@ -70,7 +70,8 @@ class ProxyConfig:
 
 
 # Settings picked by name (``benchmarks.policy_eval --proxy``, ``benchmarks.proxy``).
-# ``proxy``: 50,000 agent steps in < 40 min on a 2-core CPU (benchmarks/results/proxy/steps.md);
+# ``proxy``: aimed at 50,000 agent steps in <= 40 min on a 2-core CPU; its agent step was 6.4x
+# the real environment's speed in the same (loaded) run, benchmarks/results/proxy/steps_cpu.md;
 # ``real``: the real environment's scoring (the shipped policy's search: a pool of 10 batches
 # of 10 per class at full resolution), for comparisons made by the same code.
 PROXIES = {
