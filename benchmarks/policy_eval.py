@@ -20,6 +20,15 @@ return is the environment's (the authors' reward), so "the policy learned" means
 return than every fixed controller on the same episodes. Also written per episode: the final
 effective sparsity, whether the network collapsed, and each reward term summed.
 
+``--proxy NAME`` plays the proxy environment of the same network (:mod:`jpanning.proxy`).
+A policy searched on a proxy (its meta names it) and judged on the real environment, or the
+reverse, does not observe through its own ranges: they measure another network's losses.
+As the authors' environment widens its ranges on the network it screens, the real
+environment's warm-up ranges are first widened by ``--widen-episodes`` episodes of the policy
+(default 5, targets from the late distribution; :func:`widen_ranges`) and every controller
+then plays through those. Without ``--policy`` only the fixed controllers play (the shipped
+policy's environment settings, the warm-up ranges).
+
 Writes ``benchmarks/results/policy_eval/<name>/`` (``episodes.json``, ``table.md``), resuming
 from the episodes already there.
 """
@@ -27,6 +36,7 @@ from the episodes already there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -39,6 +49,7 @@ import numpy as np
 from jpanning import cpu, data, experiment, panning, report, rlpanning
 from jpanning import env as env_lib
 from jpanning import masks as masks_lib
+from jpanning import proxy as proxy_lib
 from jpanning.agents import td3
 from jpanning.config import RunConfig
 
@@ -66,22 +77,32 @@ def single_metric_actions(metric: str, rounds: int) -> np.ndarray:
     return np.tile(row, (rounds, 1))
 
 
-def build(model_name: str, dataset, config: rlpanning.RLPanningConfig, seed: int, spc: int):
+def build(
+    model_name: str,
+    dataset,
+    config: rlpanning.RLPanningConfig,
+    seed: int,
+    spc: int,
+    proxy_config: proxy_lib.ProxyConfig | None = None,
+):
     """The environment ``run.py --model M --seed S`` screens in: the same initialization and
     scoring data (:func:`jpanning.experiment.setup`; a pool of the policy's size, or the
-    training set for fresh batches)."""
+    training set for fresh batches); with ``proxy_config``, the proxy environment of the
+    same network (:func:`jpanning.proxy.build_env`, the seed's pool)."""
     run = RunConfig.from_flat(
         {"model": model_name, "seed": seed, "samples_per_class": spc}
         | {"ratio": 0.5}  # a placeholder: each episode draws its own target
     )
     problem = experiment.prune_problem(run, experiment.setup(run, dataset))
+    key = jax.random.fold_in(problem.key, 1)
+    if proxy_config is not None:
+        env, env_params = proxy_lib.build_env(problem, dataset, config, proxy_config, seed, key=key)
+        return env, env_params, problem.key
     if config.scoring == "pool":
         scoring_data = rlpanning.score_pool(dataset, spc, config.pool_size, seed)
     else:
         scoring_data = (dataset.train_images, dataset.train_labels)
-    env, env_params = rlpanning.build_env(
-        problem, scoring_data, config, key=jax.random.fold_in(problem.key, 1)
-    )
+    env, env_params = rlpanning.build_env(problem, scoring_data, config, key=key)
     return env, env_params, problem.key
 
 
@@ -119,6 +140,35 @@ def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
         "sparsity": float(info["sparsity"]),
         "weights": weights,  # the fusion weights (synflow, snip, grasp) of each round
     }
+
+
+def widen_ranges(env, env_params, step, reset, actions_of, episodes: int, key, ranges=None):
+    """The normalisation ranges after ``episodes`` episodes of ``actions_of`` (targets drawn
+    from the authors' late distribution, each episode starting from the last one's ranges,
+    as :meth:`jpanning.env.PanningEnv.reset_after` carries them in a search).
+
+    This is how a policy trained on another environment (a proxy) is judged on this one: the
+    authors screen through the ranges their environment widened on the network it screens,
+    so the policy's own ranges, of another network's losses, are replaced by this
+    environment's warm-up ranges (``ranges=None``) widened by the policy's own episodes.
+
+    Returns:
+        ``(ranges, targets)``: a :class:`jpanning.env.Ranges` (``ranges`` or the warm-up ones
+        when ``episodes`` is 0) and the targets played.
+    """
+    late = env_params.with_targets(env_lib.TARGETS_LATE)
+    targets = []
+    for i in range(int(episodes)):
+        k_target, k_episode = jax.random.split(jax.random.fold_in(key, i))
+        target = float(env.sample_target(k_target, late))
+        targets.append(target)
+        state = None
+        for *_, state in rounds(
+            env, env_params, step, reset, actions_of, target, k_episode, ranges
+        ):
+            pass
+        ranges = state.ranges
+    return (env_params.ranges if ranges is None else ranges), targets
 
 
 def controller(name, actor, agent_config, target, rounds, fusion, key):
@@ -203,36 +253,86 @@ def plot_weights(episodes: list[dict], path: str, title: str) -> None:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--policy", required=True, help="a policy file (rlpanning.save_policy)")
+    p.add_argument(
+        "--policy",
+        default=None,
+        help="a policy file (rlpanning.save_policy); without one only the fixed controllers "
+        "play, in the shipped policy's environment settings, through the warm-up ranges",
+    )
     p.add_argument("--model", default=None, help="default: the model the policy was trained on")
     p.add_argument("--dataset", default=None, help="default: the policy's dataset")
     p.add_argument("--targets", type=float, nargs="+", default=list(TARGETS))
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--controllers", nargs="+", default=list(CONTROLLERS), choices=CONTROLLERS)
+    p.add_argument("--controllers", nargs="+", default=None, choices=CONTROLLERS)
     p.add_argument("--samples-per-class", type=int, default=10)
+    p.add_argument(
+        "--proxy",
+        default=None,
+        choices=sorted(proxy_lib.PROXIES),
+        help="play the proxy environment of the same network (jpanning.proxy) instead",
+    )
+    p.add_argument(
+        "--widen-episodes",
+        type=int,
+        default=None,
+        help="first widen the environment's warm-up ranges with this many episodes of the "
+        "policy (late targets) and play every controller through them (widen_ranges); "
+        "default: 5 for a policy trained on another environment (a proxy's policy on the "
+        "real one, or the reverse), else 0 (the policy's own ranges)",
+    )
     p.add_argument("--name", default=None, help="results folder (default: model-dataset)")
     args = p.parse_args(argv)
     cpu.configure()
-    actor, config, meta = rlpanning.load_policy(args.policy)
+    if args.policy is not None:
+        actor, config, meta = rlpanning.load_policy(args.policy)
+    else:
+        actor, config = None, rlpanning.RLPanningConfig(scoring="pool")
+        meta = {"ranges": None, "model": "resnet20", "dataset": "fashion_mnist"}
+    controllers = args.controllers or [c for c in CONTROLLERS if actor is not None or c != "policy"]
+    if actor is None and "policy" in controllers:
+        p.error("the policy controller needs --policy")
+    trained_on = meta.get("proxy")  # the proxy a policy was searched on (None: real)
+    widen = args.widen_episodes
+    if widen is None:
+        widen = 5 if actor is not None and trained_on != args.proxy else 0
+    if widen and actor is None:
+        p.error("--widen-episodes plays the policy: it needs --policy")
+    proxy_config = proxy_lib.proxy(args.proxy) if args.proxy else None
     model_name = args.model or meta.get("model")
     dataset_name = args.dataset or meta.get("dataset")
     out = os.path.join(RESULTS, args.name or f"{model_name}-{dataset_name}")
     os.makedirs(out, exist_ok=True)
     path = os.path.join(out, "episodes.json")
-    episodes = []
+    episodes, widened = [], {}
     if os.path.isfile(path):
         with open(path) as f:
-            episodes = json.load(f)["episodes"]
+            saved = json.load(f)
+        episodes, widened = saved["episodes"], saved.get("widened", {})
     seen = {(e["controller"], e["target"], e["seed"]) for e in episodes}
     dataset = data.load_dataset(dataset_name, seed=0)
     environment = report.environment()
     agent_config = config.agent_config()
     for seed in args.seeds:
-        todo = [(c, s) for s in args.targets for c in args.controllers if (c, s, seed) not in seen]
+        todo = [(c, s) for s in args.targets for c in controllers if (c, s, seed) not in seen]
         if not todo:
             continue
-        env, env_params, key = build(model_name, dataset, config, seed, args.samples_per_class)
+        env, env_params, key = build(
+            model_name, dataset, config, seed, args.samples_per_class, proxy_config
+        )
         step, reset = jax.jit(env.step), jax.jit(env.reset)
+        ranges = meta["ranges"]
+        if widen:
+            act = controller("policy", actor, agent_config, 0.0, config.rounds, config.fusion, key)
+            ranges, played = widen_ranges(
+                env, env_params, step, reset, act, widen, jax.random.fold_in(key, 99)
+            )
+            widened[str(seed)] = {
+                "episodes": widen,
+                "targets": played,
+                "loss": np.asarray(ranges.loss).tolist(),
+                "grad_norm": np.asarray(ranges.grad_norm).tolist(),
+            }
+            print(f"seed {seed}: ranges widened by {widen} policy episodes: {widened[str(seed)]}")
         for name, target in todo:
             k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # same for all
             actions_of = controller(
@@ -240,9 +340,7 @@ def main(argv=None) -> int:
                 jax.random.fold_in(k_episode, 7),
             )  # fmt: skip
             start = time.perf_counter()
-            result = play(
-                env, env_params, step, reset, actions_of, target, k_episode, meta["ranges"]
-            )
+            result = play(env, env_params, step, reset, actions_of, target, k_episode, ranges)
             episodes.append(
                 {"controller": name, "target": target, "seed": seed}
                 | result
@@ -258,9 +356,12 @@ def main(argv=None) -> int:
                 path,
                 {
                     "command": "python -m benchmarks.policy_eval " + " ".join(sys.argv[1:]),
-                    "policy": os.path.abspath(args.policy),
+                    "policy": os.path.abspath(args.policy) if args.policy else None,
                     "policy_meta": {k: v for k, v in meta.items() if k != "ranges"},
                     "env": rlpanning.env_options(config),
+                    "proxy": args.proxy,
+                    "proxy_config": dataclasses.asdict(proxy_config) if proxy_config else None,
+                    "widened": widened,
                     "model": model_name,
                     "dataset": dataset_name,
                     "environment": environment,
@@ -272,18 +373,27 @@ def main(argv=None) -> int:
         [c for c in CONTROLLERS if any(e["controller"] == c for e in episodes)],
         sorted({e["target"] for e in episodes}),
     )
+    what = os.path.basename(args.policy) if args.policy else "fixed controllers"
+    where = f"the {args.proxy} proxy of {model_name}" if args.proxy else model_name
     header = (
-        f"# {os.path.basename(args.policy)} on {model_name} / {dataset_name}: episode return, "
+        f"# {what} on {where} / {dataset_name}: episode return, "
         f"mean ± std over seeds {sorted({e['seed'] for e in episodes})}\n\n"
         f"{report.machine_line(report.environment())}; command: `python -m "
         f"benchmarks.policy_eval {' '.join(argv if argv is not None else sys.argv[1:])}`\n\n"
+        + (
+            f"Ranges: the environment's warm-up ranges widened by {widen} episodes of the "
+            "policy (`widened` in episodes.json).\n\n"
+            if widen
+            else ""
+        )
     )
     report.atomic_write_bytes(os.path.join(out, "table.md"), (header + table).encode())
-    plot_weights(
-        episodes,
-        os.path.join(out, "weights.png"),
-        f"{os.path.basename(args.policy)} on {model_name}: policy (solid) vs hand staircase",
-    )
+    if actor is not None:
+        plot_weights(
+            episodes,
+            os.path.join(out, "weights.png"),
+            f"{what} on {where}: policy (solid) vs hand staircase",
+        )
     print(header + table)
     return 0
 

@@ -133,7 +133,9 @@ def env_options(config: RLPanningConfig) -> dict:
     }
 
 
-def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, key=None):
+def build_env(
+    problem: pruning.PruneProblem, data, config: RLPanningConfig, *, key=None, synflow_shape=None
+):
     """The Panning environment for ``problem``'s network and its params over ``data``.
 
     Args:
@@ -143,6 +145,8 @@ def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, k
             ``'fresh'``: ``(inputs [N, ...], labels [N])``, the examples to draw from.
         config: the environment's settings (:func:`env_options`).
         key: PRNG key of the fresh warm-up draws.
+        synflow_shape: the input shape of SynFlow's all-ones pass (and so of the effective
+            sparsity); default the scoring data's (``jpanning.proxy`` scores on smaller images).
 
     Returns:
         ``(env, env_params)`` with the early target distribution.
@@ -153,7 +157,7 @@ def build_env(problem: pruning.PruneProblem, data, config: RLPanningConfig, *, k
         pruning.train_apply_fn(problem),
         pruning.eval_apply_fn(problem),
         problem.prunable,
-        tuple(np.shape(inputs)[extra:]),
+        tuple(synflow_shape or np.shape(inputs)[extra:]),
         scope=problem.scope,
         temperature=pruning.temperature(problem),
         chunk_size=problem.options.get("chunk_size"),

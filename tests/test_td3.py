@@ -486,3 +486,24 @@ def test_td3_learns_pendulum_swing_up():
     random = rollout(lambda k, obs: jax.random.uniform(k, (1,), minval=-1.0, maxval=1.0))
     assert random < -900, random
     assert trained > -250, (trained, random)
+
+
+def test_the_target_reward_floor_clips_rewards_in_the_critic_target_only():
+    # Terminal transitions: y is the (floored) reward itself; the others add γ min Q' as before.
+    config = td3.TD3Config(hidden_sizes=(8,), policy_noise=0.0)
+    floored = config.replace(target_reward_floor=-1.0)
+    agent = td3.init_agent(jax.random.key(0), config, obs_size=2, action_size=1)
+    batch = td3.Transition(
+        obs=np.zeros((4, 2), np.float32),
+        action=np.zeros((4, 1), np.float32),
+        reward=np.array([-174.5, -0.1, -174.5, -3.0], np.float32),
+        next_obs=np.ones((4, 2), np.float32),
+        terminated=np.array([1.0, 1.0, 0.0, 0.0], np.float32),
+    )
+    key = jax.random.key(1)
+    args = (key, agent.target_actor_params, agent.target_critic_params, batch)
+    y, y_floor = td3.critic_target(*args, config), td3.critic_target(*args, floored)
+    np.testing.assert_allclose(np.asarray(y_floor)[:2], [-1.0, -0.1])
+    np.testing.assert_allclose(np.asarray(y)[:2], [-174.5, -0.1])
+    bootstrap = np.asarray(y)[2:] - batch.reward[2:]  # γ min Q'(s', μ'(s')), the same in both
+    np.testing.assert_allclose(np.asarray(y_floor)[2:], -1.0 + bootstrap, rtol=1e-5, atol=1e-5)

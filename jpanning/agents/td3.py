@@ -72,6 +72,11 @@ class TD3Config:
             linear beyond, so one rare huge reward (RL Panning's collapse penalty, about 1,500
             times a median step) cannot dominate the critic's gradient
             (``benchmarks/results/critic_fit``).
+        target_reward_floor: None (the authors'), or a floor on the reward inside the
+            critic's target only, ``y = max(r, floor) + γ (1 − d) min Q'``: a jpanning
+            deviation that clips RL Panning's collapse penalty (−174.5 once in the CPU search,
+            1,500 times a median step) where it would dominate the critic, while the
+            environment's reward, returns and metrics keep it.
     """
 
     hidden_sizes: tuple[int, ...] = static_field((256, 256))
@@ -90,6 +95,7 @@ class TD3Config:
     action_low: float = static_field(-1.0)
     action_high: float = static_field(1.0)
     critic_loss: str = static_field("mse")
+    target_reward_floor: float | None = static_field(None)
 
 
 CRITIC_LOSSES = ("mse", "huber")
@@ -291,7 +297,8 @@ def critic_target(
     """The clipped double-Q target with target policy smoothing (TD3, eq. 15).
 
     ``y = r + γ (1 − terminated) min_i Q'_i(s', clip(μ'(s') + clip(σ ε, −c, c), low, high))``
-    with ``ε ~ N(0, 1)`` per action dimension, σ and c in units of half the action range.
+    with ``ε ~ N(0, 1)`` per action dimension, σ and c in units of half the action range;
+    ``r`` is ``max(r, config.target_reward_floor)`` when that is set.
 
     Args:
         key: PRNG key for the smoothing noise.
@@ -311,7 +318,10 @@ def critic_target(
     next_action = jnp.clip(next_action, config.action_low, config.action_high)
     q_t = _critic(config).apply(target_critic_params, batch.next_obs, next_action)  # [2, B]
     discount_t = config.gamma * (1.0 - batch.terminated)
-    return jax.lax.stop_gradient(batch.reward + discount_t * jnp.min(q_t, axis=0))
+    r_t = batch.reward
+    if config.target_reward_floor is not None:
+        r_t = jnp.maximum(r_t, config.target_reward_floor)
+    return jax.lax.stop_gradient(r_t + discount_t * jnp.min(q_t, axis=0))
 
 
 def update(

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 35's search variants on the proxy environment (jpanning.proxy), 3 seeds each, each
+# judged on the real ResNet-20 environment through its ranges widened there first.
+#
+#     scripts/proxy_variants.sh [OUT]            # default OUT: runs/proxy-variants
+#     JOBS=2 scripts/proxy_variants.sh           # two searches side by side (one thread each)
+#     VARIANTS="mse huber" SEEDS="0" STEPS=50000 scripts/proxy_variants.sh
+#
+# Resumable: run it again after a stop. A search goes on from its newest checkpoint
+# (OUT/<variant>-s<seed>/checkpoints, one every 2,000 steps); a finished one (policy.msgpack
+# there) is skipped; its evaluation (benchmarks/results/policy_eval/proxy-<variant>-s<seed>)
+# resumes from the episodes already written.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:-runs/proxy-variants}
+PY=${PY:-.venv/bin/python}
+JOBS=${JOBS:-1}
+STEPS=${STEPS:-50000}
+SEEDS=${SEEDS:-"0 1 2"}
+VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1"}
+EVAL_SEEDS=${EVAL_SEEDS:-"10 11 12"}  # kept apart from the search seeds
+
+flags() {
+  case "$1" in
+    mse) echo "" ;;                                           # the authors' TD3
+    huber) echo "--critic-loss huber" ;;
+    floor1) echo "--target-reward-floor -1" ;;                # collapse penalty clipped in y
+    huber-floor1) echo "--critic-loss huber --target-reward-floor -1" ;;
+    *) echo "unknown variant $1" >&2; exit 2 ;;
+  esac
+}
+
+one() {  # one variant x seed: search (resumable), then judge on the real environment
+  local variant=$1 seed=$2 dir="$OUT/$1-s$2"
+  mkdir -p "$dir"
+  if [ ! -f "$dir/policy.msgpack" ]; then
+    # shellcheck disable=SC2046
+    "$PY" -m benchmarks.proxy_search --out "$dir" --seed "$seed" --agent-steps "$STEPS" \
+      $(flags "$variant") >>"$dir/search.log" 2>&1
+  fi
+  # shellcheck disable=SC2086
+  "$PY" -m benchmarks.policy_eval --policy "$dir/policy.msgpack" --seeds $EVAL_SEEDS \
+    --widen-episodes 5 --name "proxy-$variant-s$seed" >>"$dir/eval.log" 2>&1
+}
+
+export -f one flags
+export OUT PY STEPS EVAL_SEEDS
+if [ "$JOBS" -gt 1 ]; then
+  # separate single-threaded processes (benchmarks/results/proxy/parallel_cpu.md)
+  export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+  export OMP_NUM_THREADS=1
+fi
+for variant in $VARIANTS; do for seed in $SEEDS; do echo "$variant $seed"; done; done |
+  xargs -P "$JOBS" -L 1 bash -c 'one "$0" "$1"'
+echo "done: $OUT; tables in benchmarks/results/policy_eval/proxy-*/table.md"
