@@ -74,6 +74,7 @@ CSV_FIELDS = (
     "search_seconds",
     "train_seconds",
     "error",
+    "device",
     "cell",
 )
 
@@ -349,6 +350,7 @@ def load_row(cell: Cell, cells_dir: str) -> dict:
     if cell_status(cell, cells_dir) == "failed":
         with open(os.path.join(out, "failed.json")) as f:
             failed = json.load(f)
+        row["device"] = (failed.get("device") or {}).get("platform", "")
         # the cell's folder where it ran (another machine's) -> cells/NAME
         row |= {
             "status": "failed",
@@ -367,6 +369,7 @@ def load_row(cell: Cell, cells_dir: str) -> dict:
     search = agent.get("search_seconds") or 0.0
     row |= {
         "status": "ok",
+        "device": (r.get("device") or {}).get("platform", ""),
         "test_accuracy": r["test_accuracy"],
         "test_loss": r["test_loss"],
         "sparsity": r["sparsity"]["sparsity"],
@@ -493,9 +496,7 @@ def best_rows(stats, grid: Grid) -> list[str]:
     head = "| | " + " | ".join(f"sparsity {r:g}" for r in grid.ratios) + " |"
     lines = ["", "The best method at each sparsity, and the gap of ours to it:", "", head]
     lines.append("|---|" + "---|" * len(grid.ratios))
-    cells = [
-        f"{best[r]} {stats[(best[r], r)].mean:.4f}" if best[r] else "-" for r in grid.ratios
-    ]
+    cells = [f"{best[r]} {stats[(best[r], r)].mean:.4f}" if best[r] else "-" for r in grid.ratios]
     lines.append("| best | " + " | ".join(cells) + " |")
     for m in ours:
         row = []
@@ -614,12 +615,26 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
     if "dense" in grid.methods:
         dense = _fmt(acc.get(("dense", "")), expected=grid.seeds)
         lines.append("| dense (reference) | " + " | ".join(dense for _ in ratios) + " |")
+    devices = {row["device"] for row in rows if row["device"]}
     for m in methods:
         cells = []
         for r in ratios:
             text = _fmt(acc.get((m, r)), expected=grid.seeds)
-            cells.append(f"**{text}**" if best[r] == m else text)
+            text = f"**{text}**" if best[r] == m else text
+            if len(devices) > 1 and (m, r) in acc:  # a grid measured on several machines
+                ran = sorted(
+                    {row["device"] for row in rows if (row["method"], row["ratio"]) == (m, r)}
+                    - {""}
+                )
+                text += f" [{'+'.join(ran)}]"
+            cells.append(text)
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    if len(devices) > 1:
+        lines += [
+            "",
+            f"*[{'/'.join(sorted(devices))}]*: where the cell's seeds ran. CPU and GPU runs of one "
+            "seed differ (by ~0.016 on one ResNet-20 cell): compare cells of one machine only.",
+        ]
     if any(m in grid.methods for m in TRAINED_METHODS):
         achieved = aggregate([r for r in rows if r["method"] == "purl"], "sparsity")
         reached = ", ".join(

@@ -441,7 +441,10 @@ class PanningEnv:
         network and ``[K]`` target mixtures."""
         extra = 2 if params.scoring == "pool" else 1
         data = f"EnvParams (scoring {params.scoring!r}): inputs, labels"
-        chex.assert_shape(params.inputs, (None,) * extra + self.input_shape, custom_message=data)
+        # the images may be smaller than SynFlow's input shape (jpanning.proxy scores pooled
+        # images); their rank and channels must match
+        chex.assert_rank(params.inputs, extra + len(self.input_shape), custom_message=data)
+        chex.assert_axis_dimension(params.inputs, -1, self.input_shape[-1], custom_message=data)
         chex.assert_rank(params.labels, extra, custom_message=data)
         chex.assert_equal_shape_prefix([params.inputs, params.labels], extra, custom_message=data)
         chex.assert_type(params.labels, int, custom_message=data)

@@ -22,10 +22,11 @@ authors' code (kangxiatao/RLPanning, ``pruner/panning.py``, ``Panning``):
 
 jpanning adds one named deviation, on by default (``collapse_shield``): on a round where the
 fused scores would empty a prunable layer, that round's mask is the one SynFlow alone reaches
-at that round (SynFlow's own trajectory, carried beside the fused one; :func:`shield`). The SNIP and GraSP shares can empty whole residual stages at high sparsity,
-so the trained network is shallower than the one asked for; SynFlow conserves synaptic flow
-and avoids that collapse (Tanaka et al. 2020), and the shield borrows exactly that. The
-authors have no such rule (``collapse_shield=False`` is their method).
+at that round (SynFlow's own trajectory, carried beside the fused one; :func:`shield`). The
+SNIP and GraSP shares can empty whole residual stages at high sparsity, so the trained
+network is shallower than the one asked for; SynFlow conserves synaptic flow and avoids that
+collapse (Tanaka et al. 2020), and the shield borrows exactly that. It costs one more SynFlow
+pass per round. The authors have no such rule (``collapse_shield=False`` is their method).
 
 The authors score in train mode, so their BatchNorm running statistics drift with every
 scoring batch and reach their SynFlow network (a copy of the model); that is a side effect of

@@ -335,7 +335,7 @@ def shield_record(shielded: np.ndarray, setting: Optional[str]) -> dict:
     elif rounds:
         summary = (
             f"the collapse shield took SynFlow's mask in {len(rounds)} of "
-            f"{len(shielded)} rounds (rounds {rounds[0]}-{rounds[-1]}), where the fused "
+            f"{len(shielded)} rounds (between rounds {rounds[0]} and {rounds[-1]}), where the fused "
             "weights would have emptied a layer"
         )
     else:

@@ -477,3 +477,17 @@ def test_cells_refused_by_the_old_rule_run_again_and_disconnected_ones_load_at_c
     row = compare.load_row(new, str(tmp_path))
     assert (row["status"], row["test_accuracy"], row["effective_sparsity"]) == ("chance", 0.1, 1.0)
     assert compare.load_row(diverged, str(tmp_path))["status"] == "failed"
+
+
+def test_a_grid_run_on_two_machines_says_where_each_cell_ran():
+    grid = Grid(model="lenet5", dataset="synthetic", ratios=(0.9,),
+                methods=("synflow", "panning"), seeds=2)  # fmt: skip
+    rows = [_row("synflow", 0.9, s, 0.8) | {"device": "gpu"} for s in (0, 1)]
+    rows += [_row("panning", 0.9, 0, 0.8) | {"device": "gpu"}]
+    rows += [_row("panning", 0.9, 1, 0.7) | {"device": "cpu"}]
+    table = compare.render_table("t", grid, rows, [], "python -m benchmarks.compare ...")
+    assert cell_text(table, "synflow", 0).endswith(" [gpu]")
+    assert cell_text(table, "panning", 0).endswith(" [cpu+gpu]")
+    assert "*[cpu/gpu]*: where the cell's seeds ran" in table
+    one = compare.render_table("t", grid, rows[:3], [], "python -m benchmarks.compare ...")
+    assert "[gpu]" not in one  # one machine: no marks

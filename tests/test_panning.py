@@ -231,8 +231,10 @@ def test_reset_and_step_assert_their_inputs_at_the_door(tiny_env, jit):
         step(key, state.replace(masks=jax.tree.map(lambda m: m[None], state.masks)), jnp.zeros(3), params)  # fmt: skip
     with pytest.raises(AssertionError, match=r"assert_type.*EnvParams \(scoring 'pool'\)"):
         reset(key, params.replace(labels=params.labels.astype(jnp.float32)))
-    with pytest.raises(AssertionError, match=r"assert_shape.*EnvParams"):
+    with pytest.raises(AssertionError, match=r"assert_rank.*EnvParams"):
         reset(key, params.replace(inputs=params.inputs[0]))
+    with pytest.raises(AssertionError, match=r"assert_axis_dimension.*EnvParams"):
+        reset(key, params.replace(inputs=jnp.concatenate([params.inputs] * 2, axis=-1)))
     with pytest.raises(AssertionError, match=r"EnvParams: snip"):
         reset(key, params.replace(snip=jax.tree.map(lambda x: x[:2], params.snip)))
     with pytest.raises(AssertionError, match=r"reset: target"):
