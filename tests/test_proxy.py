@@ -78,6 +78,7 @@ def resnet_problem():
     return problem, dataset
 
 
+@pytest.mark.slow  # a ResNet-20 environment: minutes on 2 cores
 def test_proxy_env_scores_pooled_batches_and_runs_synflow_at_the_real_shape(resnet_problem):
     problem, dataset = resnet_problem
     h, w, c = dataset.input_shape  # 16x16x1
@@ -105,6 +106,7 @@ def test_proxy_env_scores_pooled_batches_and_runs_synflow_at_the_real_shape(resn
     assert np.isfinite(float(reward)) and obs.shape == (7,)
 
 
+@pytest.mark.slow  # a ResNet-20 environment: minutes on 2 cores
 def test_widen_ranges_is_the_env_s_own_widening_over_the_episodes(resnet_problem):
     problem, dataset = resnet_problem
     env, env_params = proxy.build_env(problem, dataset, CONFIG, SMALL, 0)

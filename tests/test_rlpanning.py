@@ -178,8 +178,11 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     assert r["rl"]["env"] == {
         "rounds": 4, "scoring": "fresh", "pool_size": None, "samples_per_class": 10,
         "effective": "authors", "fusion": "add", "reset_observes_sparsity": False,
-        "alpha": 100.0, "gtg_scale": 5.0,
+        "collapse_shield": False, "alpha": 100.0, "gtg_scale": 5.0,
     }  # fmt: skip
+    # the search's environment has no shield (the authors'); screening with the policy has it
+    assert r["rl"]["shield"]["collapse_shield"] == "synflow"
+    assert r["rl"]["shield"]["rounds"] == 4 and len(r["rl"]["screen"]["shielded"]) == 4
     assert r["rl"]["ranges"]["loss"][0] < r["rl"]["ranges"]["loss"][1]
     assert (first / "rl_curve.png").read_bytes()[:4] == b"\x89PNG"
     assert r["files"]["policy"] == "policy.msgpack"
