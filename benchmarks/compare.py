@@ -297,6 +297,9 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
         if os.path.isfile(pretrained):
             changes["pretrained"] = pretrained
     os.makedirs(out, exist_ok=True)
+    stale = os.path.join(out, "failed.json")
+    if os.path.isfile(stale) and cell_status(cell, cells_dir) is None:
+        os.remove(stale)  # refused under the old rule: this run's outcome replaces it
     if cell.ratio_from is not None:
         if cell_status(cell.ratio_from, cells_dir) != "ok":
             report.write_json(
@@ -390,13 +393,13 @@ def _cell_meta(cells: list[Cell], cells_dir: str) -> list[dict]:
     """Environment records (date, machine, versions) of the finished cells."""
     metas = []
     for cell in cells:
-        out = os.path.join(cells_dir, cell.dirname)
-        for name in ("results.json", "failed.json"):
-            path = os.path.join(out, name)
-            if os.path.isfile(path):
-                with open(path) as f:
-                    r = json.load(f)
-                metas.append({k: r.get(k) for k in ("versions", "device", "machine", "date")})
+        status = cell_status(cell, cells_dir)
+        if status is None:
+            continue
+        name = "results.json" if status == "ok" else "failed.json"
+        with open(os.path.join(cells_dir, cell.dirname, name)) as f:
+            r = json.load(f)
+        metas.append({k: r.get(k) for k in ("versions", "device", "machine", "date")})
     return metas
 
 
