@@ -208,6 +208,11 @@ def cell_status(cell: Cell, cells_dir: str) -> str | None:
     return None
 
 
+def _old_refusal(cell: Cell, cells_dir: str) -> bool:
+    path = os.path.join(cells_dir, cell.dirname, "failed.json")
+    return os.path.isfile(path) and refused_by_old_rule(experiment.read_json(path))
+
+
 def refused_by_old_rule(record) -> bool:
     """A failed.json from before the connectivity rule (jpanning.experiment._check_masks):
     that rule refused every mask that emptied a layer ("the network is cut"), ResNet masks
@@ -350,7 +355,10 @@ def load_row(cell: Cell, cells_dir: str) -> dict:
         "seed": cell.seed,
         "cell": cell.dirname,
     }
-    if cell_status(cell, cells_dir) == "failed":
+    status = cell_status(cell, cells_dir)
+    if status is None:  # refused under the old rule, not rerun yet: marked, never a value
+        return row | {"status": "old_rule", "error": "refused under the old rule (not rerun)"}
+    if status == "failed":
         with open(os.path.join(out, "failed.json")) as f:
             failed = json.load(f)
         row["device"] = (failed.get("device") or {}).get("platform", "")
@@ -415,6 +423,7 @@ class Stat:
     failed: int
     errors: list[str]
     chance: int = 0  # seeds whose mask was disconnected, at chance accuracy among the values
+    old_rule: int = 0  # seeds refused under the old rule and not rerun (neither value nor fail)
 
     @property
     def n(self) -> int:
@@ -446,6 +455,8 @@ def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str,
         stat = stats.setdefault((row["method"], row["ratio"]), Stat([], 0, []))
         if row["status"] == "ok":
             stat.values.append(float(row[field]))
+        elif row["status"] == "old_rule":
+            stat.old_rule += 1
         elif row["status"] == "chance":
             if row[field] != "":
                 stat.values.append(float(row[field]))
@@ -459,14 +470,19 @@ def aggregate(rows: list[dict], field: str = "test_accuracy") -> dict[tuple[str,
 def _fmt(stat: Stat | None, digits: int = 4, expected: int | None = None) -> str:
     if stat is None:
         return "not run"
+    if stat.n == 0 and stat.old_rule and not stat.failed:
+        return f"old-rule cut ({stat.old_rule}), not rerun"
     if stat.n == 0:
         return f"{stat.outcome} ({stat.failed}/{stat.failed})" if stat.failed else "not run"
     text = f"{stat.mean:.{digits}f}" + (f" ± {stat.std:.{digits}f}" if stat.n > 1 else "")
-    notes = [] if stat.n > 1 or expected in (None, 1) else ["1 seed"]
+    short = expected is not None and stat.n + stat.failed < expected  # says k/expected below
+    notes = [] if stat.n > 1 or expected in (None, 1) or short else ["1 seed"]
     if stat.chance:
         notes.append(f"{stat.chance} disconnected")
     if stat.failed:
         notes.append(f"{stat.failed} {stat.outcome}")
+    if stat.old_rule:
+        notes.append(f"{stat.old_rule} old-rule cut, not rerun")
     if expected is not None and stat.n + stat.failed < expected:
         notes.append(f"{stat.n + stat.failed}/{expected} seeds")
     return text + (f" ({', '.join(notes)})" if notes else "")
@@ -608,8 +624,9 @@ def render_table(name: str, grid: Grid, rows: list[dict], metas: list[dict], com
         "the best pruning method at that sparsity. A mask whose emptied layers the network "
         "routes around (a ResNet's residual branches) is trained. *k disconnected*: in k "
         "seeds no input reached the output (effective sparsity 1); as in the literature, "
-        "those seeds count at chance accuracy (1/classes) in the mean and std. *cut (k/n)*: "
-        "refused under the older rule that also refused routed-around masks (not yet rerun); "
+        "those seeds count at chance accuracy (1/classes) in the mean and std. *old-rule "
+        "cut*: refused under the older rule, which also refused routed-around masks, and not "
+        "rerun on this grid's machine yet (no value); "
         "*diverged*: the loss turned NaN. The reasons are listed under the tables.",
         "",
         "| method | " + " | ".join(f"sparsity {r:g}" for r in ratios) + " |",
@@ -847,8 +864,9 @@ def write_report(name: str, grid: Grid, cells: list[Cell], out: str, command: st
     ran) from the finished cells; returns the table."""
     cells_dir = os.path.join(out, "cells")
     done = [c for c in cells if cell_status(c, cells_dir)]
+    old = [c for c in cells if cell_status(c, cells_dir) is None and _old_refusal(c, cells_dir)]
     recipe = {"model": grid.model, "dataset": grid.dataset, "epochs": grid.epochs}
-    rows = [load_row(c, cells_dir) | recipe for c in done]
+    rows = [load_row(c, cells_dir) | recipe for c in done + old]
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
     writer.writeheader()
@@ -1124,7 +1142,18 @@ def _grid_argv(argv: list[str]) -> list[str]:
             skip = True
         elif arg not in ("--report-only", "--retry-failed") and not arg.startswith("--readme="):
             out.append(arg)
+    for i, arg in enumerate(out[:-1]):  # a results root inside the repository, as from its root
+        if arg == "--out-root" and os.path.isabs(out[i + 1]):
+            rel = os.path.relpath(out[i + 1], os.path.dirname(os.path.dirname(RESULTS)))
+            out[i + 1] = out[i + 1] if rel.startswith("..") else rel
     return out
+
+
+def marker_name(out: str, name: str) -> str:
+    """The README markers' name of a results folder: its path under benchmarks/results
+    (``screening-resnet20``, ``cpu/screening-resnet20``), else the grid's name."""
+    rel = os.path.relpath(os.path.abspath(out), RESULTS)
+    return name if rel.startswith("..") else rel.replace(os.sep, "/")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1183,7 +1212,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         table = write_report(name, grid, cells, out, command)
         if args.readme:
-            update_readme(args.readme, name, table, out)
+            update_readme(args.readme, marker_name(out, name), table, out)
         print(table)
     except Interrupted as e:
         print(

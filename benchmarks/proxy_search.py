@@ -47,6 +47,13 @@ def main(argv=None) -> int:
         default=None,
         help="floor on the reward in the critic's target only (TD3Config.target_reward_floor)",
     )
+    p.add_argument(
+        "--demo-steps",
+        type=int,
+        default=0,
+        help="warm-up steps acted by the fixed controllers, with noise, in place of uniform "
+        "actions (TD3Config.demo_steps; rlpanning.fixed_controllers)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
     args = p.parse_args(argv)
@@ -65,7 +72,9 @@ def main(argv=None) -> int:
         agent_steps=args.agent_steps, scoring="pool", steps_per_call=args.steps_per_call
     )
     agent_settings = base.td3.replace(
-        critic_loss=args.critic_loss, target_reward_floor=args.target_reward_floor
+        critic_loss=args.critic_loss,
+        target_reward_floor=args.target_reward_floor,
+        demo_steps=args.demo_steps,
     )
     config = dataclasses.replace(base, td3=agent_settings)
     setting = proxy.proxy(args.proxy)
@@ -99,6 +108,7 @@ def main(argv=None) -> int:
         "proxy": args.proxy,
         "critic_loss": args.critic_loss,
         "target_reward_floor": args.target_reward_floor,
+        "demo_steps": args.demo_steps,
     }
     rlpanning.save_policy(
         os.path.join(args.out, "policy.msgpack"), agent.actor_params, config, meta, ranges

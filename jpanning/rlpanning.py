@@ -174,6 +174,33 @@ def build_env(
     return env, env_params
 
 
+DEMONSTRATED = ("synflow", "snip", "grasp", "staircase")  # fixed_controllers' order
+
+
+def fixed_controllers(rounds: int, fusion: str = "add") -> Callable:
+    """RL Panning's fixed controllers as TD3's warm-up demonstrator (``TD3Config.demo_steps``).
+
+    Each episode follows one controller of :data:`DEMONSTRATED`, drawn uniformly per episode
+    from ``loop_key`` and the step at which the episode began (``t − round``): SynFlow, SNIP or
+    GraSP alone (the corner with +1 on that metric and −1 on the others, weights (1, 0, 0)
+    and so on) or hand Panning's staircase (``2 p − 1`` for the staircase row of the round's
+    sparsity, :func:`jpanning.panning.scheduled_weights`, for ``fusion``). These are the fixed
+    controllers of ``benchmarks.policy_eval``, the ones the policy must beat.
+    """
+    staircase = panning_lib.PanningConfig(rounds=rounds, fusion=fusion)
+    corners = 2.0 * jnp.eye(len(panning_lib.METRICS), dtype=jnp.float32) - 1.0
+
+    def demonstrator(loop_key, t, obs, state):
+        episode = jnp.asarray(t, jnp.int32) - state.round.astype(jnp.int32)
+        key = jax.random.fold_in(jax.random.fold_in(loop_key, 0x0DE), episode)
+        pick = jax.random.randint(key, (), 0, len(DEMONSTRATED))
+        sparsity = masks_lib.round_sparsity(state.target, state.round, rounds)
+        stair = 2.0 * panning_lib.scheduled_weights(sparsity, staircase) - 1.0
+        return jnp.where(pick < len(corners), corners[jnp.minimum(pick, 2)], stair)
+
+    return demonstrator
+
+
 def search(
     env: env_lib.PanningEnv,
     env_params: env_lib.EnvParams,
@@ -205,6 +232,9 @@ def search(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
+        demonstrator=fixed_controllers(config.rounds, config.fusion)
+        if config.td3.demo_steps
+        else None,
     )
 
 

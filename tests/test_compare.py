@@ -472,11 +472,52 @@ def test_cells_refused_by_the_old_rule_run_again_and_disconnected_ones_load_at_c
         (tmp_path / cell.dirname).mkdir()
         (tmp_path / cell.dirname / "failed.json").write_text(json.dumps(record))
     assert compare.cell_status(old, str(tmp_path)) is None  # runs again
+    # until it has, the table says so and counts no value for it
+    assert compare.load_row(old, str(tmp_path))["status"] == "old_rule"
+    stats = compare.aggregate([compare.load_row(old, str(tmp_path))])
+    assert compare._fmt(stats[(old.method, old.ratio)]) == "old-rule cut (1), not rerun"
+    assert not stats[(old.method, old.ratio)].failed and not stats[(old.method, old.ratio)].n
     assert compare.cell_status(new, str(tmp_path)) == "failed"
     assert compare.cell_status(diverged, str(tmp_path)) == "failed"
     row = compare.load_row(new, str(tmp_path))
     assert (row["status"], row["test_accuracy"], row["effective_sparsity"]) == ("chance", 0.1, 1.0)
     assert compare.load_row(diverged, str(tmp_path))["status"] == "failed"
+
+
+def test_a_cell_refused_by_the_old_rule_that_trains_now_keeps_only_its_new_record(
+    tmp_path, monkeypatch
+):
+    from jpanning import experiment
+
+    cell = compare.cells_of(PRESETS["tiny"])[1]
+    (tmp_path / cell.dirname).mkdir()
+    (tmp_path / cell.dirname / "failed.json").write_text(json.dumps({"error": CUT}))
+
+    def trains(config, dataset=None):
+        (tmp_path / cell.dirname / "results.json").write_text(json.dumps({"date": "d2"}))
+
+    class Data:
+        def get(self, config):
+            return None
+
+    monkeypatch.setattr(experiment, "run", trains)
+    assert compare.run_cell(cell, str(tmp_path), Data(), None) == "ok"
+    assert sorted(p.name for p in (tmp_path / cell.dirname).iterdir()) == [
+        "log.txt",
+        "results.json",
+    ]
+    # one record per cell in the report's count, not the old refusal beside the new result
+    assert [m["date"] for m in compare._cell_meta([cell], str(tmp_path))] == ["d2"]
+
+
+def test_a_results_root_inside_the_repository_is_recorded_relative_and_names_its_markers():
+    inside = os.path.join(compare.RESULTS, "cpu")
+    argv = compare._grid_argv(["--out-root", inside, "--preset", "tiny", "--readme", "R.md"])
+    assert argv == ["--out-root", "benchmarks/results/cpu", "--preset", "tiny"]
+    assert compare._grid_argv(["--out-root", "/elsewhere/x"]) == ["--out-root", "/elsewhere/x"]
+    assert compare.marker_name(os.path.join(inside, "tiny"), "tiny") == "cpu/tiny"
+    assert compare.marker_name(os.path.join(compare.RESULTS, "tiny"), "tiny") == "tiny"
+    assert compare.marker_name("/elsewhere/x/tiny", "tiny") == "tiny"
 
 
 def test_a_grid_run_on_two_machines_says_where_each_cell_ran():

@@ -368,3 +368,56 @@ def test_the_two_critic_losses_differ_only_once_the_updates_begin(pool_env):
     warm = CONFIG.td3.warmup_steps
     np.testing.assert_array_equal(m_mse["action"][:warm], m_huber["action"][:warm])
     assert not np.allclose(m_mse["critic_loss"][warm:], m_huber["critic_loss"][warm:])
+
+
+def _state(round_index, target):
+    """The two fields of an environment state the demonstrator reads."""
+    return env_lib.EnvState(
+        masks=None, round=jnp.int32(round_index), target=jnp.float32(target), synflow=None,
+        snip=None, grasp=None, loss=None, sparse_loss=None, grad_norm=None,
+        sparse_grad_norm=None, ranges=None, effective=None,
+    )  # fmt: skip
+
+
+def test_the_demonstrator_follows_one_fixed_controller_per_episode():
+    rounds, target = 100, 0.99
+    demo = jax.jit(rlpanning.fixed_controllers(rounds, "add"))
+    key = jax.random.key(5)
+    # the authors' 'add' staircase and bounds, and the exponential schedule, by hand
+    rows = np.array([[0.2, 0.5, 0.3], [0.2, 0.4, 0.4], [0.2, 0.3, 0.5], [0.4, 0.2, 0.4],
+                     [0.5, 0.0, 0.5]])  # fmt: skip
+    bounds = [0.8, 0.9, 0.98, 0.99]
+    corners = {(1.0, -1.0, -1.0): "synflow", (-1.0, 1.0, -1.0): "snip", (-1.0, -1.0, 1.0): "grasp"}
+    seen = set()
+    for start in range(0, 40 * rounds, rounds):  # 40 episodes, each begun at step `start`
+        acts = [
+            np.asarray(demo(key, start + r, None, _state(r, target))) for r in (0, 37, 62, 99)
+        ]
+        first = tuple(float(x) for x in acts[0])
+        if first in corners:  # a corner: the same action every round of the episode
+            seen.add(corners[first])
+            for a in acts:
+                np.testing.assert_array_equal(a, acts[0])
+        else:
+            seen.add("staircase")
+            for a, r in zip(acts, (0, 37, 62, 99)):
+                sparsity = 1.0 - (1.0 - target) ** ((r + 1) / rounds)
+                band = sum(sparsity > b for b in bounds)
+                np.testing.assert_allclose(a, 2.0 * rows[band] - 1.0, atol=1e-6)
+    assert seen == set(rlpanning.DEMONSTRATED)  # all four in 40 episodes
+
+
+@pytest.mark.slow  # a search on the tiny network: half a minute on 2 cores
+def test_a_search_with_demonstrations_starts_at_the_fixed_controllers(pool_env):
+    _, env, env_params = pool_env
+    config = dataclasses.replace(
+        CONFIG, td3=CONFIG.td3.replace(demo_steps=6, exploration_noise=0.0)
+    )
+    _, metrics = rlpanning.search(env, env_params, config, jax.random.key(2))
+    actions = np.asarray(metrics["action"])[:6]
+    stairs = {tuple(2.0 * np.asarray(r) - 1.0) for r in panning.ADD_WEIGHTS}
+    corners = {tuple(2.0 * np.eye(3)[i] - 1.0) for i in range(3)}
+    for a in actions:
+        # (a uniform action lands on one of these with probability 0)
+        assert tuple(np.round(a, 6)) in corners | {tuple(np.round(s, 6)) for s in stairs}
+    assert not np.any(np.isin(np.round(np.asarray(metrics["action"])[6:8], 6), [-1.0, 1.0]))

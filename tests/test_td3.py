@@ -507,3 +507,48 @@ def test_the_target_reward_floor_clips_rewards_in_the_critic_target_only():
     np.testing.assert_allclose(np.asarray(y)[:2], [-174.5, -0.1])
     bootstrap = np.asarray(y)[2:] - batch.reward[2:]  # γ min Q'(s', μ'(s')), the same in both
     np.testing.assert_allclose(np.asarray(y_floor)[2:], -1.0 + bootstrap, rtol=1e-5, atol=1e-5)
+
+
+# -- demonstration warm-up (TD3Config.demo_steps) ------------------------------------------
+
+
+def test_demo_steps_act_with_the_demonstrator_then_uniform_then_the_policy():
+    env, params = PointEnv(), PointParams()
+    config = TINY.replace(demo_steps=6, exploration_noise=0.0)
+
+    def demonstrator(loop_key, t, obs, state):
+        return jnp.array([0.75]) - 0.1 * state.t  # depends on the state it is given
+
+    _, metrics = td3.make_train(env, params, config, action_size=1, demonstrator=demonstrator)(
+        jax.random.key(0)
+    )
+    actions = np.asarray(metrics["action"])[:, 0]
+    # the state's t before each step: 0, 1, 2, ... within the 20-step episode
+    shown = 0.75 - 0.1 * np.arange(6)
+    np.testing.assert_allclose(actions[:6], shown, atol=1e-6)
+    # warm-up's uniform part: not the demonstrator's
+    assert not np.allclose(actions[6:16], 0.75 - 0.1 * np.arange(6, 16), atol=1e-3)
+    plain = td3.make_train(env, params, TINY.replace(exploration_noise=0.0), action_size=1)
+    _, m0 = plain(jax.random.key(0))
+    # the demonstrations replace uniform actions only: from demo_steps on the same actions
+    np.testing.assert_allclose(actions[6:16], np.asarray(m0["action"])[6:16, 0], atol=1e-6)
+
+
+def test_demonstrations_get_the_exploration_noise_and_stay_in_bounds():
+    env, params = PointEnv(), PointParams()
+    config = TINY.replace(demo_steps=16, exploration_noise=0.5)
+    _, metrics = td3.make_train(
+        env, params, config, action_size=1, demonstrator=lambda k, t, o, s: jnp.array([0.9])
+    )(jax.random.key(1))
+    actions = np.asarray(metrics["action"])[:16, 0]
+    assert np.all(actions <= 1.0) and np.all(actions >= -1.0)
+    assert np.any(actions == 1.0)  # clipped: 0.9 + noise went past the bound
+    assert np.std(actions) > 0.05  # noisy, not the bare 0.9
+
+
+def test_demo_steps_are_validated():
+    env, params = PointEnv(), PointParams()
+    with pytest.raises(JPanningError, match="demo_steps \\(17\\) must be <= warmup_steps"):
+        td3.make_train(env, params, TINY.replace(demo_steps=17), action_size=1)
+    with pytest.raises(JPanningError, match="demo_steps=4 needs a demonstrator"):
+        td3.make_train(env, params, TINY.replace(demo_steps=4), action_size=1)

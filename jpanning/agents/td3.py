@@ -77,6 +77,11 @@ class TD3Config:
             deviation that clips RL Panning's collapse penalty (−174.5 once in the CPU search,
             1,500 times a median step) where it would dominate the critic, while the
             environment's reward, returns and metrics keep it.
+        demo_steps: 0 (the authors': all of warm-up is uniform), or how many of the first
+            ``warmup_steps`` act with a demonstrator (``make_step(demonstrator=...)``, e.g.
+            RL Panning's fixed controllers) plus the exploration noise, in place of uniform
+            actions: a jpanning option that puts the corners of the action cube, where the
+            best fixed controllers sit, in the replay buffer before the first update.
     """
 
     hidden_sizes: tuple[int, ...] = static_field((256, 256))
@@ -96,6 +101,7 @@ class TD3Config:
     action_high: float = static_field(1.0)
     critic_loss: str = static_field("mse")
     target_reward_floor: float | None = static_field(None)
+    demo_steps: int = static_field(0)
 
 
 CRITIC_LOSSES = ("mse", "huber")
@@ -108,7 +114,7 @@ def td_loss(error: jax.Array, kind: str) -> jax.Array:
 
 def validate_config(config: TD3Config) -> TD3Config:
     """Raise :class:`JPanningError` on settings TD3 cannot run with; return ``config``."""
-    for name in ("warmup_steps", "total_steps"):
+    for name in ("warmup_steps", "total_steps", "demo_steps"):
         if int(getattr(config, name)) < 0:
             raise JPanningError(f"{name} must be >= 0, got {getattr(config, name)}")
     for name in ("batch_size", "buffer_size", "policy_delay"):
@@ -130,6 +136,10 @@ def validate_config(config: TD3Config) -> TD3Config:
     for name in ("policy_noise", "noise_clip", "exploration_noise"):
         if not getattr(config, name) >= 0:
             raise JPanningError(f"{name} must be >= 0, got {getattr(config, name)}")
+    if config.demo_steps > config.warmup_steps:
+        raise JPanningError(
+            f"demo_steps ({config.demo_steps}) must be <= warmup_steps ({config.warmup_steps})"
+        )
     if config.critic_loss not in CRITIC_LOSSES:
         raise JPanningError(
             f"critic_loss {config.critic_loss!r} is not one of {', '.join(CRITIC_LOSSES)}"
@@ -432,7 +442,7 @@ def _check_sizes(env, env_params, config: TD3Config, action_size, obs_size) -> t
     return int(obs_size), int(action_size)
 
 
-def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
+def make_step(env, config: TD3Config, *, action_size: int, obs_size: int, demonstrator=None):
     """The two pure functions every TD3 training loop is made of.
 
     Returns:
@@ -444,7 +454,14 @@ def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
         ``terminated | truncated``, and runs one :func:`update` once the buffer holds
         ``batch_size`` transitions and warm-up is over. ``env_params`` are arguments, so
         large ones (a network and its scoring data) are never baked into the program.
+
+        With ``config.demo_steps > 0``, steps ``t < demo_steps`` act with
+        ``demonstrator(loop_key, t, obs, env_state)`` (pure; it derives its own randomness
+        from ``loop_key`` and picks its controller per episode as it likes) plus the
+        exploration noise, clipped to the bounds, instead of uniform actions.
     """
+    if config.demo_steps and demonstrator is None:
+        raise JPanningError(f"demo_steps={config.demo_steps} needs a demonstrator")
     half = _half_range(config)
 
     def init(key, env_params) -> TrainCarry:
@@ -469,6 +486,10 @@ def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
         noise = config.exploration_noise * half * jax.random.normal(k_noise, (action_size,))
         greedy = policy(agent.actor_params, carry.obs, config, action_size)
         noisy = jnp.clip(greedy + noise, config.action_low, config.action_high)
+        if config.demo_steps:
+            shown = demonstrator(loop_key, t, carry.obs, carry.env_state)
+            shown = jnp.clip(shown + noise, config.action_low, config.action_high)
+            random_action = jnp.where(t < config.demo_steps, shown, random_action)
         action = jnp.where(t < config.warmup_steps, random_action, noisy)
 
         carry, metrics = loop.interact(env, env_params, carry, action, k_step, k_reset)
@@ -486,7 +507,9 @@ def make_step(env, config: TD3Config, *, action_size: int, obs_size: int):
     return init, step
 
 
-def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size=None):
+def make_train(
+    env, env_params, config: TD3Config, *, action_size: int, obs_size=None, demonstrator=None
+):
     """Build a pure ``train(key) -> (agent_state, metrics)`` running TD3 on ``env``.
 
     ``config.total_steps`` steps of :func:`make_step` in one ``lax.scan``, so the whole
@@ -502,6 +525,8 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
         config: TD3 settings (validated here).
         action_size: A.
         obs_size: O; taken from ``env.reset``'s output shape when None.
+        demonstrator: the warm-up's demonstrator when ``config.demo_steps > 0``
+            (:func:`make_step`).
 
     Returns:
         ``train``; it returns the final :class:`AgentState` and a dict of ``[total_steps]``
@@ -512,7 +537,9 @@ def make_train(env, env_params, config: TD3Config, *, action_size: int, obs_size
         :func:`update` metrics (0 where no update).
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
-    init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
+    init, step = make_step(
+        env, config, action_size=action_size, obs_size=obs_size, demonstrator=demonstrator
+    )
     return loop.scanned(init, step, env_params, config.total_steps)
 
 
@@ -529,6 +556,7 @@ def train_loop(
     callback=None,
     checkpoints=None,
     stop=checkpoint_lib.never,
+    demonstrator=None,
 ):
     """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
 
@@ -549,12 +577,15 @@ def train_loop(
             metrics as numpy arrays ``[n, ...]`` and ``t_end`` the steps done so far.
         checkpoints, stop: checkpoint and stop the loop
             (:func:`jpanning.agents.loop.host_loop`).
+        demonstrator: as :func:`make_train`.
 
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
     """
     obs_size, action_size = _check_sizes(env, env_params, config, action_size, obs_size)
-    init, step = make_step(env, config, action_size=action_size, obs_size=obs_size)
+    init, step = make_step(
+        env, config, action_size=action_size, obs_size=obs_size, demonstrator=demonstrator
+    )
     return loop.host_loop(
         init,
         step,
