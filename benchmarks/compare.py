@@ -44,6 +44,7 @@ import numpy as np
 from benchmarks.presets import PRESETS, Grid
 from jpanning import cli, cpu, experiment, report
 from jpanning.checkpoint import Interrupted
+from jpanning import config as config_lib
 from jpanning.config import FIELD_OF, RunConfig
 from jpanning.errors import JPanningError, RunFailed
 from jpanning.methods import METHODS
@@ -1038,9 +1039,9 @@ def update_readme(path: str, name: str, table: str, out: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from jpanning.cli import _Parser, _positive, _ratio
-
-    p = _Parser(
+    a_ratio = cli.argument_type(config_lib.ratio)
+    positive_int = cli.argument_type(config_lib.positive(int))
+    p = cli.Parser(
         prog="python -m benchmarks.compare",
         description="Every method at every sparsity against dense training, over seeds.",
     )
@@ -1048,19 +1049,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", default=None, help="results folder name (default: the preset's)")
     p.add_argument("--model", default=None)
     p.add_argument("--dataset", default=None)
-    p.add_argument("--ratios", type=_ratio, nargs="+", default=None)
+    p.add_argument("--ratios", type=a_ratio, nargs="+", default=None)
     p.add_argument("--methods", nargs="+", default=None)
-    p.add_argument("--seeds", type=_positive(int), default=None)
-    p.add_argument("--epochs", type=_positive(int), default=None)
-    p.add_argument("--train-limit", type=_positive(int), default=None)
-    p.add_argument("--test-limit", type=_positive(int), default=None)
+    p.add_argument("--seeds", type=positive_int, default=None)
+    p.add_argument("--epochs", type=positive_int, default=None)
+    p.add_argument("--train-limit", type=positive_int, default=None)
+    p.add_argument("--test-limit", type=positive_int, default=None)
     p.add_argument(
         "--run-args",
         default=None,
         help="further run.py arguments for every cell, one quoted string "
         '(e.g. "--preset quick --rounds 20")',
     )
-    p.add_argument("--density-ratio", type=_ratio, default=None)
+    p.add_argument("--density-ratio", type=a_ratio, default=None)
     p.add_argument("--data-dir", default=None, help="tfds data directory")
     p.add_argument(
         "--data-file",

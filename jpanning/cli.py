@@ -14,12 +14,14 @@ import sys
 from jpanning.errors import JPanningError
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, no usage dump, exit 2
+class Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage dump), exit status 2."""
+
+    def error(self, message):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
-def _argument_type(parse):
+def argument_type(parse):
     """An argparse ``type`` of a :mod:`jpanning.config` parser: its one-line message, or
     argparse's own for plain numbers (``invalid int value: 'x'``)."""
     if parse.__name__ in ("int", "float"):
@@ -35,24 +37,12 @@ def _argument_type(parse):
     return convert
 
 
-def _ratio(text: str) -> float:
-    from jpanning import config
-
-    return _argument_type(config.ratio)(text)
-
-
-def _positive(kind):
-    from jpanning import config
-
-    return _argument_type(config.positive(kind))
-
-
 def build_parser() -> argparse.ArgumentParser:
     """``run.py``'s parser: one option per :class:`jpanning.config.RunConfig` field, in
     :data:`jpanning.config.ORDER`; the defaults are the fields'."""
     from jpanning import config
 
-    p = _Parser(
+    p = Parser(
         prog="run.py",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -69,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
         if choices is not None:
             kwargs["choices"] = list(choices)
         else:
-            kwargs["type"] = _argument_type(meta["parse"])
+            kwargs["type"] = argument_type(meta["parse"])
         for key in ("metavar", "nargs"):
             if meta.get(key) is not None:
                 kwargs[key] = meta[key]

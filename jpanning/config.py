@@ -51,6 +51,9 @@ def ratio(value) -> float:
     return float(value)
 
 
+_A = {int: "an integer", float: "a number"}
+
+
 def positive(kind: type) -> Callable:
     """A parser of positive ``kind`` (int or float) numbers."""
 
@@ -59,10 +62,10 @@ def positive(kind: type) -> Callable:
             try:
                 value = kind(value)
             except ValueError:
-                raise ValueError(f"{value!r} is not a {kind.__name__}")
+                raise ValueError(f"{value!r} is not {_A[kind]}")
         ok = (int,) if kind is int else (int, float)
         if isinstance(value, bool) or not isinstance(value, ok):
-            raise ValueError(f"{value!r} is not a {kind.__name__}")
+            raise ValueError(f"{value!r} is not {_A[kind]}")
         if not value > 0:
             raise ValueError(f"{value} must be positive")
         return kind(value)
@@ -82,7 +85,7 @@ def number(kind: type) -> Callable:
                 raise ValueError
             return kind(value)
         except ValueError:
-            raise ValueError(f"{value!r} is not a {kind.__name__}")
+            raise ValueError(f"{value!r} is not {_A[kind]}")
 
     parse.__name__ = kind.__name__
     return parse

@@ -21,11 +21,19 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import shutil
 import time
+import uuid
 from typing import Any, Optional
 
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jpanning import checkpoint, data, flops, models, parallel, pruning, report, scores, train
+from jpanning import masks as masks_lib
 from jpanning.config import (
     ADDED_LATER,
     NOT_SAVED,
@@ -35,6 +43,7 @@ from jpanning.config import (
     RunConfig,
 )
 from jpanning.errors import JPanningError, RunFailed
+from jpanning.methods import METHODS
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
 SCREEN_FILES = ("masks.npz", "screen.json")  # the screening's result, reused by resume
@@ -90,7 +99,6 @@ class Trained:
 
 def read_json(path: str):
     """The JSON in ``path``, or None when it is missing or not JSON."""
-    import json
 
     try:
         with open(path) as f:
@@ -132,7 +140,6 @@ def resumed_config(out: str, **changes) -> RunConfig:
     """The config of the run in ``out`` (its run.json), to go on with; ``changes`` may set
     the :data:`jpanning.config.RESUME_MAY_SET` settings (how it goes on, not what it
     computes)."""
-    import json
 
     refused = sorted(set(changes) - set(RESUME_MAY_SET))
     if refused:
@@ -189,7 +196,6 @@ def run(config: RunConfig, dataset=None) -> dict:
     refused, and so is a new run into a folder holding a finished run (results.json) without
     ``overwrite`` (removes its results.json and checkpoints/ first), or an interrupted one.
     """
-    from jpanning import checkpoint
 
     with checkpoint.StopSignal() as stop, contextlib.ExitStack() as owned:
         config = prepare(config)
@@ -200,8 +206,6 @@ def run(config: RunConfig, dataset=None) -> dict:
 def prepare(config: RunConfig) -> RunConfig:
     """``config`` with its defaults settled (the dataset, the folder, the method's own) and
     the paths it names checked, before any work."""
-    from jpanning import data
-    from jpanning.methods import METHODS
 
     d, m = config.data, config.pruning
     if d.data_dir is not None and not os.path.isdir(d.data_dir):
@@ -244,7 +248,6 @@ def _own_out(config: RunConfig, owned: contextlib.ExitStack) -> None:
     per folder; only the process that writes results locks), then, for a new run, refuse a
     folder with a finished run (results.json) unless overwrite, which removes its
     results.json and any checkpoints/ first, or one with an interrupted run."""
-    from jpanning import checkpoint, parallel
 
     out = config.output.out
     if parallel.is_primary():
@@ -272,7 +275,6 @@ def _own_out(config: RunConfig, owned: contextlib.ExitStack) -> None:
 
 def _check_stop(stop, out: str, where: str) -> None:
     """Raise :class:`jpanning.checkpoint.Interrupted` between stages when a stop is pending."""
-    from jpanning import checkpoint
 
     signal_name = stop()
     if signal_name:
@@ -308,10 +310,6 @@ class Setup:
 def setup(config: RunConfig, dataset, mesh=None) -> Setup:
     """The model at its seeded initialization and the scoring batch (split over ``mesh``'s
     devices when it divides evenly)."""
-    import jax
-
-    from jpanning import data, models, parallel
-    from jpanning import masks as masks_lib
 
     init_key, prune_key, train_key = jax.random.split(jax.random.key(config.seed), 3)
     model = models.create_model(config.model, dataset.num_classes)
@@ -332,8 +330,6 @@ def setup(config: RunConfig, dataset, mesh=None) -> Setup:
 def prune_problem(config: RunConfig, problem_setup: Setup, variables: Optional[dict] = None):
     """The :class:`jpanning.pruning.PruneProblem` of the run (``variables``: the network to
     prune, default the initialization)."""
-    from jpanning import pruning
-    from jpanning.methods import METHODS
 
     m = config.pruning
     options = {name: getattr(m, field) for field, name in OPTION_NAMES.items()}
@@ -355,7 +351,6 @@ def prune_problem(config: RunConfig, problem_setup: Setup, variables: Optional[d
 
 
 def _run(config: RunConfig, dataset, stop) -> dict:
-    from jpanning.methods import METHODS
 
     out = config.output.out
     dataset = _load_data(config, dataset)
@@ -382,8 +377,6 @@ def _run(config: RunConfig, dataset, stop) -> dict:
         trained = Trained(state, history, time.perf_counter() - start)
         return _results(config, problem, dataset, screened, checked, trained, pretrained)
     except RunFailed as e:  # a result of this run: recorded, so the folder is not "stopped"
-        from jpanning import report
-
         if os.path.isdir(out):
             record = {"error": str(e), "run_id": config.run_id, "disconnected": e.disconnected}
             if e.disconnected:  # the literature reports such a network at chance accuracy
@@ -393,14 +386,12 @@ def _run(config: RunConfig, dataset, stop) -> dict:
 
 
 def _fold(key):
-    import jax
 
     return jax.random.fold_in(key, 1)
 
 
 def _load_data(config: RunConfig, dataset):
     """The run's dataset (loaded here when not given), announced in one line."""
-    from jpanning import data
 
     d = config.data
     if dataset is None:
@@ -425,9 +416,6 @@ def _load_data(config: RunConfig, dataset):
 def _record(config: RunConfig) -> RunConfig:
     """A new run: its run_id (ties results.json, failed.json, screen.json to it) and its
     paths made absolute, written to run.json."""
-    import uuid
-
-    from jpanning import report
 
     paths = {k: os.path.abspath(v) for k, v in config.saved().items() if k in PATH_FIELDS and v}
     config = config.replace(run_id=uuid.uuid4().hex, **paths)
@@ -437,7 +425,6 @@ def _record(config: RunConfig) -> RunConfig:
 
 def train_config(config: RunConfig, epochs: Optional[int] = None):
     """The :class:`jpanning.train.TrainConfig` of the run's recipe."""
-    from jpanning import train
 
     t = config.training
     return train.TrainConfig(
@@ -452,7 +439,6 @@ def train_config(config: RunConfig, epochs: Optional[int] = None):
 def _train(config: RunConfig, stage: str, model, variables, dataset, key, masks, mesh, stop,
            epochs: Optional[int] = None):  # fmt: skip
     """:func:`jpanning.train.train` checkpointed in OUT/checkpoints/<stage>, stopped by ``stop``."""
-    from jpanning import checkpoint, train
 
     every = config.training.checkpoint_every or 0
     directory = os.path.join(config.output.out, "checkpoints", stage)
@@ -473,9 +459,6 @@ def _train(config: RunConfig, stage: str, model, variables, dataset, key, masks,
 
 def _mesh(config: RunConfig):
     """The device mesh batches are split over; None on a single device (no sharding)."""
-    import jax
-
-    from jpanning import parallel
 
     devices = config.training.devices
     n = devices or jax.device_count()
@@ -494,9 +477,6 @@ def _pretrained(config: RunConfig, problem_setup: Setup, dataset, mesh, stop):
     Returns:
         ``(variables, info)``, ``info`` for results.json.
     """
-    import jax
-
-    from jpanning import report
 
     m, out, variables = config.pruning, config.output.out, problem_setup.variables
     if m.pretrained is not None:
@@ -530,11 +510,6 @@ def _pretrained(config: RunConfig, problem_setup: Setup, dataset, mesh, stop):
 def _load_pretrained(path: str, variables: dict, what: str | None = None) -> dict:
     """``{'params', 'batch_stats'}`` from a run's model.npz, checked against the model;
     ``what`` names the file in errors (default: the ``--pretrained`` argument)."""
-    import jax
-    import numpy as np
-
-    from jpanning import masks as masks_lib
-    from jpanning import report
 
     what = what or f"--pretrained {path!r}"
     try:
@@ -562,7 +537,6 @@ def _load_pretrained(path: str, variables: dict, what: str | None = None) -> dic
 def _screen(config: RunConfig, problem, dataset, stop) -> Screened:
     """The run's screening: the saved one of a resumed run, or the method's
     (:func:`jpanning.pruning.screen`), saved now (masks.npz, screen.json)."""
-    from jpanning import pruning, report
 
     out = config.output.out
     screened = _load_screen(config, problem.params) if config.output.resume else None
@@ -590,12 +564,6 @@ def _screen(config: RunConfig, problem, dataset, stop) -> Screened:
 
 def _load_screen(config: RunConfig, params) -> Optional[Screened]:
     """The saved screening of a resumed run, or None when screening had not ended."""
-    import json
-
-    import jax
-    import numpy as np
-
-    from jpanning import report
 
     out = config.output.out
     paths = [os.path.join(out, f) for f in SCREEN_FILES]
@@ -627,7 +595,6 @@ def _load_screen(config: RunConfig, params) -> Optional[Screened]:
 def _search_checkpoints(config: RunConfig):
     """Checkpoints for an agent's search: OUT/checkpoints/search, every ``checkpoint_every``
     (default SEARCH_CHECKPOINT_EVERY) agent steps and on a signal."""
-    from jpanning import checkpoint
 
     every = config.training.checkpoint_every or SEARCH_CHECKPOINT_EVERY
     directory = os.path.join(config.output.out, "checkpoints", "search")
@@ -639,7 +606,6 @@ def _search_checkpoints(config: RunConfig):
 def _agent_bar(desc: str, total: int, disable: bool):
     """A progress bar over an agent's environment steps, with the episodes finished and the
     last return; yields the ``callback(t, metrics)`` the agents' host loops call."""
-    from tqdm.auto import tqdm
 
     bar = tqdm(total=total, desc=desc, unit="step", disable=disable)
     returns = []
@@ -664,11 +630,6 @@ def _check_masks(config: RunConfig, problem, dataset, screened: Screened) -> Che
     around them through its shortcuts). Returns its sparsity, effective sparsity, emptied and
     bypassed layers and FLOPs."""
     masks = screened.masks
-    import jax
-    import numpy as np
-
-    from jpanning import flops, models, scores
-    from jpanning import masks as masks_lib
 
     m, input_shape = config.pruning, dataset.input_shape
     sparsity = masks_lib.sparsity_report(masks, problem.prunable)
@@ -726,11 +687,6 @@ def _results(config: RunConfig, problem, dataset, screened: Screened, checked: C
              trained: Trained, pretrained: Optional[dict]) -> dict:  # fmt: skip
     """Write results.json, model.npz and density.png; remove the checkpoints; print the
     summary. Returns the results."""
-    import jax
-    import numpy as np
-
-    from jpanning import masks as masks_lib
-    from jpanning import models, parallel, report
 
     out, state, sparsity = config.output.out, trained.state, checked.sparsity
     final = trained.history[-1]
@@ -797,7 +753,6 @@ def _results(config: RunConfig, problem, dataset, screened: Screened, checked: C
 
 def _summary(config: RunConfig, dataset, results: dict) -> str:
     """The table a run prints at its end."""
-    from jpanning import report
 
     sparsity, forward = results["sparsity"], results["flops"]
     return report.summary_table(

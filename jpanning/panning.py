@@ -48,7 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jpanning import masks as masks_lib, scores
+from jpanning import data, masks as masks_lib, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -369,12 +369,16 @@ def panning(
                 select=select,
             )  # fmt: skip
             new, p, shielded = shield(new, p, synflow_masks, prunable)
-        return new, synflow_masks, {
-            "sparsity": s,
-            "weights": p,
-            "shielded": shielded,
-            "revived": masks_lib.revived(masks, new, prunable),
-        }
+        return (
+            new,
+            synflow_masks,
+            {
+                "sparsity": s,
+                "weights": p,
+                "shielded": shielded,
+                "revived": masks_lib.revived(masks, new, prunable),
+            },
+        )
 
     # Rounds are separate jitted calls in a host loop (masks stay on the device), as in
     # jpanning.pruning.iterative_masks (a user's model with lax's convolution would run many
@@ -403,7 +407,6 @@ def score_pool(dataset, samples_per_class: int, pool_size: int, seed: int):
     Batch ``i`` is :func:`jpanning.data.scoring_batch` with seed ``seed + i``, so batch 0 is
     the one the other methods score on.
     """
-    from jpanning import data
 
     batches = [
         data.scoring_batch(dataset, samples_per_class, seed=seed + i) for i in range(pool_size)

@@ -21,6 +21,7 @@ final mask prunes the trained network with those α in one shot; ``run.py`` then
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from typing import Any, Callable, Optional
 
@@ -32,8 +33,8 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, train
-from jpanning.agents import dqn
+from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, report, train
+from jpanning.agents import dqn, loop
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -507,10 +508,6 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
 
 def _report(context: pruning.ScreenContext, result: PuRLResult, prunable) -> dict:
     """The α per layer (PNG), the DQN learning curve (PNG), the ``purl`` entry of results."""
-    import os
-
-    from jpanning import report
-    from jpanning.agents import loop
 
     run_config, out = context.config, context.out
     name = f"{run_config.model} / {run_config.data.dataset}"

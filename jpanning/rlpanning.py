@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import time
 from typing import Any, Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import serialization
 
 from jpanning import checkpoint as checkpoint_lib, env as env_lib, masks as masks_lib
-from jpanning import panning as panning_lib, pruning
+from jpanning import panning as panning_lib, pruning, report
 from jpanning.agents import loop, td3
 from jpanning.errors import JPanningError, RunFailed
 
@@ -332,9 +334,6 @@ def save_policy(
 ) -> None:
     """Write the actor and what is needed to use it (msgpack, atomically): its network
     sizes, the environment's options and the normalisation ranges it observed through."""
-    from flax import serialization
-
-    from jpanning import report
 
     td3_fields = {
         f.name: (list(v) if isinstance(v := getattr(config.td3, f.name), tuple) else v)
@@ -366,7 +365,6 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
     Raises:
         JPanningError: a missing, unreadable or foreign file.
     """
-    from flax import serialization
 
     if not os.path.isfile(path):
         raise JPanningError(f"--policy {path!r} does not exist")
@@ -546,7 +544,6 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
 
 def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
     """Save the policy and the learning curve; the ``rl`` entry of results.json."""
-    from jpanning import report
 
     run_config, method = context.config, context.config.pruning
     files = {"policy": None, "rl_curve": None}
@@ -693,7 +690,6 @@ def run(
         callback, checkpoints, stop: passed to :func:`search` (progress; a search that
             survives interruption).
     """
-    import time
 
     options = problem.options
     k_search, k_screen = jax.random.split(problem.key)

@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ({"ratio": 1.5}, "ratio: 1.5 is outside (0, 1)"),
         ({"ratio": "half"}, "ratio: 'half' is not a number; give a fraction in (0, 1)"),
         ({"epochs": 0}, "epochs: 0 must be positive"),
-        ({"epochs": 1.5}, "epochs: 1.5 is not a int"),
+        ({"epochs": 1.5}, "epochs: 1.5 is not an integer"),
         ({"panning_weights": [[1, 2]]}, "'1,2' is not three non-negative numbers"),
         ({"scope": "net"}, "unknown scope 'net'; choose from: global, layer"),
         ({"search": 1}, "search: 1 is not True or False"),

@@ -390,9 +390,7 @@ def test_the_demonstrator_follows_one_fixed_controller_per_episode():
     corners = {(1.0, -1.0, -1.0): "synflow", (-1.0, 1.0, -1.0): "snip", (-1.0, -1.0, 1.0): "grasp"}
     seen = set()
     for start in range(0, 40 * rounds, rounds):  # 40 episodes, each begun at step `start`
-        acts = [
-            np.asarray(demo(key, start + r, None, _state(r, target))) for r in (0, 37, 62, 99)
-        ]
+        acts = [np.asarray(demo(key, start + r, None, _state(r, target))) for r in (0, 37, 62, 99)]
         first = tuple(float(x) for x in acts[0])
         if first in corners:  # a corner: the same action every round of the episode
             seen.add(corners[first])
