@@ -54,6 +54,11 @@ def main(argv=None) -> int:
         help="warm-up steps acted by the fixed controllers, with noise, in place of uniform "
         "actions (TD3Config.demo_steps; rlpanning.fixed_controllers)",
     )
+    p.add_argument(
+        "--observe-gap",
+        action="store_true",
+        help="the observation gains the signed gap alpha (rho_e - rho_t) (EnvParams.observe_gap)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
     args = p.parse_args(argv)
@@ -69,7 +74,10 @@ def main(argv=None) -> int:
     dataset = data.load_dataset("fashion_mnist", seed=0)
     problem = proxy_bench._problem(dataset, args.seed)
     base = rlpanning.RLPanningConfig(
-        agent_steps=args.agent_steps, scoring="pool", steps_per_call=args.steps_per_call
+        agent_steps=args.agent_steps,
+        scoring="pool",
+        steps_per_call=args.steps_per_call,
+        observe_gap=args.observe_gap,
     )
     agent_settings = base.td3.replace(
         critic_loss=args.critic_loss,
@@ -109,6 +117,7 @@ def main(argv=None) -> int:
         "critic_loss": args.critic_loss,
         "target_reward_floor": args.target_reward_floor,
         "demo_steps": args.demo_steps,
+        "observe_gap": args.observe_gap,
     }
     rlpanning.save_policy(
         os.path.join(args.out, "policy.msgpack"), agent.actor_params, config, meta, ranges

@@ -67,7 +67,7 @@ from jpanning import masks as masks_lib, panning, scores
 from jpanning.errors import JPanningError
 
 PyTree = Any
-OBS_SIZE = 7
+OBS_SIZE = 7  # the authors' observation; observe_gap adds one (:func:`obs_size`)
 ACTION_SIZE = len(panning.METRICS)
 SCORINGS = ("pool", "fresh")
 EFFECTIVES = ("authors", "paths")
@@ -77,6 +77,11 @@ WARMUP_BATCHES = 10  # the authors' PruningEnv.__init__
 TARGETS_EARLY = ((1.0, 0.8, 1.0),)
 TARGETS_LATE = ((0.5, 0.9, 1.0), (0.5, 0.98, 1.0))
 MAX_TARGET = float(np.nextafter(np.float32(1.0), np.float32(0.0)))
+
+
+def obs_size(observe_gap: bool = False) -> int:
+    """The observation's length: the authors' 7, and the gap's entry with ``observe_gap``."""
+    return OBS_SIZE + int(bool(observe_gap))
 
 
 @flax.struct.dataclass
@@ -119,6 +124,11 @@ class EnvParams:
             target) instead of the authors' 0 (static).
         shield_masks: with ``collapse_shield``, SynFlow's mask at the coming step's sparsity
             (:meth:`PanningEnv.synflow_alone`), the shield's fallback; None otherwise.
+        observe_gap: the observation gains an eighth entry, the step's signed gap
+            ``α (ρe − ρ_t)``, whose absolute value is the reward term ``r_sparsity`` (0 at
+            reset) (static; a jpanning option, off as in the authors' code, whose observation
+            carries ``ρe`` and ``ρ_t`` apart: at 0.99 they differ by about 1e-4, which a
+            network reads poorly; ``benchmarks.search_diagnostics``).
         collapse_shield: on a step whose fusion weights would empty a prunable layer, take
             ``shield_masks`` instead (:func:`jpanning.panning.shield`) (static). Off in a
             search (the authors' environment, whose collapse penalty the agent learns from);
@@ -148,6 +158,7 @@ class EnvParams:
     effective: str = flax.struct.field(pytree_node=False, default="authors")
     fusion: str = flax.struct.field(pytree_node=False, default="add")
     reset_observes_sparsity: bool = flax.struct.field(pytree_node=False, default=False)
+    observe_gap: bool = flax.struct.field(pytree_node=False, default=False)
     collapse_shield: bool = flax.struct.field(pytree_node=False, default=False)
 
     def with_targets(self, targets: Sequence[tuple[float, float, float]]) -> "EnvParams":
@@ -165,6 +176,7 @@ class EnvParams:
             "effective": self.effective,
             "fusion": self.fusion,
             "reset_observes_sparsity": self.reset_observes_sparsity,
+            "observe_gap": self.observe_gap,
             "collapse_shield": self.collapse_shield,
             "alpha": float(self.alpha),
             "gtg_scale": float(self.gtg_scale),
@@ -338,6 +350,7 @@ class PanningEnv:
         effective: str = "authors",
         fusion: str = "add",
         reset_observes_sparsity: bool = False,
+        observe_gap: bool = False,
         warmup_batches: int = WARMUP_BATCHES,
         key: Optional[jax.Array] = None,
     ) -> EnvParams:
@@ -353,7 +366,7 @@ class PanningEnv:
                 ``'fresh'``: ``[N, ...]`` and ``[N]``, the examples to draw batches from.
             targets: ``((prob, low, high), ...)``, the target-sparsity distribution.
             alpha, gtg_scale, rounds, scoring, samples_per_class, effective, fusion,
-                reset_observes_sparsity: see :class:`EnvParams`.
+                reset_observes_sparsity, observe_gap: see :class:`EnvParams`.
             warmup_batches: batches for the starting ranges (the authors' 10; at least 2).
             key: PRNG key of the fresh warm-up draws (default ``jax.random.key(0)``).
         """
@@ -409,6 +422,7 @@ class PanningEnv:
             effective=effective,
             fusion=fusion,
             reset_observes_sparsity=bool(reset_observes_sparsity),
+            observe_gap=bool(observe_gap),
         )
         if scoring == "pool":
             score = jax.jit(self.dense_batch)
@@ -505,7 +519,8 @@ class PanningEnv:
         return batch, index, dense
 
     def observation_at_reset(self, state: EnvState, params: EnvParams) -> jax.Array:
-        """``(N(L), N(G), 0, 0, 0, 0, 0)``; ``ρ_0`` in place 5 with ``reset_observes_sparsity``."""
+        """``(N(L), N(G), 0, 0, 0, 0, 0)``; ``ρ_0`` in place 5 with ``reset_observes_sparsity``;
+        a further 0 (the gap) with ``observe_gap``."""
         zero = jnp.zeros((), jnp.result_type(state.loss))
         fifth = (
             masks_lib.round_sparsity(state.target, 0, params.rounds).astype(zero.dtype)
@@ -522,6 +537,7 @@ class PanningEnv:
                 fifth,
                 zero,
             ]
+            + ([zero] if params.observe_gap else [])
         )
 
     def reset(
@@ -630,6 +646,11 @@ class PanningEnv:
                 sparsity.astype(dtype),
                 t.astype(dtype) / rounds,
             ]
+            + (
+                [params.alpha.astype(dtype) * (effective - sparsity.astype(dtype))]
+                if params.observe_gap
+                else []
+            )
         )
         collapsed = alive_count == 0
         r_sparsity = params.alpha.astype(dtype) * jnp.abs(sparsity.astype(dtype) - effective)

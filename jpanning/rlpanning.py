@@ -55,7 +55,7 @@ class RLPanningConfig:
         alpha: weight of ``|ρ_t − ρe|`` in the reward (the authors' 100).
         scoring: ``'pool'`` or ``'fresh'`` (the authors': a new batch every step, the dense
             maps recomputed); see :class:`jpanning.env.EnvParams`.
-        effective, fusion, reset_observes_sparsity: the environment's options
+        effective, fusion, reset_observes_sparsity, observe_gap: the environment's options
             (:class:`jpanning.env.EnvParams`; the defaults are the authors').
         steps_per_call: agent steps per jitted call (a ``lax.scan`` when more than one).
         td3: the agent's settings (``total_steps`` is replaced by ``agent_steps``).
@@ -70,6 +70,7 @@ class RLPanningConfig:
     effective: str = "authors"
     fusion: str = "add"
     reset_observes_sparsity: bool = False
+    observe_gap: bool = False
     steps_per_call: int = 1
     td3: td3.TD3Config = td3.TD3Config()
 
@@ -132,6 +133,7 @@ def env_options(config: RLPanningConfig) -> dict:
         "effective": config.effective,
         "fusion": config.fusion,
         "reset_observes_sparsity": config.reset_observes_sparsity,
+        "observe_gap": config.observe_gap,
     }
 
 
@@ -228,7 +230,7 @@ def search(
         config.agent_config(),
         key,
         action_size=env_lib.ACTION_SIZE,
-        obs_size=env_lib.OBS_SIZE,
+        obs_size=env_lib.obs_size(config.observe_gap),
         steps_per_call=config.steps_per_call,
         env_params_at=lambda t: env_params if t < switch else late,
         callback=callback,
@@ -348,7 +350,7 @@ def save_policy(
         if ranges is None
         else {"loss": np.asarray(ranges.loss), "grad_norm": np.asarray(ranges.grad_norm)},
         "td3": td3_fields,
-        "obs_size": env_lib.OBS_SIZE,
+        "obs_size": env_lib.obs_size(config.observe_gap),
         "action_size": env_lib.ACTION_SIZE,
         "meta": meta or {},
     }
@@ -380,11 +382,12 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
             f"--policy {path!r} has format version {payload.get('version')}, "
             f"this jpanning reads {POLICY_VERSION}"
         )
-    if payload["obs_size"] != env_lib.OBS_SIZE or payload["action_size"] != env_lib.ACTION_SIZE:
+    observes = env_lib.obs_size(bool((payload.get("env") or {}).get("observe_gap", False)))
+    if payload["obs_size"] != observes or payload["action_size"] != env_lib.ACTION_SIZE:
         raise JPanningError(
             f"--policy {path!r} maps {payload['obs_size']} observations to "
             f"{payload['action_size']} actions; the Panning environment has "
-            f"{env_lib.OBS_SIZE} and {env_lib.ACTION_SIZE}"
+            f"{observes} and {env_lib.ACTION_SIZE}"
         )
     fields = dict(payload["td3"])
     fields["hidden_sizes"] = tuple(fields["hidden_sizes"])
@@ -393,6 +396,7 @@ def load_policy(path: str) -> tuple[PyTree, RLPanningConfig, dict]:
         rounds=int(env.pop("rounds")),
         alpha=float(env.pop("alpha")),
         reset_observes_sparsity=bool(env.pop("reset_observes_sparsity")),
+        observe_gap=bool(env.pop("observe_gap", False)),  # absent: written before it existed
         **env,
         td3=td3.TD3Config(**fields),
     )

@@ -219,6 +219,27 @@ def test_reset_observes_the_dense_batch_only_and_steps_agree_with_and_without_ji
     assert report["kept"] == int(report["total"] * (1 - s0)) == int(eager[5]["kept"])
 
 
+def test_the_gap_feature_is_one_more_entry_alpha_times_the_signed_sparsity_gap(tiny_env):
+    env, params = tiny_env
+    gap = params.replace(observe_gap=True)
+    assert E.obs_size(False) == E.OBS_SIZE == 7 and E.obs_size(True) == 8
+    obs, state = env.reset(jax.random.key(0), gap, target=0.99)
+    plain_obs, plain_state = env.reset(jax.random.key(0), params, target=0.99)
+    assert obs.shape == (8,) and float(obs[7]) == 0.0
+    np.testing.assert_array_equal(np.asarray(obs)[:7], np.asarray(plain_obs))
+    action = jnp.array([-1.0, 1.0, 1.0])
+    for _ in range(3):  # the masks, rewards and the authors' 7 entries are unchanged
+        obs, state, reward, *_, info = env.step(jax.random.key(1), state, action, gap)
+        want = env.step(jax.random.key(1), plain_state, action, params)
+        plain_obs, plain_state = want[0], want[1]
+        np.testing.assert_array_equal(np.asarray(obs)[:7], np.asarray(plain_obs))
+        assert float(reward) == float(want[2])
+        effective, sparsity = float(obs[4]), float(obs[5])  # ρe and ρ_t of this step
+        np.testing.assert_allclose(float(obs[7]), 100.0 * (effective - sparsity), rtol=1e-5)
+        # r_sparsity is its absolute value (the authors' alpha = 100)
+        np.testing.assert_allclose(abs(float(obs[7])), float(info["r_sparsity"]), rtol=1e-5)
+
+
 @pytest.mark.parametrize("jit", [False, True])
 def test_reset_and_step_assert_their_inputs_at_the_door(tiny_env, jit):
     env, params = tiny_env

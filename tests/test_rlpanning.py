@@ -93,6 +93,27 @@ def test_the_policy_file_round_trips_and_bad_files_are_refused(tmp_path, problem
         rlpanning.load_policy(str(tmp_path / "missing"))
 
 
+def test_a_policy_that_observes_the_gap_round_trips_and_its_size_is_checked(tmp_path):
+    actor = td3.init_agent(jax.random.key(5), CONFIG.td3, 8, 3).actor_params
+    path = str(tmp_path / "gap.msgpack")
+    rlpanning.save_policy(path, actor, dataclasses.replace(CONFIG, observe_gap=True))
+    _, config, _ = rlpanning.load_policy(path)
+    assert config.observe_gap and rlpanning.env_options(config)["observe_gap"]
+    # a file whose environment says 7 observations but whose actor was saved for 8
+    from flax import serialization
+
+    payload = serialization.msgpack_restore((tmp_path / "gap.msgpack").read_bytes())
+    payload["env"]["observe_gap"] = False
+    (tmp_path / "bad.msgpack").write_bytes(serialization.msgpack_serialize(payload))
+    with pytest.raises(JPanningError, match="maps 8 observations to 3 actions; .* has 7 and 3"):
+        rlpanning.load_policy(str(tmp_path / "bad.msgpack"))
+    # a policy written before the option existed (no key) observes the authors' 7
+    del payload["env"]["observe_gap"]
+    payload["obs_size"] = 7
+    (tmp_path / "old.msgpack").write_bytes(serialization.msgpack_serialize(payload))
+    assert not rlpanning.load_policy(str(tmp_path / "old.msgpack"))[1].observe_gap
+
+
 @pytest.fixture(scope="module")
 def pool_env(problem):
     """``(pool, env, env_params)``: two scoring batches of the tiny problem's data."""
@@ -178,7 +199,7 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     assert r["rl"]["env"] == {
         "rounds": 4, "scoring": "fresh", "pool_size": None, "samples_per_class": 10,
         "effective": "authors", "fusion": "add", "reset_observes_sparsity": False,
-        "collapse_shield": False, "alpha": 100.0, "gtg_scale": 5.0,
+        "observe_gap": False, "collapse_shield": False, "alpha": 100.0, "gtg_scale": 5.0,
     }  # fmt: skip
     # the search's environment has no shield (the authors'); screening with the policy has it
     assert r["rl"]["shield"]["collapse_shield"] == "synflow"
