@@ -48,6 +48,7 @@ from jpanning import config as config_lib
 from jpanning.config import FIELD_OF, RunConfig
 from jpanning.errors import JPanningError, RunFailed
 from jpanning.methods import METHODS
+from jpanning.rundir import read_json
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 SEARCH_FLAGS = ("--search", "--preset", "--agent-steps")  # run.py: RL Panning trains a policy
@@ -204,14 +205,14 @@ def cell_status(cell: Cell, cells_dir: str) -> str | None:
     if os.path.isfile(os.path.join(out, "results.json")):
         return "ok"
     failed = os.path.join(out, "failed.json")
-    if os.path.isfile(failed) and not refused_by_old_rule(experiment.read_json(failed)):
+    if os.path.isfile(failed) and not refused_by_old_rule(read_json(failed)):
         return "failed"
     return None
 
 
 def _old_refusal(cell: Cell, cells_dir: str) -> bool:
     path = os.path.join(cells_dir, cell.dirname, "failed.json")
-    return os.path.isfile(path) and refused_by_old_rule(experiment.read_json(path))
+    return os.path.isfile(path) and refused_by_old_rule(read_json(path))
 
 
 def refused_by_old_rule(record) -> bool:
@@ -332,7 +333,7 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
     except RunFailed as e:
         status = "failed"
         path = os.path.join(out, "failed.json")
-        recorded = experiment.read_json(path) or {}  # the run's own record (its run_id) stays
+        recorded = read_json(path) or {}  # the run's own record (its run_id) stays
         record = {"error": str(e), "disconnected": e.disconnected, "argv": argv}
         if e.disconnected:
             record["chance_accuracy"] = 1.0 / dataset.num_classes

@@ -44,9 +44,9 @@ from jpanning.config import (
 )
 from jpanning.errors import JPanningError, RunFailed
 from jpanning.methods import METHODS
+from jpanning.rundir import SCREEN_FILES, RunDir
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
-SCREEN_FILES = ("masks.npz", "screen.json")  # the screening's result, reused by resume
 # PruneProblem.options: the config fields the methods read, under the names they read them by
 OPTION_NAMES = {
     "rounds": "rounds", "chunk_size": "chunk_size", "temperature": "temperature",
@@ -97,43 +97,10 @@ class Trained:
     seconds: float
 
 
-def read_json(path: str):
-    """The JSON in ``path``, or None when it is missing or not JSON."""
-
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None
-
-
-def _run_id(record) -> str | None:
-    """The run_id a results.json (in its config), failed.json or run.json records."""
-    if not isinstance(record, dict):
-        return None
-    return record.get("run_id", (record.get("config") or {}).get("run_id"))
-
-
-def _ended(out: str) -> str | None:
-    """'finished' or 'failed' when the run whose run.json is in ``out`` has ended, else None."""
-    run_record = read_json(os.path.join(out, RUN_FILE))
-    for name, how in (("results.json", "finished"), ("failed.json", "failed")):
-        record = read_json(os.path.join(out, name))
-        if record is not None and _run_id(record) == _run_id(run_record):
-            return how
-    return None
-
-
 def interrupted_run(out: str) -> str | None:
     """What a stopped run (not finished, not failed) left in ``out`` for :func:`resume`
-    (None: nothing to resume)."""
-    if not os.path.isfile(os.path.join(out, RUN_FILE)) or _ended(out):
-        return None
-    left = [f for f in (*SCREEN_FILES, "pretrained.npz") if os.path.isfile(os.path.join(out, f))]
-    ckpt = os.path.join(out, "checkpoints")
-    if os.path.isdir(ckpt) and any(os.scandir(ckpt)):
-        left.append("checkpoints/")
-    return ", ".join(left) or None
+    (None: nothing to resume; :meth:`jpanning.rundir.RunDir.interrupted`)."""
+    return RunDir(out).interrupted()
 
 
 def resumed_config(out: str, **changes) -> RunConfig:
@@ -150,7 +117,7 @@ def resumed_config(out: str, **changes) -> RunConfig:
     path = os.path.join(out, RUN_FILE)
     if not os.path.isdir(out):
         raise JPanningError(f"--resume {out!r} is not a directory")
-    if _ended(out) == "finished":
+    if RunDir(out).ended() == "finished":
         raise JPanningError(f"--resume {out!r}: that run has finished (results.json is there)")
     try:
         with open(path) as f:
@@ -199,7 +166,8 @@ def run(config: RunConfig, dataset=None) -> dict:
 
     with checkpoint.StopSignal() as stop, contextlib.ExitStack() as owned:
         config = prepare(config)
-        _own_out(config, owned)
+        o = config.output
+        RunDir(o.out).own(owned, resume=o.resume is not None, overwrite=o.overwrite)
         return _run(config, dataset, stop)
 
 
@@ -227,50 +195,8 @@ def prepare(config: RunConfig) -> RunConfig:
         config = config.replace(scoring="fresh")  # the authors'
     if m.pretrained is not None and not os.path.isfile(m.pretrained):
         raise JPanningError(f"--pretrained {m.pretrained!r} does not exist")
-    check_out_dir(config.output.out)
+    RunDir(config.output.out).check_writable()
     return config
-
-
-def check_out_dir(out: str) -> None:
-    """Fail before any work if ``out`` cannot be created or written."""
-    try:
-        os.makedirs(out, exist_ok=True)
-        probe = os.path.join(out, f".write-test-{os.getpid()}")
-        with open(probe, "w") as f:
-            f.write("ok")
-        os.unlink(probe)
-    except OSError as e:
-        raise JPanningError(f"--out {out!r} is not writable: {e.strerror or e}")
-
-
-def _own_out(config: RunConfig, owned: contextlib.ExitStack) -> None:
-    """Hold OUT's lock until ``owned`` closes (:func:`jpanning.checkpoint.owned`: one live run
-    per folder; only the process that writes results locks), then, for a new run, refuse a
-    folder with a finished run (results.json) unless overwrite, which removes its
-    results.json and any checkpoints/ first, or one with an interrupted run."""
-
-    out = config.output.out
-    if parallel.is_primary():
-        owned.enter_context(checkpoint.owned(out, f"--out {out!r}"))
-    if config.output.resume is not None:
-        return
-    finished = os.path.join(out, "results.json")
-    if os.path.isfile(finished):
-        if not config.output.overwrite:
-            raise JPanningError(
-                f"--out {out!r} holds a finished run (results.json); replace it with "
-                "--overwrite, or choose another --out"
-            )
-        if parallel.is_primary():
-            os.unlink(finished)
-            shutil.rmtree(os.path.join(out, "checkpoints"), ignore_errors=True)
-        return
-    left = interrupted_run(out)
-    if left:
-        raise JPanningError(
-            f"--out {out!r} holds an interrupted run ({left}); continue it with "
-            f"--resume {out}, or choose another --out (or delete that one) to start over"
-        )
 
 
 def _check_stop(stop, out: str, where: str) -> None:
@@ -419,7 +345,7 @@ def _record(config: RunConfig) -> RunConfig:
 
     paths = {k: os.path.abspath(v) for k, v in config.saved().items() if k in PATH_FIELDS and v}
     config = config.replace(run_id=uuid.uuid4().hex, **paths)
-    report.write_json(os.path.join(config.output.out, RUN_FILE), config.saved())
+    RunDir(config.output.out).write_settings(config.saved())
     return config
 
 
@@ -481,12 +407,12 @@ def _pretrained(config: RunConfig, problem_setup: Setup, dataset, mesh, stop):
     m, out, variables = config.pruning, config.output.out, problem_setup.variables
     if m.pretrained is not None:
         return _load_pretrained(m.pretrained, variables), {"from": m.pretrained}
-    saved = os.path.join(out, "pretrained.npz"), os.path.join(out, "pretrained.json")
-    info = read_json(saved[1]) if config.output.resume else None
-    if info is not None and info.get("run_id") == config.run_id and os.path.isfile(saved[0]):
-        print(f"{m.method}: the trained network in {saved[0]} (resumed)")
-        info.pop("run_id")
-        return _load_pretrained(saved[0], variables, "the saved pretrained.npz"), info
+    run_dir = RunDir(out)
+    saved = run_dir.file("pretrained.npz")
+    info = run_dir.stage_record("pretrained.json", config.run_id) if config.output.resume else None
+    if info is not None and os.path.isfile(saved):
+        print(f"{m.method}: the trained network in {saved} (resumed)")
+        return _load_pretrained(saved, variables, "the saved pretrained.npz"), info
     epochs = m.pretrain_epochs or config.training.epochs
     print(f"{m.method} prunes a trained network: dense training for {epochs} epoch(s) first")
     start = time.perf_counter()
@@ -502,8 +428,8 @@ def _pretrained(config: RunConfig, problem_setup: Setup, dataset, mesh, stop):
         "seconds": time.perf_counter() - start,
         "file": "pretrained.npz",
     }
-    report.save_npz(saved[0], **variables)
-    report.write_json(saved[1], info | {"run_id": config.run_id})
+    report.save_npz(saved, **variables)
+    run_dir.write_record("pretrained.json", info, config.run_id)
     return jax.tree.map(jax.numpy.asarray, variables), info
 
 
@@ -556,9 +482,7 @@ def _screen(config: RunConfig, problem, dataset, stop) -> Screened:
     screened = Screened(masks, entries, time.perf_counter() - start)
     # kept before the checks: a refused mask's search is not lost
     report.save_npz(os.path.join(out, "masks.npz"), masks=masks)
-    report.write_json(
-        os.path.join(out, "screen.json"), screened.record() | {"run_id": config.run_id}
-    )
+    RunDir(out).write_record("screen.json", screened.record(), config.run_id)
     return screened
 
 
