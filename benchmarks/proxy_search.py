@@ -27,7 +27,7 @@ import numpy as np
 
 def flat_metrics(metrics: dict) -> dict:
     """``{name: array}`` with the env's ``info`` entries as ``info/<name>``."""
-    out = {k: np.asarray(v) for k, v in metrics.items() if k != "info"}
+    out = {k: np.asarray(v) for k, v in metrics.items() if k not in ("info", "selection")}
     out |= {f"info/{k}": np.asarray(v) for k, v in metrics.get("info", {}).items()}
     return out
 
@@ -59,6 +59,13 @@ def main(argv=None) -> int:
         action="store_true",
         help="the observation gains the signed gap alpha (rho_e - rho_t) (EnvParams.observe_gap)",
     )
+    p.add_argument(
+        "--select-every",
+        type=int,
+        default=0,
+        help="checkpoint selection: judge the actor every N steps on held-apart targets, "
+        "keep the best (RLPanningConfig.select_every; 0: the last, the authors')",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
     args = p.parse_args(argv)
@@ -78,6 +85,7 @@ def main(argv=None) -> int:
         scoring="pool",
         steps_per_call=args.steps_per_call,
         observe_gap=args.observe_gap,
+        select_every=args.select_every,
     )
     agent_settings = base.td3.replace(
         critic_loss=args.critic_loss,
@@ -118,6 +126,7 @@ def main(argv=None) -> int:
         "target_reward_floor": args.target_reward_floor,
         "demo_steps": args.demo_steps,
         "observe_gap": args.observe_gap,
+        "select_every": args.select_every,
     }
     rlpanning.save_policy(
         os.path.join(args.out, "policy.msgpack"), agent.actor_params, config, meta, ranges
@@ -133,6 +142,7 @@ def main(argv=None) -> int:
             "seconds_this_process": seconds,
             "episodes": len(returns),
             "last_50_returns_mean": float(np.mean(returns[-50:])) if len(returns) else None,
+            "selection": metrics.get("selection"),
             "environment": report.environment(),
         },
     )

@@ -59,6 +59,15 @@ class RLPanningConfig:
             (:class:`jpanning.env.EnvParams`; the defaults are the authors').
         steps_per_call: agent steps per jitted call (a ``lax.scan`` when more than one).
         td3: the agent's settings (``total_steps`` is replaced by ``agent_steps``).
+        select_every: 0 (the authors': the search's last actor is the policy), or checkpoint
+            selection, a jpanning option: every this many agent steps (and at the end) the
+            current actor plays one deterministic episode at each of ``select_targets`` (the
+            search's environment, its ranges at that step, episode keys from
+            ``select_seed``), and the actor with the highest mean return is the policy,
+            with the ranges it was judged through. Keep ``select_targets`` and
+            ``select_seed`` apart from those a policy is finally judged on
+            (``benchmarks.policy_eval``: 0.9-0.995, seeds 10-12). Not checkpointed: a
+            resumed search selects among the steps after its restart.
     """
 
     agent_steps: int = 50_000
@@ -73,6 +82,9 @@ class RLPanningConfig:
     observe_gap: bool = False
     steps_per_call: int = 1
     td3: td3.TD3Config = td3.TD3Config()
+    select_every: int = 0
+    select_targets: tuple = (0.93, 0.97, 0.985, 0.993)
+    select_seed: int = 1000
 
     def agent_config(self) -> td3.TD3Config:
         """The TD3 settings with ``total_steps = agent_steps``, and a buffer that fits."""
@@ -100,6 +112,12 @@ class RLPanningConfig:
                 raise JPanningError(
                     f"rlpanning {name} {getattr(self, name)!r}; choose from: {', '.join(allowed)}"
                 )
+        if int(self.select_every) < 0:
+            raise JPanningError(f"rlpanning select_every must be >= 0, got {self.select_every}")
+        if self.select_every and not all(0.0 < float(x) < 1.0 for x in self.select_targets):
+            raise JPanningError(
+                f"rlpanning select_targets must be sparsities in (0, 1), got {self.select_targets}"
+            )
         if self.early_steps is not None and int(self.early_steps) < 0:
             raise JPanningError(f"rlpanning early_steps must be >= 0, got {self.early_steps}")
         td3.validate_config(self.agent_config())
@@ -224,7 +242,8 @@ def search(
     config.validate()
     late = env_params.with_targets(env_lib.TARGETS_LATE)
     switch = config.switch_step()
-    return td3.train_loop(
+    selection = Selection(env, env_params, config) if config.select_every else None
+    agent, metrics = td3.train_loop(
         env,
         env_params,
         config.agent_config(),
@@ -239,14 +258,97 @@ def search(
         demonstrator=fixed_controllers(config.rounds, config.fusion)
         if config.td3.demo_steps
         else None,
+        watch=selection.watch if selection is not None else None,
     )
+    if selection is not None and selection.best is not None:
+        agent = agent.replace(actor_params=jax.tree.map(jnp.asarray, selection.best["params"]))
+        metrics = metrics | {"selection": selection.record()}
+    return agent, metrics
+
+
+class Selection:
+    """Checkpoint selection during a search (:attr:`RLPanningConfig.select_every`): a
+    ``watch`` for the search loop that plays the current actor's deterministic episodes at
+    the selection targets and keeps the best actor (host copies) and the ranges it played
+    through."""
+
+    def __init__(self, env, env_params, config: RLPanningConfig):
+        self.every, self.total = int(config.select_every), int(config.agent_steps)
+        self.targets = tuple(float(x) for x in config.select_targets)
+        self.key = jax.random.key(int(config.select_seed))
+        self.steps, self.returns, self.best = [], [], None
+        self.next_due = self.every
+        agent_config = config.agent_config()
+
+        @jax.jit
+        def one_round(actor_params, obs, state, k):
+            action = td3.policy(actor_params, obs, agent_config, env_lib.ACTION_SIZE)
+            obs, state, reward, terminated, truncated, _ = env.step(k, state, action, env_params)
+            return obs, state, reward, terminated | truncated
+
+        self._reset = jax.jit(env.reset)
+        self._round, self._env_params, self._rounds = one_round, env_params, config.rounds
+
+    def episode(self, actor_params, ranges, target: float, key) -> float:
+        """The return of one deterministic episode at ``target`` through ``ranges``."""
+        k_reset, k_steps = jax.random.split(key)
+        obs, state = self._reset(k_reset, self._env_params, target, ranges)
+        total = 0.0
+        for t in range(self._rounds):
+            obs, state, reward, done = self._round(
+                actor_params, obs, state, jax.random.fold_in(k_steps, t)
+            )
+            total += float(reward)
+            if bool(done):
+                break
+        return total
+
+    def watch(self, t: int, carry) -> None:
+        if t < self.next_due and t < self.total:
+            return
+        self.next_due = (t // self.every + 1) * self.every
+        ranges = jax.tree.map(np.array, carry.env_state.ranges)  # copies: see host_loop
+        params = jax.tree.map(np.array, carry.agent.actor_params)
+        mean = float(
+            np.mean(
+                [
+                    self.episode(params, ranges, target, jax.random.fold_in(self.key, i))
+                    for i, target in enumerate(self.targets)
+                ]
+            )
+        )
+        self.steps.append(int(t))
+        self.returns.append(mean)
+        if self.best is None or mean > self.best["return"]:
+            self.best = {"step": int(t), "return": mean, "params": params, "ranges": ranges}
+
+    def record(self) -> dict:
+        """What results.json and the search's record keep: the steps judged, their mean
+        returns, the chosen step and the ranges it played through."""
+        return {
+            "every": self.every,
+            "targets": list(self.targets),
+            "steps": list(self.steps),
+            "mean_returns": list(self.returns),
+            "best_step": self.best["step"],
+            "best_return": self.best["return"],
+            "ranges": {
+                "loss": np.asarray(self.best["ranges"].loss).tolist(),
+                "grad_norm": np.asarray(self.best["ranges"].grad_norm).tolist(),
+            },
+        }
 
 
 episode_returns = loop.episode_returns  # (end steps, returns) of the finished episodes
 
 
 def final_ranges(metrics) -> Optional[env_lib.Ranges]:
-    """The normalisation ranges after a search's last step (they never shrink)."""
+    """The normalisation ranges the search's policy observes through: those after its last
+    step (they never shrink), or, with checkpoint selection, those of the chosen step."""
+    chosen = metrics.get("selection")
+    if chosen is not None:
+        r = chosen["ranges"]
+        return env_lib.Ranges(jnp.asarray(r["loss"]), jnp.asarray(r["grad_norm"]))
     ranges = np.asarray(metrics["info"]["ranges"])
     if ranges.shape[0] == 0:
         return None
@@ -583,6 +685,8 @@ def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
             },
             ranges=rl.ranges,
         )
+        if "selection" in rl.metrics:  # checkpoint selection: the chosen actor is the policy
+            out["selection"] = rl.metrics["selection"]
         steps, returns = episode_returns(rl.metrics)
         out["episode_end_steps"] = steps.tolist()
         out["episode_returns"] = returns.tolist()

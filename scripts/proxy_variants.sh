@@ -17,7 +17,7 @@ PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 STEPS=${STEPS:-50000}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap huber-floor1-demo1000"}
+VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap select huber-floor1-demo1000"}
 EVAL_SEEDS=${EVAL_SEEDS:-"10 11 12"}  # kept apart from the search seeds
 
 flags() {
@@ -28,6 +28,7 @@ flags() {
     huber-floor1) echo "--critic-loss huber --target-reward-floor -1" ;;
     demo1000) echo "--demo-steps 1000" ;;                     # half of warm-up demonstrated
     gap) echo "--observe-gap" ;;                              # the signed sparsity gap observed
+    select) echo "--select-every 2000" ;;                     # checkpoint selection
     huber-floor1-demo1000) echo "--critic-loss huber --target-reward-floor -1 --demo-steps 1000" ;;
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac

@@ -440,3 +440,72 @@ def test_a_search_with_demonstrations_starts_at_the_fixed_controllers(pool_env):
         # (a uniform action lands on one of these with probability 0)
         assert tuple(np.round(a, 6)) in corners | {tuple(np.round(s, 6)) for s in stairs}
     assert not np.any(np.isin(np.round(np.asarray(metrics["action"])[6:8], 6), [-1.0, 1.0]))
+
+
+def test_checkpoint_selection_keeps_the_actor_with_the_best_mean_return(pool_env):
+    import collections
+
+    _, env, env_params = pool_env
+    config = dataclasses.replace(CONFIG, select_every=8, select_targets=(0.5, 0.8))
+    selection = rlpanning.Selection(env, env_params, config)
+    _, state = env.reset(jax.random.key(0), env_params)
+    Carry = collections.namedtuple("Carry", "agent env_state")
+    actors = [td3.init_agent(jax.random.key(i), CONFIG.td3, 7, 3) for i in range(4)]
+    for t, agent in zip((3, 8, 16, 24), actors):
+        selection.watch(t, Carry(agent, state))
+    assert selection.steps == [8, 16, 24]  # 3 is not due; the last step always is
+
+    reset, step = jax.jit(env.reset), jax.jit(env.step)  # as compiled as the search's
+
+    def by_hand(actor_params):  # each target's deterministic episode, summed and averaged
+        totals = []
+        for i, target in enumerate((0.5, 0.8)):
+            k_reset, k_steps = jax.random.split(jax.random.fold_in(jax.random.key(1000), i))
+            obs, s = reset(k_reset, env_params, target, state.ranges)
+            total = 0.0
+            for t in range(3):
+                action = jax.jit(td3.policy, static_argnums=(2, 3))(
+                    actor_params, obs, config.agent_config(), 3
+                )
+                obs, s, r, term, trunc, _ = step(jax.random.fold_in(k_steps, t), s, action,
+                                                 env_params)  # fmt: skip
+                total += float(r)
+                if bool(term | trunc):
+                    break
+            totals.append(total)
+        return float(np.mean(totals))
+
+    want = [by_hand(a.actor_params) for a in actors[1:]]
+    np.testing.assert_allclose(selection.returns, want, rtol=1e-5)
+    best = int(np.argmax(want))
+    record = selection.record()
+    assert record["best_step"] == (8, 16, 24)[best] and record["steps"] == [8, 16, 24]
+    for a, b in zip(jax.tree.leaves(selection.best["params"]),
+                    jax.tree.leaves(actors[1 + best].actor_params)):  # fmt: skip
+        np.testing.assert_array_equal(a, np.asarray(b))
+    ranges = rlpanning.final_ranges({"selection": record})  # what screening observes through
+    np.testing.assert_allclose(np.asarray(ranges.loss), np.asarray(state.ranges.loss))
+
+
+def test_checkpoint_selection_is_validated():
+    with pytest.raises(JPanningError, match="select_every must be >= 0"):
+        dataclasses.replace(CONFIG, select_every=-1).validate()
+    with pytest.raises(JPanningError, match="select_targets must be sparsities in"):
+        dataclasses.replace(CONFIG, select_every=2, select_targets=(0.9, 1.0)).validate()
+
+
+@pytest.mark.slow  # a search on the tiny network: half a minute on 2 cores
+def test_a_search_with_checkpoint_selection_returns_the_chosen_actor(pool_env):
+    _, env, env_params = pool_env
+    config = dataclasses.replace(CONFIG, select_every=8, select_targets=(0.5, 0.8))
+    agent, metrics = rlpanning.search(env, env_params, config, jax.random.key(2))
+    chosen = metrics["selection"]
+    assert chosen["steps"] == [8, 16, 24]
+    assert chosen["best_return"] == max(chosen["mean_returns"])
+    judge = rlpanning.Selection(env, env_params, config)
+    ranges = rlpanning.final_ranges(metrics)
+    again = np.mean([judge.episode(agent.actor_params, ranges, x, jax.random.fold_in(judge.key, i))
+                     for i, x in enumerate((0.5, 0.8))])  # fmt: skip
+    np.testing.assert_allclose(again, chosen["best_return"], rtol=1e-5)
+    _, plain = rlpanning.search(env, env_params, CONFIG, jax.random.key(2))
+    assert "selection" not in plain  # the authors': the last actor

@@ -552,3 +552,12 @@ def test_demo_steps_are_validated():
         td3.make_train(env, params, TINY.replace(demo_steps=17), action_size=1)
     with pytest.raises(JPanningError, match="demo_steps=4 needs a demonstrator"):
         td3.make_train(env, params, TINY.replace(demo_steps=4), action_size=1)
+
+
+def test_the_host_loop_shows_its_watch_the_carry_after_every_call():
+    env, params = PointEnv(), PointParams()
+    seen = []
+    td3.train_loop(env, params, TINY, jax.random.key(0), action_size=1, steps_per_call=8,
+                   watch=lambda t, carry: seen.append((t, int(carry.buffer.size))))  # fmt: skip
+    # one call per 8 steps; the buffer holds every transition so far (capacity 32)
+    assert seen == [(t, min(t, 32)) for t in range(8, 65, 8)]

@@ -137,6 +137,7 @@ def host_loop(
     callback: Callable[[int, dict], None] | None = None,
     checkpoints=None,
     stop: Callable[[], str | None] = checkpoint_lib.never,
+    watch: Callable[[int, Any], None] | None = None,
 ):
     """Run :func:`scanned`'s steps as one jitted call per ``steps_per_call`` steps.
 
@@ -157,6 +158,9 @@ def host_loop(
         stop: polled after every call but the last; a signal name makes the loop write a
             checkpoint and raise :class:`jpanning.checkpoint.Interrupted`
             (:class:`jpanning.resumable.Resumable` does both).
+        watch: optional ``watch(t_end, carry)`` after each call, with the whole carry (agent,
+            replay buffer, environment state). The next call reuses the carry's buffers, so
+            it must copy what it keeps.
 
     Returns:
         ``(agent, metrics)`` like ``scanned``'s ``train(key)``, metrics as numpy arrays.
@@ -201,6 +205,8 @@ def host_loop(
         t_before, t = t, t + n
         if callback is not None:
             callback(t, metrics)
+        if watch is not None:
+            watch(t, carry)
         loop.after(t_before, t, checkpoint, last=t >= total_steps)
     if not chunks:
         empty = jax.eval_shape(lambda c: step(c, 0, k_loop, env_params_at(0))[1], carry)

@@ -557,6 +557,7 @@ def train_loop(
     checkpoints=None,
     stop=checkpoint_lib.never,
     demonstrator=None,
+    watch=None,
 ):
     """Run the same steps as :func:`make_train`'s ``train(key)`` from a host loop.
 
@@ -578,6 +579,8 @@ def train_loop(
         checkpoints, stop: checkpoint and stop the loop
             (:func:`jpanning.agents.loop.host_loop`).
         demonstrator: as :func:`make_train`.
+        watch: optional ``watch(t_end, carry)`` after each call
+            (:func:`jpanning.agents.loop.host_loop`).
 
     Returns:
         ``(agent_state, metrics)`` like ``train(key)``, metrics as numpy arrays.
@@ -596,4 +599,5 @@ def train_loop(
         callback=callback,
         checkpoints=checkpoints,
         stop=stop,
+        watch=watch,
     )
