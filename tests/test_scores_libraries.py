@@ -260,7 +260,10 @@ def test_default_filter_finds_every_library_weights(style):
     assert jax.tree.leaves(M.prunable_tree(params)) == jax.tree.leaves(prunable)
 
 
-@pytest.mark.parametrize("style", list(STYLES))
+# linen in the default suite; each other library's float64 compile takes 15-22 s on 2 cores
+@pytest.mark.parametrize(
+    "style", [s if s == "linen" else pytest.param(s, marks=pytest.mark.slow) for s in STYLES]
+)
 def test_scorers_equal_the_literal_computation_in_float64(style):
     with jax.enable_x64(True):
         params, apply, prunable, masks, batch = _problem(style, jnp.float64)
@@ -298,7 +301,8 @@ def _synflow_cases():
 
 
 @pytest.mark.parametrize("case", ["named_b", "unknown_bias_name", "tanh"])
-@pytest.mark.parametrize("rescale", ["io", "layer"])
+# "io" in the default suite, "layer" among the slow tests (each case compiles for 10-22 s)
+@pytest.mark.parametrize("rescale", ["io", pytest.param("layer", marks=pytest.mark.slow)])
 def test_a_failed_rescaling_assumption_falls_back_to_the_exact_scores(case, rescale):
     params, apply, prunable = _synflow_cases()[case]
     with jax.enable_x64(True):
