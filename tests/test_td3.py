@@ -324,6 +324,10 @@ def test_train_rejects_bad_config():
         td3.make_train(env, params, TINY.replace(batch_size=64), action_size=1)
     with pytest.raises(JPanningError, match="action_size"):
         td3.make_train(env, params, TINY, action_size=0)
+    with pytest.raises(JPanningError, match="demo_steps \\(17\\) must be <= warmup_steps"):
+        td3.make_train(env, params, TINY.replace(demo_steps=17), action_size=1)
+    with pytest.raises(JPanningError, match="demo_steps=4 needs a demonstrator"):
+        td3.make_train(env, params, TINY.replace(demo_steps=4), action_size=1)
     with pytest.raises(JPanningError, match="critic_loss 'l1' is not one of mse, huber"):
         td3.make_train(env, params, TINY.replace(critic_loss="l1"), action_size=1)
 
@@ -544,14 +548,6 @@ def test_demonstrations_get_the_exploration_noise_and_stay_in_bounds():
     assert np.all(actions <= 1.0) and np.all(actions >= -1.0)
     assert np.any(actions == 1.0)  # clipped: 0.9 + noise went past the bound
     assert np.std(actions) > 0.05  # noisy, not the bare 0.9
-
-
-def test_demo_steps_are_validated():
-    env, params = PointEnv(), PointParams()
-    with pytest.raises(JPanningError, match="demo_steps \\(17\\) must be <= warmup_steps"):
-        td3.make_train(env, params, TINY.replace(demo_steps=17), action_size=1)
-    with pytest.raises(JPanningError, match="demo_steps=4 needs a demonstrator"):
-        td3.make_train(env, params, TINY.replace(demo_steps=4), action_size=1)
 
 
 def test_the_host_loop_shows_its_watch_the_carry_after_every_call():
