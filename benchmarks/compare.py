@@ -865,8 +865,9 @@ def write_report(name: str, grid: Grid, cells: list[Cell], out: str, command: st
     """runs.csv, table.md and the PNGs (accuracy, density, screening time, PuRL's α where it
     ran) from the finished cells; returns the table."""
     cells_dir = os.path.join(out, "cells")
-    done = [c for c in cells if cell_status(c, cells_dir)]
-    old = [c for c in cells if cell_status(c, cells_dir) is None and _old_refusal(c, cells_dir)]
+    status = {c.dirname: cell_status(c, cells_dir) for c in cells}
+    done = [c for c in cells if status[c.dirname]]
+    old = [c for c in cells if status[c.dirname] is None and _old_refusal(c, cells_dir)]
     recipe = {"model": grid.model, "dataset": grid.dataset, "epochs": grid.epochs}
     rows = [load_row(c, cells_dir) | recipe for c in done + old]
     buf = io.StringIO()
