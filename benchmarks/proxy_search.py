@@ -68,6 +68,22 @@ def main(argv=None) -> int:
     )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
+    # Speed choices for this process only, by measurement (benchmarks/results/proxy/
+    # steps_cpu.md): the proxy's programs are small, and both library defaults cost time there.
+    p.add_argument(
+        "--convolution",
+        default="xla",
+        choices=("auto", "onednn", "xla"),
+        help="CPU convolution library (jpanning.cpu.set_convolution); default xla: on the "
+        "proxy's 7x7 batches and one-image SynFlow, oneDNN's per-call overhead dominates",
+    )
+    p.add_argument(
+        "--allocator",
+        default="glibc",
+        choices=("jpanning", "glibc"),
+        help="'jpanning': keep freed memory in the process (jpanning.cpu.configure_allocator); "
+        "default glibc: the proxy's small programs run slower with it",
+    )
     args = p.parse_args(argv)
 
     import jax
@@ -76,7 +92,7 @@ def main(argv=None) -> int:
     from jpanning import checkpoint as checkpoint_lib
     from jpanning import cpu, data, report, rlpanning
 
-    cpu.configure()
+    cpu.configure(allocator=args.allocator == "jpanning", convolution=args.convolution)
     os.makedirs(args.out, exist_ok=True)
     dataset = data.load_dataset("fashion_mnist", seed=0)
     problem = proxy_bench._problem(dataset, args.seed)
@@ -127,6 +143,8 @@ def main(argv=None) -> int:
         "demo_steps": args.demo_steps,
         "observe_gap": args.observe_gap,
         "select_every": args.select_every,
+        "convolution": args.convolution,
+        "allocator": args.allocator,
     }
     rlpanning.save_policy(
         os.path.join(args.out, "policy.msgpack"), agent.actor_params, config, meta, ranges
