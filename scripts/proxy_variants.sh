@@ -5,6 +5,7 @@
 #     scripts/proxy_variants.sh [OUT]            # default OUT: runs/proxy-variants
 #     JOBS=2 scripts/proxy_variants.sh           # two searches side by side (one thread each)
 #     VARIANTS="mse huber" SEEDS="0" STEPS=50000 scripts/proxy_variants.sh
+#     EVAL=0 scripts/proxy_variants.sh           # the searches only
 #
 # Resumable: run it again after a stop. A search goes on from its newest checkpoint
 # (OUT/<variant>-s<seed>/checkpoints, one every 2,000 steps); a finished one (policy.msgpack
@@ -19,6 +20,7 @@ STEPS=${STEPS:-50000}
 SEEDS=${SEEDS:-"0 1 2"}
 VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap select huber-floor1-demo1000"}
 EVAL_SEEDS=${EVAL_SEEDS:-"10 11 12"}  # kept apart from the search seeds
+EVAL=${EVAL:-1}  # 0: searches only (judge them later with EVAL=1; finished searches are skipped)
 
 flags() {
   case "$1" in
@@ -42,13 +44,14 @@ one() {  # one variant x seed: search (resumable), then judge on the real enviro
     "$PY" -m benchmarks.proxy_search --out "$dir" --seed "$seed" --agent-steps "$STEPS" \
       $(flags "$variant") >>"$dir/search.log" 2>&1
   fi
+  [ "$EVAL" = 1 ] || return 0
   # shellcheck disable=SC2086
   "$PY" -m benchmarks.policy_eval --policy "$dir/policy.msgpack" --seeds $EVAL_SEEDS \
     --widen-episodes 5 --name "proxy-$variant-s$seed" >>"$dir/eval.log" 2>&1
 }
 
 export -f one flags
-export OUT PY STEPS EVAL_SEEDS
+export OUT PY STEPS EVAL_SEEDS EVAL
 if [ "$JOBS" -gt 1 ]; then
   # separate single-threaded processes (benchmarks/results/proxy/parallel_cpu.md)
   export XLA_FLAGS="${XLA_FLAGS:-} --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
