@@ -31,12 +31,20 @@ policy's environment settings, the warm-up ranges).
 
 Writes ``benchmarks/results/policy_eval/<name>/`` (``episodes.json``, ``table.md``), resuming
 from the episodes already there.
+
+A fixed controller's episode does not depend on the ranges (its actions do not read the
+observation), so each is played once per environment: its rounds' losses and ‖g‖² are kept
+in ``benchmarks/results/policy_eval/trajectories/`` and its return through another policy's
+ranges is recomputed from them (:func:`rescore`; ``--no-cache`` plays it again). Judging a
+proxy's policy on the real ResNet-20 then costs its own episodes, not the 75 of the fixed
+controllers (about 70 s each on the 2-core CPU).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import os
 import sys
@@ -57,6 +65,11 @@ RESULTS = os.path.join(os.path.dirname(__file__), "results", "policy_eval")
 CONTROLLERS = ("policy", "random", "staircase", "synflow", "snip", "grasp")
 TARGETS = (0.9, 0.95, 0.98, 0.99, 0.995)
 TERMS = ("r_sparsity", "r_loss", "r_gtg", "r_done")  # the reward's terms (env info)
+# What each round of an episode records so that its return can be recomputed through any
+# starting ranges (:func:`rescore`): the dense and masked loss and ‖g‖², and the two terms
+# that do not read the ranges.
+RAW = ("loss", "sparse_loss", "grad_norm", "sparse_grad_norm", "r_sparsity", "r_done")
+TRAJECTORIES = os.path.join(RESULTS, "trajectories")
 
 
 def staircase_actions(target: float, rounds: int, fusion: str) -> np.ndarray:
@@ -125,7 +138,7 @@ def rounds(env, env_params, step, reset, actions_of, target, key, ranges):
 def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
     """One episode (:func:`rounds`); returns its totals."""
     totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
-    weights = []
+    weights, raw = [], []
     for _, _, reward, info, state in rounds(
         env, env_params, step, reset, actions_of, target, key, ranges
     ):
@@ -133,13 +146,78 @@ def play(env, env_params, step, reset, actions_of, target, key, ranges) -> dict:
         weights.append(np.asarray(info["weights"], np.float64).round(4).tolist())
         for term in TERMS:
             totals[term] += float(info[term])
+        values = [getattr(state, n) for n in RAW[:4]] + [info[n] for n in RAW[4:]]
+        raw.append([float(f"{float(v):.9g}") for v in values])  # float32's digits
     return totals | {
+        "raw": raw,
         "rounds_played": len(weights),
         "collapsed": bool(info["collapsed"]),
         "effective": float(state.effective),
         "sparsity": float(info["sparsity"]),
         "weights": weights,  # the fusion weights (synflow, snip, grasp) of each round
     }
+
+
+def rescore(raw, ranges, gtg_scale: float) -> dict:
+    """An episode's return and reward terms through other starting ``ranges``, from its
+    rounds' :data:`RAW` values (``play(...)["raw"]``), in float64.
+
+    A fixed controller's actions do not read the observation, so its masks, losses and
+    ‖g‖² are the same whatever ranges the environment observes through; only ``r_loss`` and
+    ``r_gtg`` read them, through ranges that each round widens with its own values
+    (:meth:`jpanning.env.PanningEnv.step`). Replaying that widening gives the episode's
+    return through any starting ranges without playing it again (to float32 rounding).
+    """
+    loss_range = np.asarray(ranges.loss, np.float64)
+    grad_range = np.asarray(ranges.grad_norm, np.float64)
+
+    def normalised(x, r):
+        width = r[1] - r[0]
+        return x / width if width != 0 else 0.0
+
+    totals = {"return": 0.0} | {term: 0.0 for term in TERMS}
+    for loss, sparse_loss, grad_norm, sparse_grad_norm, r_sparsity, r_done in raw:
+        loss_range = np.array(
+            [min(loss_range[0], loss, sparse_loss), max(loss_range[1], loss, sparse_loss)]
+        )
+        grad_range = np.array(
+            [
+                min(grad_range[0], grad_norm, sparse_grad_norm),
+                max(grad_range[1], grad_norm, sparse_grad_norm),
+            ]
+        )
+        terms = {
+            "r_sparsity": r_sparsity,
+            "r_loss": normalised(abs(sparse_loss - loss), loss_range),
+            "r_gtg": normalised(abs(sparse_grad_norm - grad_norm), grad_range) / gtg_scale,
+            "r_done": r_done,
+        }
+        totals["return"] -= sum(terms.values())
+        for term, value in terms.items():
+            totals[term] += value
+    return totals
+
+
+def trajectory_key(model_name, dataset_name, config, spc, proxy_name, proxy_config) -> dict:
+    """What a fixed controller's episode depends on: the network, the scoring data and the
+    environment's settings, not its ranges or what the policy observes (``observe_gap``)."""
+    options = {k: v for k, v in rlpanning.env_options(config).items() if k != "observe_gap"}
+    return {
+        "model": model_name,
+        "dataset": dataset_name,
+        "samples_per_class": spc,
+        "pool_size": config.pool_size if config.scoring == "pool" else None,
+        "proxy": proxy_name,
+        "proxy_config": dataclasses.asdict(proxy_config) if proxy_config else None,
+        "env": options,
+    }
+
+
+def trajectory_path(key: dict) -> str:
+    """``benchmarks/results/policy_eval/trajectories/<model>-<dataset>-<proxy>-<hash>.json``."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    name = f"{key['model']}-{key['dataset']}-{key['proxy'] or 'real'}-{digest}.json"
+    return os.path.join(TRAJECTORIES, name)
 
 
 def widen_ranges(env, env_params, step, reset, actions_of, episodes: int, key, ranges=None):
@@ -281,6 +359,12 @@ def main(argv=None) -> int:
         "real one, or the reverse), else 0 (the policy's own ranges)",
     )
     p.add_argument("--name", default=None, help="results folder (default: model-dataset)")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="play every fixed controller's episode (default: recompute the return of one "
+        "played before in the same environment through this run's ranges, rescore)",
+    )
     args = p.parse_args(argv)
     cpu.configure()
     if args.policy is not None:
@@ -309,6 +393,30 @@ def main(argv=None) -> int:
             saved = json.load(f)
         episodes, widened = saved["episodes"], saved.get("widened", {})
     seen = {(e["controller"], e["target"], e["seed"]) for e in episodes}
+    key_fields = trajectory_key(
+        model_name, dataset_name, config, args.samples_per_class, args.proxy, proxy_config
+    )
+    cache_path = trajectory_path(key_fields)
+    trajectories = {}
+    if os.path.isfile(cache_path) and not args.no_cache:
+        with open(cache_path) as f:
+            trajectories = {
+                (e["controller"], e["target"], e["seed"]): e for e in json.load(f)["episodes"]
+            }
+
+    def save_trajectories():
+        report.write_json(
+            cache_path,
+            {
+                "key": key_fields,
+                "command": "python -m benchmarks.policy_eval " + " ".join(sys.argv[1:]),
+                "episodes": [
+                    {"controller": c, "target": t, "seed": s} | e
+                    for (c, t, s), e in sorted(trajectories.items())
+                ],
+            },
+        )
+
     dataset = data.load_dataset(dataset_name, seed=0)
     environment = report.environment()
     agent_config = config.agent_config()
@@ -340,10 +448,20 @@ def main(argv=None) -> int:
                 jax.random.fold_in(k_episode, 7),
             )  # fmt: skip
             start = time.perf_counter()
-            result = play(env, env_params, step, reset, actions_of, target, k_episode, ranges)
+            cached = trajectories.get((name, target, seed)) if name != "policy" else None
+            if cached is None:
+                result = play(env, env_params, step, reset, actions_of, target, k_episode, ranges)
+                if name != "policy" and not args.no_cache:
+                    trajectories[(name, target, seed)] = {
+                        k: v for k, v in result.items() if k not in ("return", *TERMS)
+                    }
+                    save_trajectories()
+            else:  # the same episode, its return recomputed through these ranges
+                result = cached | rescore(cached["raw"], ranges, float(env_params.gtg_scale))
+                result["rescored_from"] = os.path.relpath(cache_path, RESULTS)
             episodes.append(
                 {"controller": name, "target": target, "seed": seed}
-                | result
+                | {k: v for k, v in result.items() if k != "raw"}  # kept in the trajectories
                 | {"seconds": time.perf_counter() - start}
             )
             print(

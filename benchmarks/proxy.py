@@ -3,6 +3,7 @@ side by side, and whether it ranks the fixed controllers as the real environment
 
         python -m benchmarks.proxy steps                  # env and agent step, real vs proxies
         python -m benchmarks.proxy parallel --steps 600   # 1 process x 2 threads vs 2 x 1
+        python -m benchmarks.proxy process                # the search's process settings
         python -m benchmarks.proxy faithful --real fixed-real --proxy fixed-proxy
 
 ``steps`` times, in one process and alternating between the settings (medians over
@@ -17,12 +18,17 @@ time that implies.
 on both cores, then in ``--processes`` processes side by side, each pinned to one core
 (``taskset``) with one thread, and compares the agent steps per second of the machine.
 
+``process`` times the search's agent step (batch 256) in a fresh process per setting of the
+convolution library and the allocator (:data:`PROCESSES`): the library's defaults serve big
+programs; the proxy's are small (``benchmarks.proxy_search --convolution --allocator``).
+
 ``faithful`` reads two ``benchmarks.policy_eval`` result folders (the same fixed controllers,
 targets and seeds played on the real environment and on a proxy) and reports the Spearman
 rank correlation of their returns: over all (controller, target, seed) episodes, over the
 means per (controller, target), and per target across the controllers.
 
 Writes ``benchmarks/results/proxy/`` (``steps_<device>``, ``parallel_<device>``,
+``process_<device>``,
 ``faithful-<proxy>.md/.json``).
 """
 
@@ -181,13 +187,13 @@ def search_timing(args) -> None:
     from jpanning import cpu, data, env as env_lib, proxy, rlpanning
     from jpanning.agents import td3
 
-    cpu.configure()
+    cpu.configure(allocator=args.allocator == "jpanning", convolution=args.convolution)
     dataset = data.load_dataset("fashion_mnist", seed=0)
     config = rlpanning.RLPanningConfig(scoring="pool", agent_steps=SEARCH_STEPS)
     env, env_params = proxy.build_env(
         _problem(dataset, args.seed), dataset, config, proxy.proxy(args.setting), args.seed
     )
-    agent_config = config.agent_config().replace(warmup_steps=0, batch_size=64)
+    agent_config = config.agent_config().replace(warmup_steps=0, batch_size=args.batch_size)
     init, step = td3.make_step(
         env, agent_config, action_size=env_lib.ACTION_SIZE, obs_size=env_lib.OBS_SIZE
     )
@@ -203,6 +209,71 @@ def search_timing(args) -> None:
         float(metrics["reward"])  # the host loop reads every step's metrics
     seconds = time.perf_counter() - start
     print(json.dumps({"steps": args.steps, "seconds": seconds, "seed": args.seed}), flush=True)
+
+
+# The process settings a search can run under: (name, --convolution, --allocator). The
+# library's default (what run.py and cpu.configure() do) first: the baseline of the ratios.
+PROCESSES = (
+    ("library default (auto, jpanning allocator)", "auto", "jpanning"),
+    ("xla convolutions", "xla", "jpanning"),
+    ("glibc allocator", "auto", "glibc"),
+    ("xla + glibc (proxy_search's default)", "xla", "glibc"),
+)
+
+
+def process(args) -> None:
+    """The agent step of a search under each process setting (:data:`PROCESSES`), one process
+    at a time on all cores, alternating settings across repeats."""
+    from benchmarks import timing
+    from jpanning import report
+
+    seconds = {(s, name): [] for s in args.settings for name, _, _ in PROCESSES}
+    for _ in range(args.repeats):
+        for setting in args.settings:
+            for name, conv, alloc in PROCESSES:
+                out = subprocess.run(
+                    [sys.executable, "-m", "benchmarks.proxy", "search-timing", "--steps",
+                     str(args.steps), "--setting", setting, "--batch-size", "256",
+                     "--convolution", conv, "--allocator", alloc],
+                    check=True, stdout=subprocess.PIPE, text=True,
+                ).stdout  # fmt: skip
+                r = json.loads(out.strip().splitlines()[-1])
+                seconds[(setting, name)].append(r["seconds"] / r["steps"])
+                print(setting, name, f"{seconds[(setting, name)][-1] * 1000:.1f} ms", flush=True)
+    env = report.environment()
+    med = {k: float(np.median(v)) for k, v in seconds.items()}
+    md = [
+        "# The proxy search's agent step under each process setting",
+        "",
+        *timing.header(timing.command("proxy", sys.argv[1:]), env, ("jax",)),
+        "",
+        f"{args.steps} agent steps of a search (act, step the environment, store, one TD3 "
+        "update of batch 256) after 100 compiling steps, in a fresh process per setting on "
+        f"all cores; medians of {args.repeats} alternating repeats. `convolution`: "
+        "jpanning.cpu.set_convolution; `allocator`: jpanning.cpu.configure_allocator "
+        "(`jpanning`) or glibc's default. Load average at the end: "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}.",
+        "",
+        "| setting | process | agent step ms | 50k search min | speed vs library default |",
+        "|---|---|---|---|---|",
+    ]
+    for setting in args.settings:
+        base = med[(setting, PROCESSES[0][0])]
+        for name, _, _ in PROCESSES:
+            m = med[(setting, name)]
+            md.append(
+                f"| {setting} | {name} | {m * 1000:.1f} | {m * SEARCH_STEPS / 60:.1f} "
+                f"| {base / m:.2f}x |"
+            )
+    result = {
+        "benchmark": "proxy.process",
+        "argv": sys.argv[1:],
+        **env,
+        "processes": [list(p) for p in PROCESSES],
+        "seconds_per_step": {f"{s}/{n}": v for (s, n), v in seconds.items()},
+    }
+    report.write_result(args.out, f"process_{env['device']['platform']}", result, md)
+    print("\n".join(md))
 
 
 def parallel(args) -> None:
@@ -396,6 +467,14 @@ def main(argv=None) -> int:
     t.add_argument("--steps", type=int, default=300)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--setting", default="proxy")
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--convolution", default=None, choices=("auto", "onednn", "xla"))
+    t.add_argument("--allocator", default="jpanning", choices=("jpanning", "glibc"))
+    r = sub.add_parser("process")
+    r.add_argument("--settings", nargs="+", default=["proxy", "proxy-lowres-synflow"])
+    r.add_argument("--steps", type=int, default=300)
+    r.add_argument("--repeats", type=int, default=3)
+    r.add_argument("--out", default=RESULTS)
     q = sub.add_parser("parallel")
     q.add_argument("--steps", type=int, default=600)
     q.add_argument("--processes", type=int, default=os.cpu_count() or 1)
@@ -406,9 +485,9 @@ def main(argv=None) -> int:
     f.add_argument("--proxy", required=True, help="policy_eval results folder (proxy env)")
     f.add_argument("--out", default=RESULTS)
     args = p.parse_args(argv)
-    {"steps": steps, "search-timing": search_timing, "parallel": parallel, "faithful": faithful}[
-        args.command
-    ](args)
+    commands = {"steps": steps, "search-timing": search_timing, "parallel": parallel}
+    commands |= {"process": process, "faithful": faithful}
+    commands[args.command](args)
     return 0
 
 

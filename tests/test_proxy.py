@@ -9,6 +9,7 @@ import pytest
 from benchmarks import policy_eval, search_diagnostics
 from benchmarks import proxy as proxy_bench
 from jpanning import data, models, proxy, pruning, rlpanning
+from jpanning import env as env_lib
 from jpanning import masks as M
 from jpanning.errors import JPanningError
 
@@ -132,6 +133,41 @@ def test_widen_ranges_is_the_env_s_own_widening_over_the_episodes(resnet_problem
             hi = max(hi, float(state.loss), float(state.sparse_loss))
         ranges_seen = state.ranges
     np.testing.assert_allclose(np.asarray(ranges.loss), [lo, hi], rtol=1e-6)
+
+
+def test_rescore_widens_the_ranges_round_by_round_by_hand():
+    ranges = env_lib.Ranges(loss=np.array([1.0, 3.0]), grad_norm=np.array([2.0, 4.0]))
+    raw = [  # L, Ls, G, Gs, r_sparsity, r_done
+        [2.0, 2.5, 3.0, 3.5, 0.1, 0.0],  # inside the ranges: widths 2 and 2
+        [2.0, 5.0, 3.0, 7.0, 0.2, 4.0],  # widens them to [1, 5] and [2, 7]
+    ]
+    got = policy_eval.rescore(raw, ranges, gtg_scale=2.0)
+    r_loss = 0.5 / 2 + 3.0 / 4
+    r_gtg = (0.5 / 2 + 4.0 / 5) / 2.0
+    assert got["r_loss"] == pytest.approx(r_loss) and got["r_gtg"] == pytest.approx(r_gtg)
+    assert got["r_sparsity"] == pytest.approx(0.3) and got["r_done"] == 4.0
+    assert got["return"] == pytest.approx(-(0.3 + r_loss + r_gtg + 4.0))
+    empty = env_lib.Ranges(loss=np.array([2.0, 2.0]), grad_norm=np.array([3.0, 3.0]))
+    assert policy_eval.rescore([[2.0, 2.0, 3.0, 3.0, 0.0, 0.0]], empty, 1.0)["return"] == 0.0
+
+
+@pytest.mark.slow  # a ResNet-20 environment: minutes on 2 cores
+def test_rescored_fixed_controller_returns_equal_replayed_ones(resnet_problem):
+    problem, dataset = resnet_problem
+    env, env_params = proxy.build_env(problem, dataset, CONFIG, SMALL, 0)
+    step, reset = jax.jit(env.step), jax.jit(env.reset)
+    act = lambda t, obs: jnp.array([1.0, -1.0, 0.5])  # noqa: E731 (ignores obs: a fixed one)
+    key = jax.random.key(3)
+    first = policy_eval.play(env, env_params, step, reset, act, 0.9, key, None)
+    wide, _ = policy_eval.widen_ranges(env, env_params, step, reset, act, 1, jax.random.key(4))
+    assert not np.allclose(np.asarray(wide.loss), np.asarray(env_params.ranges.loss))
+    again = policy_eval.play(env, env_params, step, reset, act, 0.9, key, wide)
+    rescored = policy_eval.rescore(first["raw"], wide, float(env_params.gtg_scale))
+    for name in ("return", *policy_eval.TERMS):
+        assert rescored[name] == pytest.approx(again[name], rel=1e-5, abs=1e-6), name
+    assert first["raw"] == again["raw"]  # the episode itself did not change
+    same = policy_eval.rescore(first["raw"], env_params.ranges, float(env_params.gtg_scale))
+    assert same["return"] == pytest.approx(first["return"], rel=1e-5)
 
 
 def test_faithfulness_ranks_by_hand():
