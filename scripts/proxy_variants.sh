@@ -3,9 +3,12 @@
 # judged on the real ResNet-20 environment through its ranges widened there first.
 #
 #     scripts/proxy_variants.sh [OUT]            # default OUT: runs/proxy-variants
-#     JOBS=2 scripts/proxy_variants.sh           # two searches side by side (one thread each)
+#     JOBS=2 scripts/proxy_variants.sh           # two searches side by side (one thread each;
+#                                                # 1.12x with the library's process settings,
+#                                                # parallel_cpu.md; not measured with the search's)
 #     VARIANTS="mse huber" SEEDS="0" STEPS=50000 scripts/proxy_variants.sh
 #     EVAL=0 scripts/proxy_variants.sh           # the searches only
+#     EVAL=proxy scripts/proxy_variants.sh       # judged on the proxy only
 #
 # Resumable: run it again after a stop. A search goes on from its newest checkpoint
 # (OUT/<variant>-s<seed>/checkpoints, one every 2,000 steps); a finished one (policy.msgpack
@@ -20,7 +23,9 @@ STEPS=${STEPS:-50000}
 SEEDS=${SEEDS:-"0 1 2"}
 VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap select huber-floor1-demo1000"}
 EVAL_SEEDS=${EVAL_SEEDS:-"10 11 12"}  # kept apart from the search seeds
-EVAL=${EVAL:-1}  # 0: searches only (judge them later with EVAL=1; finished searches are skipped)
+# 0: searches only (finished searches are skipped when run again); proxy: each policy judged on
+# the proxy (minutes); 1: on the proxy, then on the real environment
+EVAL=${EVAL:-1}
 
 flags() {
   case "$1" in
@@ -44,6 +49,10 @@ one() {  # one variant x seed: search (resumable), then judge on the real enviro
     "$PY" -m benchmarks.proxy_search --out "$dir" --seed "$seed" --agent-steps "$STEPS" \
       $(flags "$variant") >>"$dir/search.log" 2>&1
   fi
+  [ "$EVAL" != 0 ] || return 0
+  # shellcheck disable=SC2086
+  "$PY" -m benchmarks.policy_eval --policy "$dir/policy.msgpack" --seeds $EVAL_SEEDS \
+    --proxy proxy --name "onproxy-$variant-s$seed" >>"$dir/eval.log" 2>&1
   [ "$EVAL" = 1 ] || return 0
   # shellcheck disable=SC2086
   "$PY" -m benchmarks.policy_eval --policy "$dir/policy.msgpack" --seeds $EVAL_SEEDS \
@@ -59,4 +68,5 @@ if [ "$JOBS" -gt 1 ]; then
 fi
 for variant in $VARIANTS; do for seed in $SEEDS; do echo "$variant $seed"; done; done |
   xargs -P "$JOBS" -L 1 bash -c 'one "$0" "$1"'
-echo "done: $OUT; tables in benchmarks/results/policy_eval/proxy-*/table.md"
+"$PY" -m benchmarks.policy_variants --searches "$OUT"
+echo "done: $OUT; tables in benchmarks/results/policy_variants/"

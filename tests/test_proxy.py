@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from benchmarks import policy_eval, search_diagnostics
+from benchmarks import policy_eval, policy_variants, search_diagnostics
 from benchmarks import proxy as proxy_bench
 from jpanning import data, models, proxy, pruning, rlpanning
 from jpanning import env as env_lib
@@ -168,6 +168,21 @@ def test_rescored_fixed_controller_returns_equal_replayed_ones(resnet_problem):
     assert first["raw"] == again["raw"]  # the episode itself did not change
     same = policy_eval.rescore(first["raw"], env_params.ranges, float(env_params.gtg_scale))
     assert same["return"] == pytest.approx(first["return"], rel=1e-5)
+
+
+def test_variant_margins_and_table_by_hand():
+    def ep(c, t, seed, ret):
+        return {"controller": c, "target": t, "seed": seed, "return": ret}
+
+    episodes = [ep("policy", 0.9, 10, -5.0), ep("policy", 0.9, 11, -7.0),  # mean -6
+                ep("synflow", 0.9, 10, -6.0), ep("synflow", 0.9, 11, -8.0),  # mean -7: best
+                ep("random", 0.9, 10, -9.0), ep("random", 0.9, 11, -9.0),
+                ep("policy", 0.99, 10, -14.0), ep("staircase", 0.99, 10, -12.5)]  # fmt: skip
+    assert policy_variants.margins(episodes) == {0.9: 1.0, 0.99: -1.5}
+    table = {"demo": {"seeds": {0: {0.9: 1.0, 0.99: -1.5}, 1: {0.9: 3.0, 0.99: 0.5}},
+                      "seconds": [2000.0, None], "machines": {"AMD EPYC, 2 cores"}}}  # fmt: skip
+    row = policy_variants.markdown(table, "the proxy", "runs").splitlines()[-1]
+    assert row == ("| demo | 2 | +2.00 ± 1.00 | -0.50 ± 1.00 | 3/4 | 2000 | AMD EPYC, 2 cores |")
 
 
 def test_faithfulness_ranks_by_hand():
