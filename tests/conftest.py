@@ -1,5 +1,10 @@
 """Fixtures shared by the test modules."""
 
+import json
+import os
+import subprocess
+import sys
+
 import jax
 import pytest
 
@@ -11,6 +16,45 @@ def pytest_configure(config):
     neither), before collection imports the test modules and anything starts JAX's backends:
     tests/test_cpu.py checks programs compiled under it."""
     cpu.configure()
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# run.py's main over many argument lists in one process: what each returned (or exited with)
+# and what it wrote to stderr. An uncaught exception ends the process (the fixture fails).
+_CLI_DRIVER = """
+import contextlib, io, json, sys
+from jpanning import cli
+out = []
+for argv in json.loads(sys.argv[1]):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        try:
+            code = cli.main(argv)
+        except SystemExit as e:
+            code = e.code
+    out.append([code, err.getvalue()])
+print(json.dumps(out))
+"""
+
+
+@pytest.fixture(scope="session")
+def run_cli_many():
+    """``run_cli_many(argvs) -> [(exit code, stderr)]``: ``run.py``'s ``main`` for each argument
+    list, in one Python process (one import of JAX for all, not one each), with no data
+    folder (``JPANNING_DATA_DIR`` unset to a missing path unless the environment sets it)."""
+
+    def run(argvs, timeout=600):
+        env = dict(
+            os.environ, JPANNING_DATA_DIR=os.environ.get("JPANNING_DATA_DIR", "/nonexistent")
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", _CLI_DRIVER, json.dumps(argvs)],
+            capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        return [tuple(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
+
+    return run
 
 
 @pytest.fixture

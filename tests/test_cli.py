@@ -109,32 +109,50 @@ def test_every_scoring_method_runs_end_to_end(tmp_path, method, capsys):
         assert np.all(flat_p[name][m == 0] == 0.0), name
 
 
-@pytest.mark.parametrize(
-    "args,message",
-    [
-        (["--model", "resnet7"], "invalid choice: 'resnet7'"),
-        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
-        (["--method", "lottery"], "invalid choice: 'lottery'"),
-        (["--ratio", "0"], "0.0 is outside (0, 1)"),
-        (["--ratio", "1.5"], "1.5 is outside (0, 1)"),
-        (["--ratio", "half"], "'half' is not a number"),
-        (["--epochs", "0"], "0 must be positive"),
-        (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' does not exist"),
-        (["--out", "/proc/version/out"], "--out '/proc/version/out' is not writable"),
-        (["--panning-weights", "1,2"], "'1,2' is not three non-negative numbers"),
-        (
-            ["--method", "panning", "--panning-weights", "1,0,0", "--rounds", "2"],
-            "panning needs 5 rows of weights for 4 thresholds, got 1",
-        ),
-    ],
-)
-def test_bad_input_gives_one_line_and_nonzero_exit(args, message):
-    proc = run_cli("--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1", *args)
-    assert proc.returncode != 0
-    assert "Traceback" not in proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+BAD_INPUTS = [
+    (["--model", "resnet7"], "invalid choice: 'resnet7'"),
+    (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+    (["--method", "lottery"], "invalid choice: 'lottery'"),
+    (["--ratio", "0"], "0.0 is outside (0, 1)"),
+    (["--ratio", "1.5"], "1.5 is outside (0, 1)"),
+    (["--ratio", "half"], "'half' is not a number"),
+    (["--epochs", "0"], "0 must be positive"),
+    (["--data-dir", "/no/such/dir"], "--data-dir '/no/such/dir' does not exist"),
+    (["--out", "/proc/version/out"], "--out '/proc/version/out' is not writable"),
+    (["--panning-weights", "1,2"], "'1,2' is not three non-negative numbers"),
+    (
+        ["--method", "panning", "--panning-weights", "1,0,0", "--rounds", "2"],
+        "panning needs 5 rows of weights for 4 thresholds, got 1",
+    ),
+]
+BASE = ["--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def bad_input_runs(run_cli_many):
+    """Every case of :data:`BAD_INPUTS` through run.py's main, in one process."""
+    runs = run_cli_many([BASE + args for args, _ in BAD_INPUTS])
+    return {tuple(args): run for (args, _), run in zip(BAD_INPUTS, runs)}
+
+
+@pytest.mark.parametrize("args,message", BAD_INPUTS)
+def test_bad_input_gives_one_line_and_nonzero_exit(args, message, bad_input_runs):
+    code, stderr = bad_input_runs[tuple(args)]
+    assert code not in (0, None)
+    assert "Traceback" not in stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     assert message in lines[0]
+
+
+def test_a_bad_input_exits_nonzero_from_the_real_entry_point():
+    """One case through ``python run.py`` itself: the exit status and the one line."""
+    proc = run_cli(*BASE, "--ratio", "1.5")
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "run.py: error: argument --ratio: 1.5 is outside (0, 1): "
+        "it is the fraction of prunable weights removed"
+    ]
 
 
 TINY = ["--dataset", "synthetic", "--model", "tinycnn", "--method", "snip", "--ratio", "0.8"]

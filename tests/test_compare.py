@@ -334,6 +334,7 @@ def test_bad_grids_get_one_line_errors(tmp_path, capsys):
     assert "outside (0, 1)" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 12 s: a dense cell trained, then PuRL and uniform on it
 def test_purl_prunes_the_dense_cells_network_and_uniform_matches_its_sparsity(tmp_path):
     os.environ["JPANNING_COMPILATION_CACHE"] = "off"
     argv = ["--model", "tinycnn", "--dataset", "synthetic", "--ratios", "0.5", "--seeds", "1"]
@@ -378,6 +379,7 @@ def test_shards_split_the_cells_once_each_and_keep_dependent_cells_together():
         compare.main(["--preset", "tiny", "--shard", "2/2"])
 
 
+@pytest.mark.slow  # 14 s: two workers' grids
 def test_a_grid_reads_a_carried_data_file_and_workers_share_it(tmp_path, capsys):
     """--data-file (a .npz of raw splits, as carried to the GPU machine) feeds the cells; two
     shares run side by side cover the grid, then --report-only writes the table."""

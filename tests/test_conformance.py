@@ -312,6 +312,7 @@ def test_a_fresh_batch_is_class_balanced_without_replacement(setup):
         assert seen == set(range(15))  # every example can be drawn
 
 
+@pytest.mark.slow  # 11 s
 def test_round_zero_sparsity_term_is_near_zero_at_098(setup):
     """The authors' term compares ρe with the round's scheduled sparsity, so round 0 of a
     0.98 episode (ρ_0 = 1 − 0.02 ** 0.01 = 0.038) costs almost nothing; the old jpanning term

@@ -197,6 +197,7 @@ def tiny_env(net):
     return env, env.make_params(net["params"], xs, ys, rounds=4)
 
 
+@pytest.mark.slow  # 17 s
 def test_reset_observes_the_dense_batch_only_and_steps_agree_with_and_without_jit(tiny_env):
     env, params = tiny_env
     obs, state = env.reset(jax.random.key(0), params, target=0.9)
@@ -262,6 +263,7 @@ def test_reset_and_step_assert_their_inputs_at_the_door(tiny_env, jit):
         reset(key, params, jnp.array([0.9, 0.8]))
 
 
+@pytest.mark.slow  # 13 s
 def test_vmap_over_four_environments_equals_four_single_steps(tiny_env):
     env, params = tiny_env
     keys = jax.random.split(jax.random.key(3), 4)

@@ -261,9 +261,8 @@ def test_default_filter_finds_every_library_weights(style):
 
 
 # linen in the default suite; each other library's float64 compile takes 15-22 s on 2 cores
-@pytest.mark.parametrize(
-    "style", [s if s == "linen" else pytest.param(s, marks=pytest.mark.slow) for s in STYLES]
-)
+@pytest.mark.slow  # 43 s for linen alone; the float32 ranking test below keeps haiku's case
+@pytest.mark.parametrize("style", list(STYLES))
 def test_scorers_equal_the_literal_computation_in_float64(style):
     with jax.enable_x64(True):
         params, apply, prunable, masks, batch = _problem(style, jnp.float64)
@@ -274,7 +273,9 @@ def test_scorers_equal_the_literal_computation_in_float64(style):
         assert_positive_multiple(got["synflow"], expected["synflow"], rtol=1e-10)
 
 
-@pytest.mark.parametrize("style", list(STYLES))
+@pytest.mark.parametrize(
+    "style", [s if s == "haiku" else pytest.param(s, marks=pytest.mark.slow) for s in STYLES]
+)  # haiku's is the quickest (7 s; 14-21 s each for the others)
 def test_float32_synflow_ranks_like_the_float64_literal(style):
     with jax.enable_x64(True):
         params, apply, prunable, masks, batch = _problem(style, jnp.float64)
@@ -300,7 +301,9 @@ def _synflow_cases():
     return {"named_b": named_b, "unknown_bias_name": unknown, "tanh": tanh}
 
 
-@pytest.mark.parametrize("case", ["named_b", "unknown_bias_name", "tanh"])
+@pytest.mark.parametrize(
+    "case", [pytest.param("named_b", marks=pytest.mark.slow), "unknown_bias_name", "tanh"]
+)  # named_b: 23 s
 # "io" in the default suite, "layer" among the slow tests (each case compiles for 10-22 s)
 @pytest.mark.parametrize("rescale", ["io", pytest.param("layer", marks=pytest.mark.slow)])
 def test_a_failed_rescaling_assumption_falls_back_to_the_exact_scores(case, rescale):
@@ -321,6 +324,7 @@ def test_a_failed_rescaling_assumption_falls_back_to_the_exact_scores(case, resc
     np.testing.assert_array_equal(_flat(jax.tree.map(lambda x: x[1], many)), got)
 
 
+@pytest.mark.slow  # 7.5 s
 def test_io_stays_exact_and_finite_on_a_deep_residual_net_with_haiku_names():
     """Haiku's ``b`` biases scale with the input: the check holds, no fallback to the literal
     float32 network, which overflows here (R ~ 1e42)."""

@@ -180,6 +180,7 @@ def test_actor_updates_every_policy_delay_and_targets_move_by_tau():
         state = new
 
 
+@pytest.mark.slow  # 15 s
 def test_update_with_and_without_jit_agree_and_does_not_retrace():
     config = td3.TD3Config(hidden_sizes=(16, 16), policy_delay=1)
     state = td3.init_agent(jax.random.key(0), config, obs_size=4, action_size=2)

@@ -121,7 +121,9 @@ def _stop_at(step: int):
     return stop
 
 
-@pytest.mark.parametrize("stop_after", [5, 31])  # mid-epoch; at the end of epoch 1
+@pytest.mark.parametrize(
+    "stop_after", [5, pytest.param(31, marks=pytest.mark.slow)]
+)  # mid-epoch; at the end of epoch 1 (slow: 7 s)
 def test_interrupted_and_resumed_training_equals_an_uninterrupted_run(setup, tmp_path, stop_after):
     from jpanning import checkpoint
 
