@@ -220,6 +220,7 @@ def test_reset_observes_the_dense_batch_only_and_steps_agree_with_and_without_ji
     assert report["kept"] == int(report["total"] * (1 - s0)) == int(eager[5]["kept"])
 
 
+@pytest.mark.slow  # 19 s
 def test_the_gap_feature_is_one_more_entry_alpha_times_the_signed_sparsity_gap(tiny_env):
     env, params = tiny_env
     gap = params.replace(observe_gap=True)

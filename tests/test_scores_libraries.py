@@ -273,9 +273,8 @@ def test_scorers_equal_the_literal_computation_in_float64(style):
         assert_positive_multiple(got["synflow"], expected["synflow"], rtol=1e-10)
 
 
-@pytest.mark.parametrize(
-    "style", [s if s == "haiku" else pytest.param(s, marks=pytest.mark.slow) for s in STYLES]
-)  # haiku's is the quickest (7 s; 14-21 s each for the others)
+@pytest.mark.slow  # 7-30 s each: the first pays the float64 literal's compilation
+@pytest.mark.parametrize("style", list(STYLES))
 def test_float32_synflow_ranks_like_the_float64_literal(style):
     with jax.enable_x64(True):
         params, apply, prunable, masks, batch = _problem(style, jnp.float64)
@@ -302,8 +301,9 @@ def _synflow_cases():
 
 
 @pytest.mark.parametrize(
-    "case", [pytest.param("named_b", marks=pytest.mark.slow), "unknown_bias_name", "tanh"]
-)  # named_b: 23 s
+    "case",
+    [pytest.param(c, marks=pytest.mark.slow) for c in ("named_b", "unknown_bias_name")] + ["tanh"],
+)  # 15-23 s each (the first pays the literal scores' compilation): tanh's stays by default
 # "io" in the default suite, "layer" among the slow tests (each case compiles for 10-22 s)
 @pytest.mark.parametrize("rescale", ["io", pytest.param("layer", marks=pytest.mark.slow)])
 def test_a_failed_rescaling_assumption_falls_back_to_the_exact_scores(case, rescale):
