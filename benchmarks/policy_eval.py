@@ -405,6 +405,7 @@ def main(argv=None) -> int:
             }
 
     def save_trajectories():
+        os.makedirs(TRAJECTORIES, exist_ok=True)
         report.write_json(
             cache_path,
             {
