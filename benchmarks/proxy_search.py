@@ -68,8 +68,9 @@ def main(argv=None) -> int:
     )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
-    # Speed choices for this process only, by measurement (benchmarks/results/proxy/
-    # steps_cpu.md): the proxy's programs are small, and both library defaults cost time there.
+    # Speed choices for this process only: the proxy's programs are small, and both library
+    # defaults cost time there (agent step 55.1 -> 39.6 ms with both; docs/policy.md, "The
+    # search's process settings"; `python -m benchmarks.proxy process` times them).
     p.add_argument(
         "--convolution",
         default="xla",

@@ -3,9 +3,9 @@
 # judged on the real ResNet-20 environment through its ranges widened there first.
 #
 #     scripts/proxy_variants.sh [OUT]            # default OUT: runs/proxy-variants
-#     JOBS=2 scripts/proxy_variants.sh           # two searches side by side (one thread each;
-#                                                # 1.12x with the library's process settings,
-#                                                # parallel_cpu.md; not measured with the search's)
+#     JOBS=2 scripts/proxy_variants.sh           # two searches side by side, one thread each
+#                                                # (slower with the search's process settings:
+#                                                # ~8 steps/s each against 22 for one alone)
 #     VARIANTS="mse huber" SEEDS="0" STEPS=50000 scripts/proxy_variants.sh
 #     EVAL=0 scripts/proxy_variants.sh           # the searches only
 #     EVAL=proxy scripts/proxy_variants.sh       # judged on the proxy only
