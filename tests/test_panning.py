@@ -343,6 +343,7 @@ def test_warmup_ranges_follow_the_authors_inverted_start():
     np.testing.assert_allclose(np.asarray(r.loss), [2.001, 2.001])  # x_0 itself is not in it
 
 
+@pytest.mark.slow  # 17 s
 def test_ranges_outlive_the_episode_through_reset_after_and_the_agent_loop(tiny_env):
     env, params = tiny_env
     point = E.Ranges(params.ranges.loss[:1].repeat(2), params.ranges.grad_norm[:1].repeat(2))

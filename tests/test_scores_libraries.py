@@ -300,10 +300,8 @@ def _synflow_cases():
     return {"named_b": named_b, "unknown_bias_name": unknown, "tanh": tanh}
 
 
-@pytest.mark.parametrize(
-    "case",
-    [pytest.param(c, marks=pytest.mark.slow) for c in ("named_b", "unknown_bias_name")] + ["tanh"],
-)  # 15-23 s each (the first pays the literal scores' compilation): tanh's stays by default
+@pytest.mark.slow  # 15-30 s each: the first pays the float64 literal scores' compilation
+@pytest.mark.parametrize("case", ["named_b", "unknown_bias_name", "tanh"])
 # "io" in the default suite, "layer" among the slow tests (each case compiles for 10-22 s)
 @pytest.mark.parametrize("rescale", ["io", pytest.param("layer", marks=pytest.mark.slow)])
 def test_a_failed_rescaling_assumption_falls_back_to_the_exact_scores(case, rescale):
