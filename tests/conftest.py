@@ -39,7 +39,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="session")
 def run_cli_many():
-    """``run_cli_many(argvs) -> [(exit code, stderr)]``: ``run.py``'s ``main`` for each argument
+    """``run_cli_many(argvs) -> {tuple(argv): (exit code, stderr)}``: ``run.py``'s ``main`` for each argument
     list, in one Python process (one import of JAX for all, not one each), with no data
     folder (``JPANNING_DATA_DIR`` unset to a missing path unless the environment sets it)."""
 
@@ -52,7 +52,8 @@ def run_cli_many():
             capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT,
         )  # fmt: skip
         assert proc.returncode == 0, proc.stderr
-        return [tuple(x) for x in json.loads(proc.stdout.strip().splitlines()[-1])]
+        runs = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {tuple(argv): tuple(run) for argv, run in zip(argvs, runs)}
 
     return run
 

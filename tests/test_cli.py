@@ -131,13 +131,12 @@ BASE = ["--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1"]
 @pytest.fixture(scope="module")
 def bad_input_runs(run_cli_many):
     """Every case of :data:`BAD_INPUTS` through run.py's main, in one process."""
-    runs = run_cli_many([BASE + args for args, _ in BAD_INPUTS])
-    return {tuple(args): run for (args, _), run in zip(BAD_INPUTS, runs)}
+    return run_cli_many([BASE + args for args, _ in BAD_INPUTS])
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
 def test_bad_input_gives_one_line_and_nonzero_exit(args, message, bad_input_runs):
-    code, stderr = bad_input_runs[tuple(args)]
+    code, stderr = bad_input_runs[tuple(BASE + args)]
     assert code not in (0, None)
     assert "Traceback" not in stderr
     lines = stderr.strip().splitlines()

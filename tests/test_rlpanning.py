@@ -240,6 +240,7 @@ def test_run_py_trains_a_policy_and_reuses_it_at_another_ratio(tmp_path):
     assert (tmp_path / "shipped" / "p.png").read_bytes()[:4] == b"\x89PNG"
 
 
+BASE = ["--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1"]
 BAD_INPUTS = [
     (["--method", "snip", "--policy", "p.msgpack"], "--policy is for --method rlpanning"),
     (["--policy", "/no/such/policy"], "--policy '/no/such/policy' does not exist"),
@@ -251,14 +252,12 @@ BAD_INPUTS = [
 @pytest.fixture(scope="module")
 def bad_input_runs(run_cli_many):
     """Every case of :data:`BAD_INPUTS` through run.py's main, in one process."""
-    base = ["--dataset", "synthetic", "--model", "tinycnn", "--epochs", "1"]
-    runs = run_cli_many([base + args for args, _ in BAD_INPUTS])
-    return {tuple(args): run for (args, _), run in zip(BAD_INPUTS, runs)}
+    return run_cli_many([BASE + args for args, _ in BAD_INPUTS])
 
 
 @pytest.mark.parametrize("args,message", BAD_INPUTS)
 def test_bad_rlpanning_input_is_one_line(args, message, bad_input_runs):
-    code, stderr = bad_input_runs[tuple(args)]
+    code, stderr = bad_input_runs[tuple(BASE + args)]
     assert code not in (0, None)
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], stderr
