@@ -45,7 +45,7 @@ from benchmarks.presets import PRESETS, Grid
 from jpanning import cli, cpu, experiment, report
 from jpanning.checkpoint import Interrupted
 from jpanning import config as config_lib
-from jpanning.config import FIELD_OF, RunConfig
+from jpanning.config import RunConfig
 from jpanning.errors import JPanningError, RunFailed
 from jpanning.methods import METHODS
 from jpanning.rundir import read_json
@@ -120,9 +120,8 @@ def _legacy_argv(argv: tuple[str, ...], config: RunConfig) -> list[str]:
             skip = True
         else:
             parts.append(arg)
-    method = METHODS.get(config.pruning.method)
-    shield = config.pruning.collapse_shield
-    if method is not None and "collapse_shield" in method.options and shield != "off":
+    shield = config.pruning.option("collapse_shield")
+    if shield not in (None, "off"):  # a method that reads the shield, with it on
         parts += ["--collapse-shield", shield]
     return parts
 
@@ -187,14 +186,10 @@ def cells_of(grid: Grid) -> list[Cell]:
 
 
 def _config(settings: dict, **cell) -> RunConfig:
-    """A cell's config: the grid's settings and the cell's, less the options only some
-    methods take (``--search``) where its method is not one of them."""
-    method = METHODS[cell["method"]]
-    given = {
-        k: v
-        for k, v in (settings | cell).items()
-        if not FIELD_OF[k].metadata.get("only") or k in method.options
-    }
+    """A cell's config: the grid's settings and the cell's, less the methods' options that
+    its method does not read (the grid gives them to every method)."""
+    every, own = config_lib.option_fields(), config_lib.option_fields(cell["method"])
+    given = {k: v for k, v in (settings | cell).items() if k not in every or k in own}
     return RunConfig.from_flat(given)
 
 
@@ -317,7 +312,7 @@ def run_cell(cell: Cell, cells_dir: str, data_cache: _DataCache, data_dir: str |
         with open(os.path.join(cells_dir, cell.ratio_from.dirname, "results.json")) as f:
             changes["ratio"] = json.load(f)["sparsity"]["sparsity"]
     config = cell.config.replace(**changes)
-    argv = list(cell.argv) + cli.argv_of(changes)
+    argv = cli.argv_of_config(config)  # what run.py runs it with (cell.argv names its folder)
     dataset = data_cache.get(config)
     log = io.StringIO()
     status = "ok"

@@ -10,7 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 
+import jax
+
+from jpanning import config, cpu, experiment, parallel
+from jpanning.config import RESUME_MAY_SET, RUN_FILE, RunConfig
 from jpanning.errors import JPanningError
 
 
@@ -37,23 +42,34 @@ def argument_type(parse):
     return convert
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """``run.py``'s parser: one option per :class:`jpanning.config.RunConfig` field, in
-    :data:`jpanning.config.ORDER`; the defaults are the fields'."""
-    from jpanning import config
+GROUPS = {
+    None: "the network",
+    "data": "data",
+    "pruning": "pruning",
+    "options": "the methods' options (each names the methods that read it; the others refuse it)",
+    "training": "training",
+    "output": "output",
+}
 
+
+def build_parser() -> argparse.ArgumentParser:
+    """``run.py``'s parser: one option per :class:`jpanning.config.RunConfig` field and per
+    option of the registered methods (:func:`jpanning.config.order`), grouped by part; the
+    defaults are the fields'."""
     p = Parser(
         prog="run.py",
         description=__doc__.splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for name in config.ORDER:
-        field = config.FIELD_OF[name]
+    groups = {part: p.add_argument_group(title) for part, title in GROUPS.items()}
+    for name in config.order():
+        field = config.field_of(name)
+        group = groups[config.FIELDS.get(name, "options")]
         meta = dict(field.metadata)
         flag = "--" + name.replace("_", "-")
         kwargs = {"help": config.help_of(name) or None}
         if meta.get("flag"):
-            p.add_argument(flag, action="store_true", **kwargs)
+            group.add_argument(flag, action="store_true", **kwargs)
             continue
         choices = config.choices_of(name)
         if choices is not None:
@@ -63,14 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
         for key in ("metavar", "nargs"):
             if meta.get(key) is not None:
                 kwargs[key] = meta[key]
-        p.add_argument(flag, default=field.default, **kwargs)
+        group.add_argument(flag, default=field.default, **kwargs)
     return p
 
 
 def config_of(args: argparse.Namespace):
     """The :class:`jpanning.config.RunConfig` of parsed arguments (not ``--resume``)."""
-    from jpanning.config import RunConfig
-
     return RunConfig.from_flat(vars(args))
 
 
@@ -94,19 +108,25 @@ def argv_of(settings: dict) -> list[str]:
         if value is True:
             argv.append(flag)
         elif isinstance(value, (list, tuple)):
-            argv += [flag, *(",".join(map(str, v)) if isinstance(v, tuple) else str(v)
+            argv += [flag, *(",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
                              for v in value)]  # fmt: skip
         elif value not in (None, False):
             argv += [flag, str(value)]
     return argv
 
 
+def argv_of_config(config) -> list[str]:
+    """``run.py`` arguments that run ``config`` (a :class:`jpanning.config.RunConfig`): its
+    method, and the settings that differ from that method's defaults."""
+    method = config.pruning.method
+    defaults = RunConfig.from_flat({"method": method}).flat()
+    given = {k: v for k, v in config.flat().items() if k != "run_id" and v != defaults[k]}
+    return argv_of({"method": method} | given)
+
+
 def _resumed_config(args: argparse.Namespace):
     """The config saved in ``args.resume``/run.json, with this call's out and the few
     RESUME_MAY_SET it gives (:func:`jpanning.experiment.resumed_config`)."""
-    from jpanning import experiment
-    from jpanning.config import RESUME_MAY_SET, RUN_FILE
-
     out = args.resume
     if not os.path.isdir(out):
         raise JPanningError(f"--resume {out!r} is not a directory")
@@ -128,8 +148,6 @@ def run(args: argparse.Namespace, dataset=None) -> dict:
     """:func:`jpanning.experiment.run` for parsed arguments (``--resume OUT``: the run in OUT
     with its own settings); returns the results dict it also writes. ``dataset``: the
     already loaded data of the run (None loads it)."""
-    from jpanning import experiment
-
     if args.resume is not None:
         config = _resumed_config(args)
         print(f"resuming the run in {config.output.out}")
@@ -145,8 +163,6 @@ def enable_compilation_cache() -> None:
     ``$JPANNING_COMPILATION_CACHE`` names the folder (default ``~/.cache/jpanning/xla``);
     ``off`` leaves JAX's settings alone.
     """
-    import jax
-
     path = os.environ.get("JPANNING_COMPILATION_CACHE", "~/.cache/jpanning/xla")
     if path == "off":
         return
@@ -155,8 +171,6 @@ def enable_compilation_cache() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from jpanning import cpu, parallel
-
     args = build_parser().parse_args(argv)
     cpu.configure()  # the process's CPU tuning, before JAX starts (importing jpanning sets none)
     try:
@@ -165,8 +179,6 @@ def main(argv: list[str] | None = None) -> int:
         run(args)
     except JPanningError as e:
         if args.verbose:
-            import traceback
-
             traceback.print_exc()
         print(f"run.py: error: {e}", file=sys.stderr)
         return getattr(e, "exit_code", 1)

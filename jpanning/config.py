@@ -1,22 +1,36 @@
 """A run's settings as one frozen, typed dataclass: :class:`RunConfig`.
 
-Every ``run.py`` option is a field of one of its parts (:class:`DataConfig`,
-:class:`PruningConfig`, :class:`TrainingConfig`, :class:`OutputConfig`), with its help text
-and its parser next to it (``metadata``), so the command line is built from these fields
-(:mod:`jpanning.cli`) and a run from Python needs no command line (:mod:`jpanning.experiment`).
+Every ``run.py`` option is a field: of one of its parts (:class:`DataConfig`,
+:class:`PruningConfig`, :class:`TrainingConfig`, :class:`OutputConfig`), or of the pruning
+method's own options dataclass (``config.pruning.options``: :class:`jpanning.pruning.Method`'s
+``options``, e.g. ``PanningOptions``), with its help text and its parser next to it
+(``metadata``). The command line is built from these fields (:mod:`jpanning.cli`: every
+registered method's options, each named once) and a run from Python needs no command line
+(:mod:`jpanning.experiment`).
 
-Field names are unique across the parts and equal the options' names (``--pool-size`` is
-``pool_size``), so a config is also a flat dict: :meth:`RunConfig.flat` and
-:meth:`RunConfig.from_flat` are what a run folder's ``run.json`` holds and is read from.
+Field names are unique and equal the options' names (``--pool-size`` is ``pool_size``); an
+option several methods read means the same for each (:data:`SHARED`). So a config is also a
+flat dict: :meth:`RunConfig.flat` and :meth:`RunConfig.from_flat` are what a run folder's
+``run.json`` holds (the method's own options only) and is read from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from jpanning.errors import JPanningError
-from jpanning.scores import TEMPERATURE
+from jpanning.options import (  # noqa: F401 (the parsers are config's vocabulary too)
+    SHARED,
+    flag,
+    number,
+    option,
+    positive,
+    ratio,
+    shared,
+    text,
+    weights,
+)
 
 DATASETS = ("cifar10", "cifar100", "mnist", "fashion_mnist", "synthetic")
 RUN_FILE = "run.json"  # the run's settings (and its run_id), for --resume
@@ -30,119 +44,20 @@ RESUME_MAY_SET = (
 PATH_FIELDS = ("pretrained", "policy", "data_dir")  # saved absolute, so --resume works anywhere
 
 
-# ---------------------------------------------------------------------------------------------
-# Parsers: text (from the command line) or a value (from Python or run.json) to a checked
-# value; a ValueError's message names the bad value and what is allowed.
-
-
-def ratio(value) -> float:
-    """A sparsity in (0, 1)."""
-    if isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not a number; give a fraction in (0, 1)")
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{value!r} is not a number; give a fraction in (0, 1)")
-    if not 0.0 < value < 1.0:
-        raise ValueError(
-            f"{value} is outside (0, 1): it is the fraction of prunable weights removed"
-        )
-    return float(value)
-
-
-_A = {int: "an integer", float: "a number"}
-
-
-def positive(kind: type) -> Callable:
-    """A parser of positive ``kind`` (int or float) numbers."""
-
-    def parse(value):
-        if isinstance(value, str):
-            try:
-                value = kind(value)
-            except ValueError:
-                raise ValueError(f"{value!r} is not {_A[kind]}")
-        ok = (int,) if kind is int else (int, float)
-        if isinstance(value, bool) or not isinstance(value, ok):
-            raise ValueError(f"{value!r} is not {_A[kind]}")
-        if not value > 0:
-            raise ValueError(f"{value} must be positive")
-        return kind(value)
-
-    parse.__name__ = f"positive_{kind.__name__}"
-    return parse
-
-
-def number(kind: type) -> Callable:
-    """A parser of any ``kind`` (int or float) number."""
-
-    def parse(value):
-        try:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise ValueError
-            if kind is int and isinstance(value, float):
-                raise ValueError
-            return kind(value)
-        except ValueError:
-            raise ValueError(f"{value!r} is not {_A[kind]}")
-
-    parse.__name__ = kind.__name__
-    return parse
-
-
-def weights(value) -> tuple[float, float, float]:
-    """Three non-negative fusion weights, SynFlow, SNIP, GraSP (text: ``.2,.5,.3``)."""
-    try:
-        values = tuple(float(v) for v in (value.split(",") if isinstance(value, str) else value))
-    except (ValueError, TypeError):
-        values = ()
-    if len(values) != 3 or min(values) < 0:
-        text = value if isinstance(value, str) else ",".join(map(str, value))
-        raise ValueError(
-            f"{text!r} is not three non-negative numbers SYNFLOW,SNIP,GRASP (e.g. .2,.5,.3)"
-        )
-    return values
-
-
-def text(value) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not a string")
-    return value
-
-
 def _models():
     from jpanning.models import MODELS
 
     return tuple(MODELS)
 
 
-def _methods():
+def _registry() -> dict:
     from jpanning.methods import METHODS
 
-    return tuple(METHODS)
+    return METHODS
 
 
-def option(default, help: str = "", *, parse: Callable = text, choices=None, metavar=None,
-           nargs=None, only: bool = False):  # fmt: skip
-    """A field that is also a ``run.py`` option.
-
-    Args:
-        default: the field's default (the option's).
-        help: the option's help text.
-        parse: text or value to a checked value (raises ValueError with a one-line message).
-        choices: the allowed values, or a function returning them (the registries).
-        metavar, nargs: as for ``argparse``; ``nargs='+'`` fields hold tuples.
-        only: the option is for the methods whose registry entry lists it
-            (:attr:`jpanning.pruning.Method.options`); others refuse it.
-    """
-    meta = dict(help=help, parse=parse, choices=choices, metavar=metavar, nargs=nargs, only=only)
-    return dataclasses.field(default=default, metadata=meta)
-
-
-def flag(help: str, *, only: bool = False):
-    """A boolean option, off unless given (``action='store_true'``)."""
-    return dataclasses.field(default=False, metadata=dict(help=help, flag=True, only=only))
+def _methods():
+    return tuple(_registry())
 
 
 def _choices(meta) -> Optional[tuple]:
@@ -182,7 +97,12 @@ class DataConfig:
 
 @dataclasses.dataclass(frozen=True)
 class PruningConfig:
-    """The pruning method and its settings (each method's help says which it reads)."""
+    """The pruning method, its sparsity and scope, and the method's own options.
+
+    ``options`` is an instance of the method's options dataclass
+    (:attr:`jpanning.pruning.Method.options`: ``PanningOptions``, ``RLPanningOptions``,
+    ``PuRLOptions``, ...); a dict of its fields, or None for its defaults, becomes one.
+    """
 
     ratio: float = option(
         0.95, "sparsity: fraction of prunable weights removed, in (0, 1)", parse=ratio
@@ -193,138 +113,32 @@ class PruningConfig:
     scope: str = option(
         "global", "rank weights over all layers together or per layer", choices=("global", "layer")
     )
-    rounds: Optional[int] = option(
-        None,
-        "rounds of the iterative methods (synflow, iter_snip, force, panning; default 100)",
-        parse=positive(int),
-    )
-    temperature: float = option(
-        TEMPERATURE,
-        "GraSP and Panning take SNIP/GraSP at logits / temperature",
-        parse=positive(float),
-    )
-    panning_thresholds: Optional[tuple[float, ...]] = option(
-        None,
-        "panning: sparsity bounds of the hand schedule's bands (default 0.8 0.9 0.98 0.99)",
-        parse=number(float),
-        nargs="+",
-        metavar="S",
-    )
-    panning_weights: Optional[tuple[tuple[float, float, float], ...]] = option(
-        None,
-        "panning: fusion weights per band, one more than thresholds "
-        "(default .2,.5,.3 .2,.4,.4 .2,.3,.5 .4,.2,.4 .5,0,.5)",
-        parse=weights,
-        nargs="+",
-        metavar="SYN,SNIP,GRASP",
-    )
-    chunk_size: Optional[int] = option(
-        None,
-        "score the scoring batch in chunks of this many examples (bounded memory; "
-        "train-mode BatchNorm then normalises each chunk by its own statistics)",
-        parse=positive(int),
-    )
-    preset: Optional[str] = option(
-        None,
-        "rlpanning and purl: search budget (for rlpanning it implies --search); paper, "
-        "the default: the authors' (rlpanning: 50k agent "
-        "steps, T=100, 256-256 MLPs; purl: 55 episodes, 1,000 retraining images per layer); "
-        "quick: minutes on a CPU (rlpanning: 200 steps, T=20, 64-64 MLPs; purl: 8 episodes, "
-        "128 images): a smoke test",
-        choices=("paper", "quick"),
-    )
-    agent_steps: Optional[int] = option(
-        None, "rlpanning: TD3 environment steps (default: the preset's)", parse=positive(int)
-    )
-    scoring: Optional[str] = option(
-        None,
-        "panning, rlpanning: SNIP/GraSP on a new class-balanced batch every round or "
-        "step (fresh; the authors', the default) or on a pool of --pool-size batches scored "
-        "once (pool); screening with a policy: default the policy's own",
-        choices=("fresh", "pool"),
-    )
-    pool_size: Optional[int] = option(
-        None,
-        "--scoring pool: scoring batches in the pool (default: panning 1, rlpanning the preset's)",
-        parse=positive(int),
-    )
-    fusion: str = option(
-        "add",
-        "panning, rlpanning: fuse the metrics as a weighted sum (add; the authors' "
-        "default) or a product of powers (mul; with its own hand staircase)",
-        choices=("add", "mul"),
-    )
-    collapse_shield: str = option(
-        "synflow",
-        "panning, rlpanning screening: on a round whose fusion weights would empty a prunable "
-        "layer, use SynFlow's weights alone for that round (synflow, jpanning's default: "
-        "SynFlow avoids layer collapse) or keep the fused mask (off, the authors'); never "
-        "inside an RL search, whose collapse penalty is the authors'",
-        choices=("synflow", "off"),
-    )
-    effective: str = option(
-        "authors",
-        "rlpanning: effective sparsity in the reward; authors: weights alive in the "
-        "positive SynFlow network, bias paths included; paths: weights on an input-output path",
-        choices=("authors", "paths"),
-    )
-    reset_observes_sparsity: bool = flag(
-        "rlpanning: the first observation carries the first round's sparsity (the "
-        "authors' is 0, so the first action does not know the target)"
-    )
-    critic_loss: Optional[str] = option(
-        None,
-        "rlpanning search: the TD3 critic's loss; mse: the authors' (the default); huber: "
-        "bounded pull of the rare collapse penalty, after which the authors' critic diverged "
-        "(docs/policy.md)",
-        choices=("mse", "huber"),
-    )
-    policy: Optional[str] = option(
-        None,
-        "rlpanning: screen with this saved policy (a run's policy.msgpack), no search "
-        "(default: the policy that ships for --model, see --search)",
-        metavar="PATH",
-        only=True,
-    )
-    search: bool = flag(
-        "rlpanning: train a new policy (TD3, --preset's budget) instead of screening with "
-        "the one that ships with jpanning",
-        only=True,
-    )
-    purl_episodes: Optional[int] = option(
-        None,
-        "purl: DQN training episodes (default: the preset's; paper 55, quick 8)",
-        parse=positive(int),
-    )
-    purl_alpha_step: Optional[float] = option(
-        None,
-        "purl: spacing of the α grid {0, step, ..., 2.2} (0.2; the paper also uses 0.1)",
-        parse=positive(float),
-    )
-    purl_state: Optional[str] = option(
-        None,
-        "purl: the agent's state, 2n per-layer accuracies and sparsities (per_layer, the "
-        "paper's final choice) or (layer, accuracy, sparsity) (compact, its ablation)",
-        choices=("compact", "per_layer"),
-    )
-    purl_collapse: Optional[float] = option(
-        None,
-        "purl: end an episode when accuracy falls below FRACTION x the target (off)",
-        parse=number(float),
-        metavar="FRACTION",
-    )
-    pretrained: Optional[str] = option(
-        None,
-        "purl, uniform: prune this trained network (a dense run's model.npz) instead of "
-        "training one first",
-        metavar="PATH",
-        only=True,
-    )
-    pretrain_epochs: Optional[int] = option(
-        None,
-        "purl, uniform: epochs of the dense training before pruning (default: --epochs)",
-        parse=positive(int),
-    )
+    options: Any = None
+
+    def __post_init__(self):
+        methods = _registry()
+        if self.method not in methods:
+            return  # RunConfig.validate names the unknown method
+        cls = methods[self.method].options
+        if self.options is None or isinstance(self.options, dict):
+            given = self.options or {}
+            unknown = sorted(set(given) - {f.name for f in _fields(cls)})
+            if unknown:
+                raise JPanningError(
+                    f"--method {self.method} has no option(s) {', '.join(unknown)} "
+                    f"({cls.__name__})"
+                )
+            object.__setattr__(self, "options", cls(**given))
+        elif type(self.options) is not cls:
+            raise JPanningError(
+                f"--method {self.method} takes its options as a {cls.__name__}, "
+                f"not a {type(self.options).__name__}"
+            )
+
+    def option(self, name: str, default=None):
+        """The method's option ``name``, or ``default`` when the method has none by that name
+        (``config.pruning.option("pretrained")``)."""
+        return getattr(self.options, name, default)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -380,24 +194,13 @@ class OutputConfig:
     no_progress: bool = flag("hide progress bars")
 
 
-# Fields newer than run.json files that may still be resumed: a run.json without one ran with
-# the value given here (the authors' TD3 critic loss before --critic-loss existed; no collapse
-# shield before --collapse-shield existed).
+# Method options newer than run.json files that may still be resumed: a run.json without one
+# ran with the value given here (the authors' TD3 critic loss before --critic-loss existed; no
+# collapse shield before --collapse-shield existed).
 ADDED_LATER = {"critic_loss": None, "collapse_shield": "off"}
 
 PARTS = {"data": DataConfig, "pruning": PruningConfig, "training": TrainingConfig,
          "output": OutputConfig}  # fmt: skip
-# The options in the order run.py lists them (and run.json holds them).
-ORDER = (
-    "model", "dataset", "ratio", "method", "scope", "rounds", "temperature",
-    "panning_thresholds", "panning_weights", "chunk_size", "preset", "agent_steps", "scoring",
-    "pool_size", "fusion", "collapse_shield", "effective", "reset_observes_sparsity",
-    "critic_loss", "policy", "search",
-    "purl_episodes", "purl_alpha_step", "purl_state", "purl_collapse", "pretrained",
-    "pretrain_epochs", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed",
-    "samples_per_class", "train_limit", "test_limit", "data_dir", "out", "resume", "overwrite",
-    "verbose", "checkpoint_every", "devices", "allow_collapsed", "no_progress",
-)  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -411,7 +214,7 @@ class RunConfig:
     model: str = option("resnet20", "network: {choices}", choices=_models, metavar="MODEL")
     seed: int = option(0, parse=number(int))
     data: DataConfig = DataConfig()
-    pruning: PruningConfig = PruningConfig()
+    pruning: PruningConfig = dataclasses.field(default_factory=PruningConfig)
     training: TrainingConfig = TrainingConfig()
     output: OutputConfig = OutputConfig()
     run_id: Optional[str] = None
@@ -423,29 +226,58 @@ class RunConfig:
         self.validate()
 
     @classmethod
-    def from_flat(cls, flat: dict) -> RunConfig:
-        """The config of a flat dict (run.json, ``vars(args)``); missing keys take defaults.
+    def from_flat(cls, flat: dict, *, saved: bool = False) -> RunConfig:
+        """The config of a flat dict (``vars(args)``, :meth:`flat`, run.json); missing keys
+        take defaults.
+
+        A method's option given for a method that does not read it is refused, unless it is
+        None or that option's default (a parsed command line holds every option).
+        ``saved=True`` reads a run.json: one written before the methods owned their options
+        held every method's (all flat, the method's among them); the others are dropped, and
+        an option added since (:data:`ADDED_LATER`) reads as what that run used. This is the
+        one place that migrates an old run.json.
 
         Raises:
             JPanningError: a key that is no setting, or a value :meth:`validate` refuses.
         """
-        unknown = sorted(set(flat) - set(FIELDS) - {"run_id"})
+        every = option_fields()
+        unknown = sorted(set(flat) - set(FIELDS) - set(every) - {"run_id"})
         if unknown:
             raise JPanningError(f"unknown run setting(s) {', '.join(unknown)}")
         given = {k: _normalise(v) for k, v in flat.items()}
+        method = given.get("method", PruningConfig.method)
+        check_value("method", method)
+        own = option_fields(method)
+        if saved:
+            given = {k: v for k, v in ADDED_LATER.items() if k in own} | given
+        options = {}
+        for name in (k for k in given if k in every):
+            if name in own:
+                options[name] = given[name]
+            elif not (saved or given[name] is None or given[name] == every[name].default):
+                _refuse(name, method)
         parts = {
             part: part_cls(**{f.name: given[f.name] for f in _fields(part_cls) if f.name in given})
             for part, part_cls in PARTS.items()
+            if part != "pruning"
         }
+        pruning = {k: given[k] for k in ("ratio", "scope") if k in given}
+        options = _registry()[method].options(**options)
+        parts["pruning"] = PruningConfig(**pruning, method=method, options=options)
         top = {k: given[k] for k in ("model", "seed", "run_id") if k in given}
         return cls(**top, **parts)
 
     def flat(self) -> dict:
-        """``{option: value}`` in :data:`ORDER`, then ``run_id`` (results.json's ``config``)."""
+        """``{option: value}`` in :func:`order` (the method's own options only), then
+        ``run_id`` (results.json's ``config``)."""
+        own = option_fields(self.pruning.method)
         out = {}
-        for name in ORDER:
-            part = FIELDS[name]
-            out[name] = getattr(self if part is None else getattr(self, part), name)
+        for name in order():
+            if name in own:
+                out[name] = getattr(self.pruning.options, name)
+            elif name in FIELDS:
+                part = FIELDS[name]
+                out[name] = getattr(self if part is None else getattr(self, part), name)
         out["run_id"] = self.run_id
         return {k: _jsonable(v) for k, v in out.items()}
 
@@ -454,8 +286,13 @@ class RunConfig:
         return {k: v for k, v in self.flat().items() if k not in NOT_SAVED}
 
     def replace(self, **changes) -> RunConfig:
-        """A copy with the flat settings ``changes`` (``config.replace(ratio=0.9)``)."""
-        return RunConfig.from_flat(self.flat() | changes)
+        """A copy with the flat settings ``changes`` (``config.replace(ratio=0.9)``); a new
+        ``method`` keeps only the options it reads too."""
+        flat = self.flat()
+        if changes.get("method", self.pruning.method) != self.pruning.method:
+            own, every = option_fields(changes["method"]), option_fields()
+            flat = {k: v for k, v in flat.items() if k not in every or k in own}
+        return RunConfig.from_flat(flat | changes)
 
     def validate(self) -> RunConfig:
         """Check every setting; returns self.
@@ -466,12 +303,8 @@ class RunConfig:
         for name, part in FIELDS.items():
             obj = self if part is None else getattr(self, part)
             check_value(name, getattr(obj, name))
-        for name, part in FIELDS.items():
-            field = FIELD_OF[name]
-            if field.metadata.get("only"):
-                obj = self if part is None else getattr(self, part)
-                if getattr(obj, name) != field.default:
-                    _check_applies(name, self.pruning.method)
+        for field in dataclasses.fields(self.pruning.options):
+            check_value(field.name, getattr(self.pruning.options, field.name), field)
         return self
 
 
@@ -492,10 +325,11 @@ def _jsonable(value):
     return value
 
 
-def check_value(name: str, value) -> Any:
-    """``value`` for setting ``name`` checked (and parsed, if text); a one-line error else."""
-    meta = FIELD_OF[name].metadata
-    default = FIELD_OF[name].default
+def check_value(name: str, value, field: Optional[dataclasses.Field] = None) -> Any:
+    """``value`` for setting ``name`` (its ``field``, default :func:`field_of`) checked (and
+    parsed, if text); a one-line error else."""
+    field = field or field_of(name)
+    meta, default = field.metadata, field.default
     if value is None and default is None:
         return None
     if meta.get("flag"):
@@ -520,42 +354,77 @@ def check_value(name: str, value) -> Any:
     return tuple(parsed) if meta.get("nargs") else parsed[0]
 
 
-def _check_applies(name: str, method: str) -> None:
-    """Refuse an option for a method whose registry entry does not list it."""
-    from jpanning.methods import METHODS
+def owners(name: str) -> list[str]:
+    """The methods whose options include ``name``, in registration order."""
+    return [m for m, entry in _registry().items() if name in option_fields(m)]
 
-    if method in METHODS and name in METHODS[method].options:
-        return
-    owners = [m for m, entry in METHODS.items() if name in entry.options]
+
+def _refuse(name: str, method: str) -> None:
+    """Refuse an option for a method whose options do not include it."""
+    methods = owners(name)
     flag_name = "--" + name.replace("_", "-")
-    if len(owners) == 1:
-        who = f"--method {owners[0]}"
-    elif owners and all(METHODS[m].trained for m in owners):
-        who = f"the methods that prune a trained network ({', '.join(owners)})"
+    if len(methods) == 1:
+        who = f"--method {methods[0]}"
+    elif all(_registry()[m].trained for m in methods):
+        who = f"the methods that prune a trained network ({', '.join(methods)})"
     else:
-        who = f"the methods {', '.join(owners)}"
+        who = f"the methods {', '.join(methods)}"
     raise JPanningError(f"{flag_name} is for {who}, not {method!r}")
 
 
-# Where each option lives: FIELDS[name] is the part's attribute (None: RunConfig's own).
+# Where each common setting lives: FIELDS[name] is the part's attribute (None: RunConfig's own).
+# The methods' options are fields of their own dataclasses (:func:`option_fields`).
 FIELDS: dict[str, Optional[str]] = {}
-FIELD_OF: dict[str, dataclasses.Field] = {}
+_FIELD_OF: dict[str, dataclasses.Field] = {}
 for _f in _fields(RunConfig):
     if _f.name in ("model", "seed"):
-        FIELDS[_f.name], FIELD_OF[_f.name] = None, _f
+        FIELDS[_f.name], _FIELD_OF[_f.name] = None, _f
 for _part, _cls in PARTS.items():
     for _f in _fields(_cls):
-        FIELDS[_f.name], FIELD_OF[_f.name] = _part, _f
-assert set(FIELDS) == set(ORDER), set(FIELDS) ^ set(ORDER)
-FIELDS = {name: FIELDS[name] for name in ORDER}
+        if _f.name != "options":
+            FIELDS[_f.name], _FIELD_OF[_f.name] = _part, _f
+
+
+def option_fields(method: Optional[str] = None) -> dict[str, dataclasses.Field]:
+    """``{name: field}`` of ``method``'s options, or of every registered method's (one
+    field per name; methods that share an option must define it alike, with
+    :func:`shared`)."""
+    methods = _registry()
+    if method is not None:
+        return {f.name: f for f in _fields(methods[method].options)}
+    out: dict[str, dataclasses.Field] = {}
+    for entry in methods.values():
+        for f in _fields(entry.options):
+            first = out.setdefault(f.name, f)
+            if (first.default, first.metadata) != (f.default, f.metadata):
+                raise JPanningError(
+                    f"method {entry.name!r} defines option {f.name!r} unlike another method; "
+                    f"share one definition (jpanning.config.shared)"
+                )
+    return out
+
+
+def field_of(name: str) -> dataclasses.Field:
+    """The field of setting ``name``: a common one, or a method's option."""
+    return _FIELD_OF[name] if name in _FIELD_OF else option_fields()[name]
+
+
+def order() -> tuple[str, ...]:
+    """Every setting in the order ``run.py --help`` lists them and run.json holds them: the
+    model and seed, the data, the method, its options, the training, the output."""
+    names = [n for n in FIELDS if FIELDS[n] in (None, "data", "pruning")]
+    names += list(option_fields())
+    return tuple(names + [n for n in FIELDS if FIELDS[n] in ("training", "output")])
 
 
 def help_of(name: str) -> str:
-    """The help text of option ``name``, with its choices filled in."""
-    meta = FIELD_OF[name].metadata
+    """The help text of setting ``name``, with its choices filled in; a method's option
+    names the methods that read it."""
+    meta = field_of(name).metadata
     choices = _choices(meta)
-    return meta["help"].replace("{choices}", ", ".join(choices or ()))
+    words = meta["help"].replace("{choices}", ", ".join(choices or ()))
+    return words if name in FIELDS else f"{', '.join(owners(name))}: {words}"
 
 
 def choices_of(name: str) -> Optional[tuple]:
-    return _choices(FIELD_OF[name].metadata)
+    return _choices(field_of(name).metadata)

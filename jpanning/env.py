@@ -152,13 +152,14 @@ class EnvParams:
     alpha: jax.Array
     gtg_scale: jax.Array
     shield_masks: Optional[PyTree] = None
-    rounds: int = flax.struct.field(pytree_node=False, default=100)
-    scoring: str = flax.struct.field(pytree_node=False, default="pool")
-    samples_per_class: int = flax.struct.field(pytree_node=False, default=10)
-    effective: str = flax.struct.field(pytree_node=False, default="authors")
-    fusion: str = flax.struct.field(pytree_node=False, default="add")
-    reset_observes_sparsity: bool = flax.struct.field(pytree_node=False, default=False)
-    observe_gap: bool = flax.struct.field(pytree_node=False, default=False)
+    # the static settings: make_params gives each (its defaults are the only ones)
+    rounds: int = flax.struct.field(pytree_node=False, kw_only=True)
+    scoring: str = flax.struct.field(pytree_node=False, kw_only=True)
+    samples_per_class: int = flax.struct.field(pytree_node=False, kw_only=True)
+    effective: str = flax.struct.field(pytree_node=False, kw_only=True)
+    fusion: str = flax.struct.field(pytree_node=False, kw_only=True)
+    reset_observes_sparsity: bool = flax.struct.field(pytree_node=False, kw_only=True)
+    observe_gap: bool = flax.struct.field(pytree_node=False, kw_only=True)
     collapse_shield: bool = flax.struct.field(pytree_node=False, default=False)
 
     def with_targets(self, targets: Sequence[tuple[float, float, float]]) -> "EnvParams":

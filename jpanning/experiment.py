@@ -33,31 +33,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jpanning import checkpoint, data, flops, models, parallel, pruning, report, scores, train
-from jpanning import masks as masks_lib
-from jpanning.config import (
-    ADDED_LATER,
-    NOT_SAVED,
-    PATH_FIELDS,
-    RESUME_MAY_SET,
-    RUN_FILE,
-    RunConfig,
-)
+from jpanning import config as config_lib, masks as masks_lib
+from jpanning.config import NOT_SAVED, PATH_FIELDS, RESUME_MAY_SET, RUN_FILE, RunConfig
+from jpanning.panning import SCORING
 from jpanning.errors import JPanningError, RunFailed
 from jpanning.methods import METHODS
 from jpanning.rundir import SCREEN_FILES, RunDir
 
 SEARCH_CHECKPOINT_EVERY = 200  # agent steps between checkpoints of an RL search by default
-# PruneProblem.options: the config fields the methods read, under the names they read them by
-OPTION_NAMES = {
-    "rounds": "rounds", "chunk_size": "chunk_size", "temperature": "temperature",
-    "panning_thresholds": "thresholds", "panning_weights": "weights", "fusion": "fusion",
-    "scoring": "scoring", "effective": "effective",
-    "reset_observes_sparsity": "reset_observes_sparsity", "critic_loss": "critic_loss",
-    "collapse_shield": "collapse_shield",
-    "preset": "preset",
-    "agent_steps": "agent_steps", "policy": "policy", "purl_episodes": "episodes",
-    "purl_alpha_step": "alpha_step", "purl_state": "state", "purl_collapse": "collapse_accuracy",
-}  # fmt: skip
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,14 +107,14 @@ def resumed_config(out: str, **changes) -> RunConfig:
             saved = json.load(f)
         if not isinstance(saved, dict):
             raise ValueError("it holds no settings")
-        missing = sorted(set(RunConfig().saved()) - set(saved) - {"run_id", *ADDED_LATER})
+        missing = sorted(set(RunConfig().saved()) - set(saved) - set(config_lib.option_fields()))
         if missing:
             raise ValueError(f"it lacks {', '.join(missing)}")
-        flat = {k: v for k, v in ADDED_LATER.items() if k not in saved}  # what it ran with
-        flat |= {k: v for k, v in saved.items() if k not in NOT_SAVED}
+        flat = {k: v for k, v in saved.items() if k not in NOT_SAVED}
         flat |= {k: v for k, v in changes.items() if k not in NOT_SAVED}
         rest = {k: v for k, v in changes.items() if k in NOT_SAVED and k != "out"}
-        return RunConfig.from_flat(flat | rest | {"out": out, "resume": out, "overwrite": False})
+        given = flat | rest | {"out": out, "resume": out, "overwrite": False}
+        return RunConfig.from_flat(given, saved=True)
     except FileNotFoundError:
         raise JPanningError(f"--resume {out!r} holds no run to resume ({RUN_FILE} is missing)")
     except (ValueError, TypeError) as e:  # json.JSONDecodeError and JPanningError too
@@ -185,16 +168,17 @@ def prepare(config: RunConfig) -> RunConfig:
     if config.output.out is None:
         name = f"{config.model}-{config.data.dataset}-{m.method}-{m.ratio}-seed{config.seed}"
         config = config.replace(out=os.path.join("runs", name))
-    if m.policy is not None and not os.path.isfile(m.policy):
-        raise JPanningError(f"--policy {m.policy!r} does not exist")
+    for name in ("policy", "pretrained"):
+        path = m.option(name)
+        if path is not None and not os.path.isfile(path):
+            raise JPanningError(f"--{name} {path!r} does not exist")
     method = METHODS[m.method]
     if method.prepare is not None:
         config = method.prepare(config, config.output.resume is not None)
-    config = config.replace(preset=config.pruning.preset or "paper")
-    if config.pruning.scoring is None:
-        config = config.replace(scoring="fresh")  # the authors'
-    if m.pretrained is not None and not os.path.isfile(m.pretrained):
-        raise JPanningError(f"--pretrained {m.pretrained!r} does not exist")
+    # options left unset are recorded as what they mean (the authors' budget and scoring)
+    for name, meaning in (("preset", pruning.PRESET), ("scoring", SCORING)):
+        if name in config_lib.option_fields(m.method) and config.pruning.option(name) is None:
+            config = config.replace(**{name: meaning})
     RunDir(config.output.out).check_writable()
     return config
 
@@ -258,8 +242,6 @@ def prune_problem(config: RunConfig, problem_setup: Setup, variables: Optional[d
     prune, default the initialization)."""
 
     m = config.pruning
-    options = {name: getattr(m, field) for field, name in OPTION_NAMES.items()}
-    options["samples_per_class"] = config.data.samples_per_class
     return pruning.PruneProblem(
         model=problem_setup.model,
         variables=problem_setup.variables if variables is None else variables,
@@ -268,7 +250,8 @@ def prune_problem(config: RunConfig, problem_setup: Setup, variables: Optional[d
         prunable=problem_setup.prunable,
         key=problem_setup.prune_key,
         scope=m.scope,
-        options=options,
+        options=m.options,
+        samples_per_class=config.data.samples_per_class,
     )
 
 
@@ -405,15 +388,16 @@ def _pretrained(config: RunConfig, problem_setup: Setup, dataset, mesh, stop):
     """
 
     m, out, variables = config.pruning, config.output.out, problem_setup.variables
-    if m.pretrained is not None:
-        return _load_pretrained(m.pretrained, variables), {"from": m.pretrained}
+    if m.option("pretrained") is not None:
+        path = m.option("pretrained")
+        return _load_pretrained(path, variables), {"from": path}
     run_dir = RunDir(out)
     saved = run_dir.file("pretrained.npz")
     info = run_dir.stage_record("pretrained.json", config.run_id) if config.output.resume else None
     if info is not None and os.path.isfile(saved):
         print(f"{m.method}: the trained network in {saved} (resumed)")
         return _load_pretrained(saved, variables, "the saved pretrained.npz"), info
-    epochs = m.pretrain_epochs or config.training.epochs
+    epochs = m.option("pretrain_epochs") or config.training.epochs
     print(f"{m.method} prunes a trained network: dense training for {epochs} epoch(s) first")
     start = time.perf_counter()
     state, history = _train(

@@ -56,6 +56,9 @@ METRICS = ("synflow", "snip", "grasp")
 
 
 FUSIONS = ("add", "mul")
+# Where SNIP and GraSP score by default: the authors' draw a new class-balanced batch every round
+# (Panning) or agent step (RL Panning); 'pool' scores a pool of batches once.
+SCORING = "fresh"
 # The collapse shield's fusion weights: SynFlow's alone.
 SYNFLOW_ALONE = (1.0, 0.0, 0.0)
 # The authors' staircases (``Panning``): the sum's, and the product's ('mul' in their debug flags).

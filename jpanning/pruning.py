@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jpanning import masks as masks_lib, models, panning as panning_lib, scores
+from jpanning.options import number, option, shared, weights as fusion_weights
 from jpanning.errors import JPanningError
 
 
@@ -39,7 +40,14 @@ class PruneProblem:
         prunable: pytree of bools from ``jpanning.masks.prunable_tree``.
         key: PRNG key for methods that draw random numbers.
         scope: 'global' (one ranking over all layers) or 'layer' (same sparsity per layer).
-        options: method-specific settings (e.g. the number of rounds).
+        options: the method's options (its :attr:`Method.options` dataclass, e.g.
+            :class:`PanningOptions`; None: its defaults). A dict of option names is taken too
+            (:func:`options_of`): options of other methods in it are ignored, so one problem
+            serves several methods.
+        data: data beyond the scoring batch, for the methods that take it (Panning's and RL
+            Panning's scoring batches, PuRL's retraining and evaluation examples).
+        samples_per_class: examples of each class in a scoring batch (RL Panning's fresh
+            batches are drawn as large).
     """
 
     model: nn.Module
@@ -49,7 +57,9 @@ class PruneProblem:
     prunable: Any
     key: jax.Array
     scope: str = "global"
-    options: dict = dataclasses.field(default_factory=dict)
+    options: Any = None
+    data: Any = None
+    samples_per_class: int = 10
 
     @property
     def params(self):
@@ -91,10 +101,11 @@ class Method:
         trained: it prunes a trained network: a run trains it first, densely with the
             run's recipe (``--pretrain-epochs``), or loads ``--pretrained``.
         presets: the ``--preset`` names it takes (an agent's search budget).
-        options: the run options it reads beyond the common ones (the
-            :class:`jpanning.config.RunConfig` field names); an option marked ``only`` there
-            (``--policy``, ``--pretrained``) is refused by a run of a method that does not
-            list it (:meth:`jpanning.config.RunConfig.validate`).
+        options: its options dataclass (frozen; each field a ``run.py`` option made with
+            :func:`jpanning.config.option`, or :func:`jpanning.config.shared` for one that
+            other methods read too). A run's ``config.pruning.options`` is an instance, and
+            so is ``problem.options`` when the method runs; a run refuses another method's
+            option.
         prepare: ``prepare(config, resumed) -> config``: settles its defaults before the
             run is recorded in run.json (RL Panning picks its policy); None: nothing.
         screen: ``screen(problem, context: ScreenContext) -> (masks, record)``, for a method
@@ -109,12 +120,39 @@ class Method:
     prunes: bool = True
     trained: bool = False
     presets: tuple[str, ...] = ()
-    options: tuple[str, ...] = ()
+    options: type = None  # NoOptions, set below (defined after the registry's types)
     prepare: Optional[Callable] = None
     screen: Optional[Callable] = None
 
+    def __post_init__(self):
+        if self.options is None:
+            object.__setattr__(self, "options", NoOptions)
+
     def __call__(self, problem: PruneProblem):
         return self.fn(problem)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoOptions:
+    """The options of a method that reads none beyond the common ones."""
+
+
+def options_of(problem: PruneProblem, cls: type):
+    """``problem.options`` as an instance of the method's options dataclass ``cls``: None
+    gives its defaults; a dict, or another method's options, gives the fields ``cls`` has
+    (the others are ignored: one problem serves several methods; a run refuses another
+    method's option earlier, :meth:`jpanning.config.RunConfig.from_flat`)."""
+    given = problem.options
+    if given is None:
+        return cls()
+    if isinstance(given, cls):
+        return given
+    if dataclasses.is_dataclass(given):
+        given = {f.name: getattr(given, f.name) for f in dataclasses.fields(given)}
+    elif not isinstance(given, dict):
+        raise JPanningError(f"problem.options must be a {cls.__name__} or a dict, not {given!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in given.items() if k in names})
 
 
 METHODS: dict[str, Method] = {}
@@ -219,52 +257,73 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
     return masks
 
 
-def _rounds(problem: PruneProblem, default: int) -> int:
-    return int(problem.options.get("rounds") or default)
+ROUNDS = 100  # T of the iterative methods when not given (SynFlow's, Panning's)
+PRESET = "paper"  # the search budget when not given: the authors'
 
 
-def _chunk(problem: PruneProblem):
-    return problem.options.get("chunk_size")
-
-
-def preset(presets: dict, method: str, options: dict):
-    """The entry of a method's ``presets`` that ``options['preset']`` names (``'paper'`` when
-    not given), or a one-line error listing the names."""
-    name = options.get("preset") or "paper"
+def preset(presets: dict, method: str, name: Optional[str]):
+    """The entry of a method's ``presets`` named ``name`` (:data:`PRESET` when None), or a
+    one-line error listing the names."""
+    name = name or PRESET
     if name not in presets:
         raise JPanningError(f"unknown {method} preset {name!r}; choose from {', '.join(presets)}")
     return presets[name]
 
 
 def temperature(problem: PruneProblem) -> float:
-    """``options['temperature']``, else :data:`jpanning.scores.TEMPERATURE` (GraSP's 200)."""
-    return float(problem.options.get("temperature") or scores.TEMPERATURE)
+    """The problem's ``temperature`` option (GraSP's 200, :data:`jpanning.scores.TEMPERATURE`,
+    unless given)."""
+    return float(options_of(problem, GraSPOptions).temperature)
 
 
-@register_method("snip")
+@dataclasses.dataclass(frozen=True)
+class SNIPOptions:
+    chunk_size: Optional[int] = shared("chunk_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class GraSPOptions:
+    temperature: float = shared("temperature")
+    chunk_size: Optional[int] = shared("chunk_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class SynFlowOptions:
+    rounds: Optional[int] = shared("rounds")
+
+
+@dataclasses.dataclass(frozen=True)
+class IterativeSNIPOptions:
+    rounds: Optional[int] = shared("rounds")
+    chunk_size: Optional[int] = shared("chunk_size")
+
+
+@register_method("snip", options=SNIPOptions)
 def snip(problem: PruneProblem):
     """SNIP (Lee et al. 2019): keep the largest |θ ⊙ ∂L/∂θ| on the scoring batch, one shot."""
-    score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=_chunk(problem))
+    chunk = options_of(problem, SNIPOptions).chunk_size
+    score = functools.partial(scores.snip, train_apply_fn(problem), chunk_size=chunk)
     return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
 
 
-@register_method("grasp")
+@register_method("grasp", options=GraSPOptions)
 def grasp(problem: PruneProblem):
     """GraSP (Wang et al. 2020): keep the largest θ ⊙ Hg (gradient-flow preserving), one shot.
 
     The loss is taken at logits / 200 as in GraSP's code (:func:`temperature`).
     """
+    options = options_of(problem, GraSPOptions)
     score = functools.partial(
         scores.grasp,
         train_apply_fn(problem),
-        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature(problem)),
+        loss_fn=functools.partial(scores.cross_entropy, temperature=float(options.temperature)),
         prunable=problem.prunable,
-        chunk_size=_chunk(problem),
+        chunk_size=options.chunk_size,
     )
     return masks_from_scores(jax.jit(score)(problem.params, problem.batch), problem)
 
 
-@register_method("synflow")
+@register_method("synflow", options=SynFlowOptions)
 def synflow(problem: PruneProblem):
     """SynFlow (Tanaka et al. 2020): data-free, iterative, T=100 rounds by default.
 
@@ -280,27 +339,30 @@ def synflow(problem: PruneProblem):
             apply_fn, params, problem.batch, masks=masks, prunable=problem.prunable
         )
 
-    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=True)
+    rounds = options_of(problem, SynFlowOptions).rounds or ROUNDS
+    return iterative_masks(score_fn, problem, rounds, keep_pruned=True)
 
 
 def _snip_rounds(problem: PruneProblem, *, keep_pruned: bool):
     """SNIP rescored at the pruned network each round."""
-    apply_fn, chunk = train_apply_fn(problem), _chunk(problem)
+    options = options_of(problem, IterativeSNIPOptions)
+    apply_fn, chunk = train_apply_fn(problem), options.chunk_size
 
     def score_fn(params, masks):
         return scores.snip(apply_fn, params, problem.batch, masks=masks, chunk_size=chunk)
 
-    return iterative_masks(score_fn, problem, _rounds(problem, 100), keep_pruned=keep_pruned)
+    rounds = options.rounds or ROUNDS
+    return iterative_masks(score_fn, problem, rounds, keep_pruned=keep_pruned)
 
 
-@register_method("iter_snip")
+@register_method("iter_snip", options=IterativeSNIPOptions)
 def iter_snip(problem: PruneProblem):
     """Iterative SNIP (de Jorge et al. 2021): SNIP rescored at the pruned network each round;
     pruned weights stay pruned. T=100 rounds by default."""
     return _snip_rounds(problem, keep_pruned=True)
 
 
-@register_method("force")
+@register_method("force", options=IterativeSNIPOptions)
 def force(problem: PruneProblem):
     """FORCE (de Jorge et al. 2021): like ``iter_snip`` but every weight competes each round.
 
@@ -315,12 +377,12 @@ def _panning_screen(problem: PruneProblem, context: ScreenContext):
     """Panning in a run: T fresh scoring batches (``--scoring fresh``, the authors'), or a
     pool of ``--pool-size`` cycled through; the rounds the collapse shield took over are
     counted in the log and in results.json's ``panning`` entry."""
-    run, method = context.config, context.config.pruning
-    count = (method.rounds or 100) if method.scoring == "fresh" else (method.pool_size or 1)
+    run, options = context.config, options_of(problem, PanningOptions)
+    fresh = (options.scoring or panning_lib.SCORING) == "fresh"
+    count = (options.rounds or ROUNDS) if fresh else (options.pool_size or 1)
     data = panning_lib.score_pool(context.dataset, run.data.samples_per_class, count, run.seed)
-    problem = dataclasses.replace(problem, options=problem.options | {"data": data})
-    masks, trace = _panning(problem)
-    record = shield_record(np.asarray(trace["shielded"]), method.collapse_shield)
+    masks, trace = _panning(dataclasses.replace(problem, data=data))
+    record = shield_record(np.asarray(trace["shielded"]), options.collapse_shield)
     print(f"panning: {record['summary']}")
     return masks, {"panning": record}
 
@@ -364,39 +426,67 @@ def shield_on(setting: Optional[str]) -> bool:
 SHIELDS = ("synflow", "off")
 
 
-@register_method(
-    "panning",
-    options=("rounds", "temperature", "panning_thresholds", "panning_weights", "scoring",
-             "pool_size", "fusion", "collapse_shield", "chunk_size"),
-    screen=_panning_screen,
-)  # fmt: skip
+@dataclasses.dataclass(frozen=True)
+class PanningOptions:
+    """Panning's options (``run.py --method panning``); None: the authors' setting
+    (:class:`jpanning.panning.PanningConfig`)."""
+
+    rounds: Optional[int] = shared("rounds")
+    temperature: float = shared("temperature")
+    panning_thresholds: Optional[tuple[float, ...]] = option(
+        None,
+        "sparsity bounds of the hand schedule's bands (default 0.8 0.9 0.98 0.99)",
+        parse=number(float),
+        nargs="+",
+        metavar="S",
+    )
+    panning_weights: Optional[tuple[tuple[float, float, float], ...]] = option(
+        None,
+        "fusion weights per band, one more than thresholds "
+        "(default .2,.5,.3 .2,.4,.4 .2,.3,.5 .4,.2,.4 .5,0,.5)",
+        parse=fusion_weights,
+        nargs="+",
+        metavar="SYN,SNIP,GRASP",
+    )
+    chunk_size: Optional[int] = shared("chunk_size")
+    scoring: Optional[str] = shared("scoring")
+    pool_size: Optional[int] = shared("pool_size")
+    fusion: str = shared("fusion")
+    collapse_shield: str = shared("collapse_shield")
+
+    def config(self) -> panning_lib.PanningConfig:
+        """The algorithm's settings: these options over the authors' defaults."""
+        defaults = panning_lib.PanningConfig()
+        w = self.panning_weights
+        return panning_lib.PanningConfig(
+            rounds=int(self.rounds or defaults.rounds),
+            temperature=float(self.temperature),
+            thresholds=tuple(self.panning_thresholds or defaults.thresholds),
+            weights=tuple(map(tuple, w)) if w else None,
+            fusion=self.fusion or defaults.fusion,
+            collapse_shield=shield_on(self.collapse_shield),
+        )
+
+
+@register_method("panning", options=PanningOptions, screen=_panning_screen)
 def panning(problem: PruneProblem):
     """Neural Network Panning with the authors' hand staircase (:mod:`jpanning.panning`).
 
-    T=100 rounds by default (``options['rounds']``); SNIP and GraSP of the dense network at
-    ``options['temperature']`` (200) on ``options['data']`` (``(inputs [P, B, ...], labels
-    [P, B])``, round t scoring on batch ``t mod P``: T fresh batches are the authors'; default
-    the scoring batch alone), SynFlow of the masked network every round; pruned weights may
-    come back in any round. ``options['fusion']`` (``'add'``/``'mul'``),
-    ``options['thresholds']`` and ``options['weights']`` replace the staircase (see
-    :class:`jpanning.panning.PanningConfig`); ``options['collapse_shield']``
-    (``'synflow'``, the default, or ``'off'``, the authors') sets the collapse shield.
+    T=100 rounds by default (``rounds``); SNIP and GraSP of the dense network at
+    ``temperature`` (200) on ``problem.data`` (``(inputs [P, B, ...], labels [P, B])``,
+    round t scoring on batch ``t mod P``: T fresh batches are the authors'; default the
+    scoring batch alone), SynFlow of the masked network every round; pruned weights may come
+    back in any round. ``fusion`` (``'add'``/``'mul'``), ``panning_thresholds`` and
+    ``panning_weights`` replace the staircase; ``collapse_shield`` (``'synflow'``, the
+    default, or ``'off'``, the authors') sets the collapse shield (:class:`PanningOptions`).
     """
     return _panning(problem)[0]
 
 
 def _panning(problem: PruneProblem):
     """:func:`panning`'s masks and its per-round trace."""
-    defaults = panning_lib.PanningConfig()
-    weights = problem.options.get("weights")
-    config = panning_lib.PanningConfig(
-        rounds=_rounds(problem, defaults.rounds),
-        temperature=temperature(problem),
-        thresholds=tuple(problem.options.get("thresholds") or defaults.thresholds),
-        weights=tuple(map(tuple, weights)) if weights else None,
-        fusion=problem.options.get("fusion") or defaults.fusion,
-        collapse_shield=shield_on(problem.options.get("collapse_shield")),
-    )
+    options = options_of(problem, PanningOptions)
+    config = options.config()
     masks, trace = panning_lib.panning(
         train_apply_fn(problem),
         eval_apply_fn(problem),
@@ -406,7 +496,7 @@ def _panning(problem: PruneProblem):
         prunable=problem.prunable,
         config=config,
         scope=problem.scope,
-        chunk_size=_chunk(problem),
-        batches=problem.options.get("data"),
+        chunk_size=options.chunk_size,
+        batches=problem.data,
     )
     return jax.block_until_ready(masks), trace

@@ -35,6 +35,7 @@ from flax import traverse_util
 
 from jpanning import checkpoint as checkpoint_lib, flops, masks as masks_lib, pruning, report, train
 from jpanning.agents import dqn, loop
+from jpanning.options import number, option, positive, shared
 from jpanning.errors import JPanningError
 
 PyTree = Any
@@ -410,17 +411,63 @@ class PuRLResult:
     search_seconds: float
 
 
-def config_from_options(options: dict) -> PuRLConfig:
-    """The preset named by ``options['preset']`` (``paper``/``quick``) with the overrides
-    ``episodes``, ``alpha_step``, ``state`` and ``collapse_accuracy`` where given."""
-    overrides = {
-        "episodes": int,
-        "alpha_step": float,
-        "state": str,
-        "collapse_accuracy": float,
+@dataclasses.dataclass(frozen=True)
+class TrainedOptions:
+    """The options of a method that prunes a trained network: a run trains it first, or
+    loads it."""
+
+    pretrained: Optional[str] = shared("pretrained")
+    pretrain_epochs: Optional[int] = shared("pretrain_epochs")
+
+
+@dataclasses.dataclass(frozen=True)
+class PuRLOptions:
+    """PuRL's options (``run.py --method purl``); None: the preset's (:data:`PRESETS`)."""
+
+    preset: Optional[str] = shared("preset")
+    purl_episodes: Optional[int] = option(
+        None, "DQN training episodes (default: the preset's; paper 55, quick 8)",
+        parse=positive(int),
+    )  # fmt: skip
+    purl_alpha_step: Optional[float] = option(
+        None,
+        "spacing of the α grid {0, step, ..., 2.2} (0.2; the paper also uses 0.1)",
+        parse=positive(float),
+    )
+    purl_state: Optional[str] = option(
+        None,
+        "the agent's state, 2n per-layer accuracies and sparsities (per_layer, the paper's "
+        "final choice) or (layer, accuracy, sparsity) (compact, its ablation)",
+        choices=("compact", "per_layer"),
+    )
+    purl_collapse: Optional[float] = option(
+        None,
+        "end an episode when accuracy falls below FRACTION x the target (off)",
+        parse=number(float),
+        metavar="FRACTION",
+    )
+    pretrained: Optional[str] = shared("pretrained")
+    pretrain_epochs: Optional[int] = shared("pretrain_epochs")
+
+
+# PuRLOptions' overrides of the preset: option to PuRLConfig field
+OVERRIDES = {"purl_episodes": "episodes", "purl_alpha_step": "alpha_step",
+             "purl_state": "state", "purl_collapse": "collapse_accuracy"}  # fmt: skip
+
+
+def config_from_options(options) -> PuRLConfig:
+    """The preset named by the ``preset`` option (``paper``/``quick``) with the overrides
+    ``purl_episodes``, ``purl_alpha_step``, ``purl_state`` and ``purl_collapse`` where given
+    (:data:`OVERRIDES`). ``options``: :class:`PuRLOptions`, or a dict of its fields."""
+    if isinstance(options, dict):
+        options = PuRLOptions(**options)
+    given = {
+        field: getattr(options, name)
+        for name, field in OVERRIDES.items()
+        if getattr(options, name) is not None
     }
-    given = {k: cast(options[k]) for k, cast in overrides.items() if options.get(k) is not None}
-    return dataclasses.replace(pruning.preset(PRESETS, "purl", options), **given).validate()
+    config = pruning.preset(PRESETS, "purl", options.preset)
+    return dataclasses.replace(config, **given).validate()
 
 
 def run(
@@ -432,17 +479,16 @@ def run(
 ) -> PuRLResult:
     """Train the DQN agent on ``problem``'s trained network, then prune it with the mean α.
 
-    ``problem.variables`` must be the *trained* network; ``problem.options['purl_data']`` is
+    ``problem.variables`` must be the *trained* network; ``problem.data`` is
     ``((retrain images, labels), (eval images, labels))`` from the training split, and
     ``problem.sparsity`` is T_P. ``callback(t, metrics)`` follows every agent step;
     ``checkpoints`` and ``stop`` make the DQN training resumable
     (:func:`jpanning.agents.loop.host_loop`).
     """
-    options = problem.options
-    config = config_from_options(options)
-    if "purl_data" not in options:
-        raise JPanningError("purl needs options['purl_data'] (retraining and eval examples)")
-    retrain_data, eval_data = options["purl_data"]
+    config = config_from_options(pruning.options_of(problem, PuRLOptions))
+    if problem.data is None:
+        raise JPanningError("purl needs problem.data (retraining and eval examples)")
+    retrain_data, eval_data = problem.data
     input_shape = tuple(np.shape(retrain_data[0])[1:])
     order = flops.prunable_layer_order(
         problem.model, problem.variables, problem.prunable, input_shape
@@ -488,14 +534,14 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
     """PuRL in a run: draw its retraining/eval examples, train the DQN agent (progress bar,
     checkpoints), prune; the α per layer and the learning curve are plotted in the run's
     folder."""
-    run_config = context.config
-    config = config_from_options(problem.options)
+    run_config, options = context.config, pruning.options_of(problem, PuRLOptions)
+    config = config_from_options(options)
     data = split_examples(context.dataset, config, run_config.seed)
-    problem = dataclasses.replace(problem, options=problem.options | {"purl_data": data})
+    problem = dataclasses.replace(problem, data=data)
     print(
         f"purl: DQN over the layers, {config.episodes} episodes, α in "
         f"{{0, {config.alpha_step:g}, ..., {config.alpha_max:g}}}, retraining on "
-        f"{config.retrain_images} examples per layer ({run_config.pruning.preset} preset)"
+        f"{config.retrain_images} examples per layer ({options.preset} preset)"
     )
     layers = sum(bool(f) for f in jax.tree.leaves(problem.prunable))
     with (
@@ -547,26 +593,18 @@ def _report(context: pruning.ScreenContext, result: PuRLResult, prunable) -> dic
     }
 
 
-# PuRL and its baseline prune a trained network: a run trains it first (or loads --pretrained)
-TRAINED_OPTIONS = ("pretrained", "pretrain_epochs")
-
-
 @pruning.register_method(
-    "purl",
-    trained=True,
-    presets=tuple(PRESETS),
-    options=TRAINED_OPTIONS + ("purl_episodes", "purl_alpha_step", "purl_state", "purl_collapse"),
-    screen=_screen,
+    "purl", trained=True, presets=tuple(PRESETS), options=PuRLOptions, screen=_screen
 )
 def purl(problem: pruning.PruneProblem):
     """PuRL as a ``run.py --method`` on a trained network (``run.py`` trains or loads it).
 
-    Options: ``preset``, ``episodes``, ``purl_data`` (see :func:`run`).
+    Options: :class:`PuRLOptions`; ``problem.data``: see :func:`run`.
     """
     return run(problem).masks
 
 
-@pruning.register_method("uniform", trained=True, options=TRAINED_OPTIONS)
+@pruning.register_method("uniform", trained=True, options=TrainedOptions)
 def uniform(problem: pruning.PruneProblem):
     """PuRL's baseline: the same sparsity in every layer, by magnitude of the trained weights
     (``run.py`` trains or loads the network first)."""

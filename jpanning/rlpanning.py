@@ -34,6 +34,7 @@ from flax import serialization
 from jpanning import checkpoint as checkpoint_lib, env as env_lib, masks as masks_lib
 from jpanning import panning as panning_lib, pruning, report
 from jpanning.agents import loop, td3
+from jpanning.options import flag, option, positive, shared
 from jpanning.errors import JPanningError, RunFailed
 
 PyTree = Any
@@ -75,7 +76,7 @@ class RLPanningConfig:
     pool_size: int = 10
     early_steps: Optional[int] = None
     alpha: float = 100.0
-    scoring: str = "fresh"
+    scoring: str = panning_lib.SCORING
     effective: str = "authors"
     fusion: str = "add"
     reset_observes_sparsity: bool = False
@@ -182,14 +183,14 @@ def build_env(
         tuple(synflow_shape or np.shape(inputs)[extra:]),
         scope=problem.scope,
         temperature=pruning.temperature(problem),
-        chunk_size=problem.options.get("chunk_size"),
+        chunk_size=pruning.options_of(problem, RLPanningOptions).chunk_size,
     )
     env_params = env.make_params(
         problem.params,
         inputs,
         labels,
         targets=env_lib.TARGETS_EARLY,
-        samples_per_class=int(problem.options.get("samples_per_class") or 10),
+        samples_per_class=int(problem.samples_per_class),
         key=key,
         **env_options(config),
     )
@@ -579,6 +580,53 @@ def shipped_policy(model: str) -> tuple[str, str]:
 # -- as a pruning method ---------------------------------------------------------------------
 
 
+@dataclasses.dataclass(frozen=True)
+class RLPanningOptions:
+    """RL Panning's options (``run.py --method rlpanning``): screen with a policy (``policy``,
+    default the one that ships) or search one (``search``, or a budget: ``preset``,
+    ``agent_steps``), and the environment's settings; None: the preset's (the authors'), or
+    the policy's (:func:`config_from_options`)."""
+
+    rounds: Optional[int] = shared("rounds")
+    temperature: float = shared("temperature")
+    chunk_size: Optional[int] = shared("chunk_size")
+    scoring: Optional[str] = shared("scoring")
+    pool_size: Optional[int] = shared("pool_size")
+    fusion: str = shared("fusion")
+    collapse_shield: str = shared("collapse_shield")
+    preset: Optional[str] = shared("preset")
+    agent_steps: Optional[int] = option(
+        None, "TD3 environment steps (default: the preset's)", parse=positive(int)
+    )
+    effective: str = option(
+        "authors",
+        "effective sparsity in the reward; authors: weights alive in the positive SynFlow "
+        "network, bias paths included; paths: weights on an input-output path",
+        choices=("authors", "paths"),
+    )
+    reset_observes_sparsity: bool = flag(
+        "the first observation carries the first round's sparsity (the authors' is 0, so the "
+        "first action does not know the target)"
+    )
+    critic_loss: Optional[str] = option(
+        None,
+        "a search's TD3 critic loss; mse: the authors' (the default); huber: bounded pull of "
+        "the rare collapse penalty, after which the authors' critic diverged "
+        "(docs/policy.md)",
+        choices=("mse", "huber"),
+    )
+    policy: Optional[str] = option(
+        None,
+        "screen with this saved policy (a run's policy.msgpack), no search (default: the "
+        "policy that ships for --model, see --search)",
+        metavar="PATH",
+    )
+    search: bool = flag(
+        "train a new policy (TD3, --preset's budget) instead of screening with the one that "
+        "ships with jpanning"
+    )
+
+
 def choose_policy(config, resumed: bool = False):
     """The run's ``config`` with its policy settled (:attr:`jpanning.pruning.Method.prepare`).
 
@@ -587,7 +635,7 @@ def choose_policy(config, resumed: bool = False):
     ``--model``: never a silent multi-hour search. A resumed run keeps its recorded choice.
     Screening with a policy, ``--scoring`` defaults to the policy's own.
     """
-    method = config.pruning
+    method = config.pruning.options
     if not resumed:
         if method.policy is not None and method.search:
             raise JPanningError(
@@ -608,19 +656,18 @@ def choose_policy(config, resumed: bool = False):
             path, line = shipped_policy(config.model)
             print(f"rlpanning: {line}")
             config = config.replace(policy=path)
-    if config.pruning.policy is not None and config.pruning.scoring is None:
-        if os.path.isfile(config.pruning.policy):  # else the run says it does not exist
-            config = config.replace(scoring=load_policy(config.pruning.policy)[1].scoring)
+    method = config.pruning.options
+    if method.policy is not None and method.scoring is None:
+        if os.path.isfile(method.policy):  # else the run says it does not exist
+            config = config.replace(scoring=load_policy(method.policy)[1].scoring)
     return config
 
 
 def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
     """RL Panning in a run: build the pool, search (progress bar, checkpoints) or load the
     policy, and screen; the policy and the learning curve are saved in the run's folder."""
-    run_config, method = context.config, context.config.pruning
-    config = (
-        load_policy(method.policy)[1] if method.policy else config_from_options(problem.options)
-    )
+    run_config, method = context.config, pruning.options_of(problem, RLPanningOptions)
+    config = load_policy(method.policy)[1] if method.policy else config_from_options(method)
     pool_size = method.pool_size or config.pool_size
     if method.scoring == "pool":
         data = score_pool(
@@ -630,7 +677,7 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
     else:
         data = (context.dataset.train_images, context.dataset.train_labels)
         scoring = f"a fresh batch of {run_config.data.samples_per_class} per class every step"
-    problem = dataclasses.replace(problem, options=problem.options | {"data": data})
+    problem = dataclasses.replace(problem, data=data)
     if method.policy is not None:
         print(f"rlpanning: screening with the policy in {method.policy} (no search), {scoring}")
         result = run(problem)
@@ -651,7 +698,7 @@ def _screen(problem: pruning.PruneProblem, context: pruning.ScreenContext):
 def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
     """Save the policy and the learning curve; the ``rl`` entry of results.json."""
 
-    run_config, method = context.config, context.config.pruning
+    run_config, method = context.config, context.config.pruning.options
     files = {"policy": None, "rl_curve": None}
     out = {
         "preset": method.preset if method.policy is None else None,
@@ -709,35 +756,18 @@ def _report(context: pruning.ScreenContext, rl: RLPanningResult) -> dict:
 @pruning.register_method(
     "rlpanning",
     presets=tuple(PRESETS),
-    options=(
-        "policy",
-        "search",
-        "preset",
-        "agent_steps",
-        "rounds",
-        "scoring",
-        "pool_size",
-        "fusion",
-        "effective",
-        "reset_observes_sparsity",
-        "critic_loss",
-        "collapse_shield",
-        "temperature",
-        "chunk_size",
-    ),  # fmt: skip
+    options=RLPanningOptions,
     prepare=choose_policy,
     screen=_screen,
 )
 def rlpanning(problem: pruning.PruneProblem):
-    """RL Panning as a ``run.py --method``: train a policy (or load ``options['policy']``,
+    """RL Panning as a ``run.py --method``: train a policy (or load the ``policy`` option,
     a path) and screen at ``problem.sparsity``.
 
-    Options: ``preset`` (``'paper'``/``'quick'``), ``agent_steps``, ``rounds``, the
-    environment's ``scoring``, ``effective``, ``fusion`` and ``reset_observes_sparsity``
-    (:class:`RLPanningConfig`), ``data`` (``scoring='pool'``: ``(inputs [P, B, ...], labels
-    [P, B])``, default the scoring batch alone; ``'fresh'``: ``(inputs [N, ...], labels
-    [N])``), ``policy``. ``run.py`` uses :func:`run` for the learning curve and the policy
-    file.
+    Options: :class:`RLPanningOptions`. ``problem.data``: ``scoring='pool'``: ``(inputs
+    [P, B, ...], labels [P, B])``, default the scoring batch alone; ``'fresh'``: ``(inputs
+    [N, ...], labels [N])``. ``run.py`` uses :func:`run` for the learning curve and the
+    policy file.
     """
     return run(problem).masks
 
@@ -758,19 +788,22 @@ class RLPanningResult:
     shield: dict  # the collapse shield at screening (:func:`jpanning.pruning.shield_record`)
 
 
-def config_from_options(options: dict) -> RLPanningConfig:
-    """The preset named by ``options['preset']`` with ``agent_steps``/``rounds`` and the
-    environment's options (:data:`ENV_OPTIONS`) overriding it."""
-    config = pruning.preset(PRESETS, "rlpanning", options)
-    if options.get("agent_steps"):
+def config_from_options(options) -> RLPanningConfig:
+    """The search's settings: the preset named by the ``preset`` option with
+    ``agent_steps``, ``rounds``, ``critic_loss`` and the environment's options
+    (:data:`ENV_OPTIONS`) overriding it. ``options``: :class:`RLPanningOptions`, or a dict
+    (a run.json's settings: the fields it has of them)."""
+    if not isinstance(options, RLPanningOptions):
+        names = {f.name for f in dataclasses.fields(RLPanningOptions)}
+        options = RLPanningOptions(**{k: v for k, v in options.items() if k in names})
+    config = pruning.preset(PRESETS, "rlpanning", options.preset)
+    if options.agent_steps:
+        config = dataclasses.replace(config, agent_steps=int(options.agent_steps), early_steps=None)
+    if options.rounds:
+        config = dataclasses.replace(config, rounds=int(options.rounds))
+    if options.critic_loss:  # a search setting: a loaded policy is already trained
         config = dataclasses.replace(
-            config, agent_steps=int(options["agent_steps"]), early_steps=None
-        )
-    if options.get("rounds"):
-        config = dataclasses.replace(config, rounds=int(options["rounds"]))
-    if options.get("critic_loss"):  # a search setting: a loaded policy is already trained
-        config = dataclasses.replace(
-            config, td3=config.td3.replace(critic_loss=options["critic_loss"])
+            config, td3=config.td3.replace(critic_loss=options.critic_loss)
         )
     return with_env_options(config, options).validate()
 
@@ -778,9 +811,11 @@ def config_from_options(options: dict) -> RLPanningConfig:
 ENV_OPTIONS = ("scoring", "effective", "fusion", "reset_observes_sparsity")
 
 
-def with_env_options(config: RLPanningConfig, options: dict) -> RLPanningConfig:
-    """``config`` with the environment options given (not None) in ``options``."""
-    given = {k: options[k] for k in ENV_OPTIONS if options.get(k) is not None}
+def with_env_options(config: RLPanningConfig, options) -> RLPanningConfig:
+    """``config`` with the environment options :data:`ENV_OPTIONS` that ``options`` (an
+    :class:`RLPanningOptions`, or a dict) gives (not None)."""
+    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, None)
+    given = {k: get(k) for k in ENV_OPTIONS if get(k) is not None}
     return dataclasses.replace(config, **given)
 
 
@@ -799,28 +834,28 @@ def run(
             survives interruption).
     """
 
-    options = problem.options
+    options = pruning.options_of(problem, RLPanningOptions)
     k_search, k_screen = jax.random.split(problem.key)
     ranges = None
-    if options.get("policy"):
-        actor_params, config, meta = load_policy(options["policy"])
+    if options.policy:
+        actor_params, config, meta = load_policy(options.policy)
         ranges = meta["ranges"]
-        if options.get("rounds") and int(options["rounds"]) != config.rounds:
+        if options.rounds and int(options.rounds) != config.rounds:
             raise JPanningError(
                 f"the policy was trained with {config.rounds} rounds; --rounds "
-                f"{options['rounds']} differs (leave it out to use the policy's)"
+                f"{options.rounds} differs (leave it out to use the policy's)"
             )
-        config = with_env_options(config, {"scoring": options.get("scoring")}).validate()
+        config = with_env_options(config, {"scoring": options.scoring}).validate()
     else:
         config = config_from_options(options)
-    data = options.get("data")
+    data = problem.data
     if data is None:
         if config.scoring != "pool":
             raise JPanningError("rlpanning with fresh scoring batches needs options['data']")
         data = tuple(np.asarray(x)[None] for x in problem.batch)
     env, env_params = build_env(problem, data, config, key=jax.random.fold_in(problem.key, 1))
     metrics, search_seconds = None, 0.0
-    if not options.get("policy"):
+    if not options.policy:
         start = time.perf_counter()
         agent, metrics = search(
             env,
@@ -835,7 +870,7 @@ def run(
         actor_params = agent.actor_params
         ranges = final_ranges(metrics)
     start = time.perf_counter()
-    shield_setting = options.get("collapse_shield")
+    shield_setting = options.collapse_shield
     masks, trace = screen(
         env,
         env_params,

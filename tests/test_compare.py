@@ -196,7 +196,7 @@ def test_cells_are_run_configs_and_their_keys_stay_those_of_their_run_py_argumen
     # without the shield (the authors'), Panning's cells are those screened before it existed
     for cell in compare.cells_of(PRESETS["screening-resnet20-no-shield"]):
         i = cell.argv.index("--collapse-shield")
-        assert cell.argv[i + 1] == "off" and cell.config.pruning.collapse_shield == "off"
+        assert cell.argv[i + 1] == "off" and cell.config.pruning.option("collapse_shield") == "off"
         assert cell.key == sha(cell.argv[:i] + cell.argv[i + 2 :])
     snip = next(c for c in cells if c.method == "snip" and c.seed == 1)
     assert snip.argv[-4:] == ("--method", "snip", "--ratio", repr(snip.ratio))
@@ -204,7 +204,8 @@ def test_cells_are_run_configs_and_their_keys_stay_those_of_their_run_py_argumen
     assert (snip.config.pruning.method, snip.config.pruning.ratio) == ("snip", snip.ratio)
     grid = dataclasses.replace(PRESETS["tiny"], run_args=("--search", "--lr", "0.03"))
     by_method = {c.method: c.config for c in compare.cells_of(grid)}
-    assert by_method["rlpanning"].pruning.search and not by_method["snip"].pruning.search
+    assert by_method["rlpanning"].pruning.options.search
+    assert by_method["snip"].pruning.option("search") is None
     assert by_method["snip"].training.lr == 0.03
 
 

@@ -7,13 +7,16 @@ import pytest
 
 from jpanning import cli
 from jpanning.config import (
+    FIELDS,
     NOT_SAVED,
-    ORDER,
     DataConfig,
     PruningConfig,
     RunConfig,
     TrainingConfig,
+    option_fields,
+    order,
 )
+from jpanning.pruning import PanningOptions
 from jpanning.errors import JPanningError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -30,7 +33,10 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         ({"ratio": "half"}, "ratio: 'half' is not a number; give a fraction in (0, 1)"),
         ({"epochs": 0}, "epochs: 0 must be positive"),
         ({"epochs": 1.5}, "epochs: 1.5 is not an integer"),
-        ({"panning_weights": [[1, 2]]}, "'1,2' is not three non-negative numbers"),
+        (
+            {"method": "panning", "panning_weights": [[1, 2]]},
+            "'1,2' is not three non-negative numbers",
+        ),
         ({"scope": "net"}, "unknown scope 'net'; choose from: global, layer"),
         ({"search": 1}, "search: 1 is not True or False"),
         ({"method": "snip", "policy": "p.msgpack"}, "--policy is for --method rlpanning, not"),
@@ -40,6 +46,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
             "--pretrained is for the methods that prune a trained network (purl, uniform), not",
         ),
         ({"lr": 0.1, "momentum_x": 1}, "unknown run setting(s) momentum_x"),
+        # a method's option for another method: refused, not ignored
+        (
+            {"method": "snip", "rounds": 5},
+            "--rounds is for the methods synflow, iter_snip, force, panning, rlpanning, not",
+        ),
+        ({"method": "panning", "agent_steps": 9}, "--agent-steps is for --method rlpanning"),
     ],
 )
 def test_bad_settings_are_one_line_naming_the_value_and_what_is_allowed(settings, message):
@@ -63,18 +75,34 @@ def test_the_parts_are_typed_and_frozen_and_replace_checks_again():
         config.replace(ratio=2)
     with pytest.raises(JPanningError, match="RunConfig.data must be a DataConfig"):
         RunConfig(data={"dataset": "synthetic"})
+    # the method's options: its own dataclass, typed (a dict of its fields becomes one)
+    panning = PruningConfig(method="panning", options={"rounds": 7})
+    assert panning.options == PanningOptions(rounds=7) and panning.option("policy") is None
+    with pytest.raises(JPanningError, match="--method snip has no option.s. rounds"):
+        PruningConfig(method="snip", options={"rounds": 7})
+    with pytest.raises(JPanningError, match="takes its options as a SNIPOptions, not a Panning"):
+        PruningConfig(method="snip", options=PanningOptions())
 
 
 def test_the_command_line_and_the_config_are_the_same_settings():
     defaults = vars(cli.build_parser().parse_args([]))
-    assert list(defaults) == list(ORDER)
-    assert RunConfig().flat() == defaults | {"run_id": None}
+    assert list(defaults) == list(order())
+    # the config holds its method's options only (rlpanning's by default)
+    own = {k: v for k, v in defaults.items() if k in FIELDS or k in option_fields("rlpanning")}
+    assert RunConfig().flat() == own | {"run_id": None}
     argv = ["--model", "lenet5", "--method", "panning", "--panning-weights", ".2,.5,.3"]
-    argv += ["--panning-thresholds", "0.9", "--search", "--ratio", "0.8"]
-    config = cli.config_of(cli.build_parser().parse_args(argv + ["--method", "rlpanning"]))
-    assert config.pruning.panning_weights == ((0.2, 0.5, 0.3),)
-    assert config.pruning.panning_thresholds == (0.9,) and config.pruning.search
-    assert cli.settings_of(cli.argv_of(cli.settings_of(argv[:-2]))) == cli.settings_of(argv[:-2])
+    argv += ["--panning-thresholds", "0.9", "--rounds", "7", "--ratio", "0.8"]
+    config = cli.config_of(cli.build_parser().parse_args(argv))
+    assert config.pruning.options == PanningOptions(
+        rounds=7, panning_weights=((0.2, 0.5, 0.3),), panning_thresholds=(0.9,)
+    )
+    assert config.pruning.option("search") is None and "search" not in config.flat()
+    assert cli.settings_of(cli.argv_of(cli.settings_of(argv))) == cli.settings_of(argv)
+    search = cli.config_of(cli.build_parser().parse_args(["--search", "--rounds", "7"]))
+    assert search.pruning.options.search and search.pruning.options.rounds == 7
+    # a new method keeps the options it reads too
+    assert config.replace(method="synflow").pruning.options.rounds == 7
+    assert "panning_weights" not in config.replace(method="synflow").flat()
 
 
 def test_run_json_round_trips_and_an_old_run_folder_still_reads(tmp_path):
@@ -109,10 +137,13 @@ def test_run_json_round_trips_and_an_old_run_folder_still_reads(tmp_path):
     )
     args = resumed.flat()
     assert {k: v for k, v in args.items() if k in old and k != "devices"} == {
-        k: v for k, v in old.items() if k != "devices"
+        k: v for k, v in old.items() if k != "devices" and k in args
     }
     assert args["devices"] == 1 and args["out"] == args["resume"] == str(out)
     assert not args["overwrite"]
     # a field added since (config.ADDED_LATER) reads as what that run used: the authors' critic
-    # loss, and no collapse shield (it screened without one)
-    assert resumed.saved() == old | {"devices": 1, "critic_loss": None, "collapse_shield": "off"}
+    # loss, and no collapse shield (it screened without one); the other methods' options go
+    others = {"panning_thresholds", "panning_weights", "purl_episodes", "purl_alpha_step",
+              "purl_state", "purl_collapse", "pretrained", "pretrain_epochs"}  # fmt: skip
+    kept = {k: v for k, v in old.items() if k not in others}
+    assert resumed.saved() == kept | {"devices": 1, "critic_loss": None, "collapse_shield": "off"}

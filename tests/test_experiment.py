@@ -28,8 +28,9 @@ def test_a_run_config_runs_screens_trains_and_writes_its_folder(tmp_path, monkey
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     assert results["config"]["method"] == "snip" and results["config"]["ratio"] == 0.8
     saved = json.loads((out / "run.json").read_text())
-    # run.json: the config with its defaults settled (the preset, the scoring) and its run_id
-    settled = config.replace(run_id=saved["run_id"], preset="paper", scoring="fresh")
+    # run.json: the config and its run_id; SNIP's own options only (no preset, no scoring)
+    settled = config.replace(run_id=saved["run_id"])
+    assert "chunk_size" in saved and not {"preset", "scoring", "rounds"} & set(saved)
     assert RunConfig.from_flat(saved | {"out": str(out), "no_progress": True}) == settled
     assert results["config"]["run_id"] == saved["run_id"]
     total = results["sparsity"]["total"]

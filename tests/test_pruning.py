@@ -3,6 +3,7 @@ each method to an independent computation of its score."""
 
 import dataclasses
 import functools
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
@@ -185,3 +186,15 @@ def test_force_revives_weights_that_iter_snip_cannot(problem):
 def test_unknown_method_names_the_choices(problem):
     with pytest.raises(JPanningError, match="unknown method 'snipp'; choose from: dense"):
         pruning.prune("snipp", problem)
+
+
+def test_a_method_reads_its_options_typed_from_a_dict_or_another_methods_options():
+    """options_of: a method's own options dataclass, whatever form problem.options takes."""
+    of = pruning.options_of
+    one = SimpleNamespace(options={"rounds": 3, "panning_weights": None, "agent_steps": 9})
+    assert of(one, pruning.SynFlowOptions) == pruning.SynFlowOptions(rounds=3)  # the rest ignored
+    panning = SimpleNamespace(options=pruning.PanningOptions(rounds=4, chunk_size=8))
+    assert of(panning, pruning.IterativeSNIPOptions) == pruning.IterativeSNIPOptions(4, 8)
+    assert of(SimpleNamespace(options=None), pruning.GraSPOptions).temperature == 200.0
+    with pytest.raises(JPanningError, match="must be a SynFlowOptions or a dict"):
+        of(SimpleNamespace(options=[("rounds", 3)]), pruning.SynFlowOptions)

@@ -140,13 +140,13 @@ def test_collapse_stops_early_and_charges_the_unvisited_layers(env_setup):
 def test_run_gives_masks_from_the_mean_alpha(make_tiny_problem):
     problem, dataset = make_tiny_problem(0.5)
     problem = dataclasses.replace(
-        problem, options={"purl_data": purl.split_examples(dataset, CONFIG, seed=0)}
+        problem,
+        data=purl.split_examples(dataset, CONFIG, seed=0),
+        options=purl.PuRLOptions(preset="test"),
     )
     purl.PRESETS["test"] = CONFIG
     try:
-        result = purl.run(
-            dataclasses.replace(problem, options=problem.options | {"preset": "test"})
-        )
+        result = purl.run(problem)
     finally:
         del purl.PRESETS["test"]
     assert result.episode_alphas.shape == (2, 3)
@@ -257,13 +257,14 @@ def test_cli_refuses_bad_pretrained_input(tmp_path, capsys):
 
 def test_options_override_the_preset_and_bad_values_are_refused():
     config = purl.config_from_options(
-        {"preset": "quick", "alpha_step": 0.1, "state": "per_layer", "collapse_accuracy": 0.5}
+        {"preset": "quick", "purl_alpha_step": 0.1, "purl_state": "per_layer"}
+        | {"purl_collapse": 0.5}
     )
     assert config.episodes == purl.PRESETS["quick"].episodes
     assert len(config.alphas) == 23 and config.state == "per_layer"
     assert config.collapse_accuracy == 0.5
     with pytest.raises(JPanningError, match="collapse_accuracy"):
-        purl.config_from_options({"collapse_accuracy": 1.5})
+        purl.config_from_options({"purl_collapse": 1.5})
     with pytest.raises(JPanningError, match="unknown purl preset 'fast'"):
         purl.config_from_options({"preset": "fast"})
 

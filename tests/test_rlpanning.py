@@ -281,25 +281,24 @@ def test_rlpanning_screens_with_the_shipped_policy_unless_a_search_is_asked(
     trained = "trained on resnet20 / fashion_mnist, 123 of 456 agent steps: an interim policy"
 
     config = rlpanning.choose_policy(_config("--model", "resnet20"))
-    assert config.pruning.policy == str(path) and not config.pruning.search
-    assert config.pruning.scoring == CONFIG.scoring  # screening with a policy: its own
+    assert config.pruning.options.policy == str(path) and not config.pruning.options.search
+    assert config.pruning.options.scoring == CONFIG.scoring  # screening with a policy: its own
     assert f"the policy shipped for resnet20 ({trained}" in capsys.readouterr().out
     # no policy of its own: ResNet-20's, and it says so
     config = rlpanning.choose_policy(_config("--model", "tinycnn"))
-    assert config.pruning.policy == str(path) and not config.pruning.search
+    assert config.pruning.options.policy == str(path) and not config.pruning.options.search
     out = capsys.readouterr().out
     assert f"no policy ships for tinycnn; the resnet20 policy, unchanged ({trained}" in out
     # a search budget (or --search) searches; a saved policy screens without one
     for argv in (["--search"], ["--preset", "quick"], ["--agent-steps", "40"]):
         config = rlpanning.choose_policy(_config("--model", "tinycnn", *argv))
-        assert config.pruning.search and config.pruning.policy is None, argv
+        assert config.pruning.options.search and config.pruning.options.policy is None, argv
     given = _config("--model", "tinycnn", "--preset", "quick", "--policy", str(path))
     config = rlpanning.choose_policy(given)
-    assert not config.pruning.search and config.pruning.policy == str(path)
+    assert not config.pruning.options.search and config.pruning.options.policy == str(path)
     # a resumed run keeps its recorded choice
-    assert (
-        rlpanning.choose_policy(_config("--model", "tinycnn"), resumed=True).pruning.policy is None
-    )
+    resumed = rlpanning.choose_policy(_config("--model", "tinycnn"), resumed=True)
+    assert resumed.pruning.option("policy") is None
     with pytest.raises(JPanningError, match="--search trains a new policy and --policy"):
         rlpanning.choose_policy(_config("--search", "--policy", str(path)))
     # a damaged shipped file and a missing one are one clear error, never a silent search
@@ -363,16 +362,15 @@ def test_the_policy_of_a_stopped_search_is_read_from_its_checkpoint(tmp_path, po
 
 def test_the_critic_loss_option_is_a_search_setting():
     """--critic-loss: the authors' MSE by default, Huber when asked; the run hands it from
-    run.py to the method (experiment.OPTION_NAMES); without a search it is refused."""
-    from jpanning import experiment
-
-    assert experiment.OPTION_NAMES["critic_loss"] == "critic_loss"
+    run.py to the method (its RLPanningOptions); without a search it is refused."""
     screening = RunConfig.from_flat({"model": "lenet5", "method": "rlpanning",
                                      "critic_loss": "huber"})  # fmt: skip
     with pytest.raises(JPanningError, match="--critic-loss huber sets how a search trains"):
         rlpanning.choose_policy(screening)
     searching = rlpanning.choose_policy(screening.replace(agent_steps=50))
-    assert searching.pruning.search and searching.pruning.critic_loss == "huber"
+    assert searching.pruning.options.search and searching.pruning.options.critic_loss == "huber"
+    handed = rlpanning.config_from_options(searching.pruning.options)  # what the method reads
+    assert handed.agent_config().critic_loss == "huber"
     assert rlpanning.config_from_options({"preset": "quick"}).td3.critic_loss == "mse"
     huber = rlpanning.config_from_options({"preset": "quick", "critic_loss": "huber"})
     assert huber.agent_config().critic_loss == "huber"
