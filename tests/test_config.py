@@ -98,6 +98,9 @@ def test_the_command_line_and_the_config_are_the_same_settings():
     )
     assert config.pruning.option("search") is None and "search" not in config.flat()
     assert cli.settings_of(cli.argv_of(cli.settings_of(argv))) == cli.settings_of(argv)
+    # the run.py line of a config (compare logs it) gives that config back
+    again = cli.build_parser().parse_args(cli.argv_of_config(config.replace(scoring="pool")))
+    assert cli.config_of(again) == config.replace(scoring="pool")
     search = cli.config_of(cli.build_parser().parse_args(["--search", "--rounds", "7"]))
     assert search.pruning.options.search and search.pruning.options.rounds == 7
     # a new method keeps the options it reads too
