@@ -24,8 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jpanning import masks as masks_lib, models, panning as panning_lib, scores
-from jpanning.options import number, option, shared, weights as fusion_weights
 from jpanning.errors import JPanningError
+from jpanning.options import number, option, shared, weights as fusion_weights
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,7 +102,7 @@ class Method:
             run's recipe (``--pretrain-epochs``), or loads ``--pretrained``.
         presets: the ``--preset`` names it takes (an agent's search budget).
         options: its options dataclass (frozen; each field a ``run.py`` option made with
-            :func:`jpanning.config.option`, or :func:`jpanning.config.shared` for one that
+            :func:`jpanning.options.option`, or :func:`jpanning.options.shared` for one that
             other methods read too). A run's ``config.pruning.options`` is an instance, and
             so is ``problem.options`` when the method runs; a run refuses another method's
             option.
@@ -273,7 +273,7 @@ def preset(presets: dict, method: str, name: Optional[str]):
 def temperature(problem: PruneProblem) -> float:
     """The problem's ``temperature`` option (GraSP's 200, :data:`jpanning.scores.TEMPERATURE`,
     unless given)."""
-    return float(options_of(problem, GraSPOptions).temperature)
+    return float(options_of(problem, GraSPOptions).temperature or scores.TEMPERATURE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -316,7 +316,7 @@ def grasp(problem: PruneProblem):
     score = functools.partial(
         scores.grasp,
         train_apply_fn(problem),
-        loss_fn=functools.partial(scores.cross_entropy, temperature=float(options.temperature)),
+        loss_fn=functools.partial(scores.cross_entropy, temperature=temperature(problem)),
         prunable=problem.prunable,
         chunk_size=options.chunk_size,
     )
@@ -460,7 +460,7 @@ class PanningOptions:
         w = self.panning_weights
         return panning_lib.PanningConfig(
             rounds=int(self.rounds or defaults.rounds),
-            temperature=float(self.temperature),
+            temperature=float(self.temperature or scores.TEMPERATURE),
             thresholds=tuple(self.panning_thresholds or defaults.thresholds),
             weights=tuple(map(tuple, w)) if w else None,
             fusion=self.fusion or defaults.fusion,
