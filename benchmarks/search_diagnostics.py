@@ -63,14 +63,30 @@ def uniform_expected(points: np.ndarray, radius: float, n: int) -> float:
     return float(n * np.sum(np.prod(side / 2.0, axis=1)))
 
 
+COVERAGE_EDGES = (10_000, 20_000, 30_000, 40_000)  # windows after the warm-up
+
+
+def windows_after(warmup_steps: int, steps: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` from the warm-up's end to ``steps``, cut at
+    :data:`COVERAGE_EDGES`."""
+    edges = [warmup_steps, *(e for e in COVERAGE_EDGES if warmup_steps < e < steps), steps]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b > a]
+
+
 def coverage(metrics: dict, warmup_steps: int, radius: float) -> dict:
+    """Per fixed controller: transitions near its actions in the warm-up, after it, and in
+    each window after it (``by_window``: ``"start-end"`` to a count)."""
     actions = np.asarray(metrics["action"])
     parts = {"warm-up": actions[:warmup_steps], "after warm-up": actions[warmup_steps:]}
+    windows = windows_after(warmup_steps, len(actions))
     out = {}
     for name, points in controller_actions().items():
         out[name] = {
             "points": len(points),
             **{part: near_counts(a, points, radius) for part, a in parts.items()},
+            "by_window": {
+                f"{a}-{b}": near_counts(actions[a:b], points, radius) for a, b in windows
+            },
             "uniform_expected_per_2000": uniform_expected(points, radius, 2000),
         }
     return out
@@ -196,6 +212,9 @@ def predictability(metrics: dict, warmup_steps: int, mlp_steps: int) -> dict:
                 ("ridge", ridge_fit),
                 ("mlp", lambda a, b: mlp_fit(a, b, steps=mlp_steps)),
             ):
+                if model == "mlp" and not mlp_steps:  # --mlp-steps 0: ridge alone
+                    cell[model] = float("nan")
+                    continue
                 predict = fit(x[train], y[train])
                 cell[model] = r2(y[test], predict(x[test]))
             row[term] = cell
@@ -251,6 +270,10 @@ def load_metrics(search: str | None, checkpoint: str | None) -> dict:
     return metrics
 
 
+def _r2_text(value: float) -> str:
+    return "not fitted" if np.isnan(value) else f"{value:.3f}"
+
+
 def markdown(result: dict, command: str, env: dict) -> str:
     from benchmarks import timing
 
@@ -273,6 +296,20 @@ def markdown(result: dict, command: str, env: dict) -> str:
             f"| {name} | {c['points']} | {c['warm-up']} | {c['after warm-up']} | "
             f"{c['uniform_expected_per_2000']:.1f} |"
         )
+    windows = list(next(iter(cov.values())).get("by_window", {}))
+    if len(windows) > 1:
+        spans = [tuple(int(x) for x in w.split("-")) for w in windows]
+        lines += [
+            "",
+            "After the warm-up, by window of the search: transitions near each controller per "
+            "2,000 steps (uniform actions would give the last column above).",
+            "",
+            "| controller | " + " | ".join(f"{a:,}-{b:,}" for a, b in spans) + " |",
+            "|---|" + "---|" * len(spans),
+        ]
+        for name, c in cov.items():
+            per = [c["by_window"][w] * 2000 / (b - a) for w, (a, b) in zip(windows, spans)]
+            lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in per) + " |")
     lines += [
         "",
         "## (b) Held-out R² of the reward and its terms from (s, a)",
@@ -290,7 +327,7 @@ def markdown(result: dict, command: str, env: dict) -> str:
         row = pred[inputs]
         lines.append(
             f"| {inputs} | "
-            + " | ".join(f"{row[t]['ridge']:.3f} | {row[t]['mlp']:.3f}" for t in TERMS[:-1])
+            + " | ".join(f"{row[t]['ridge']:.3f} | {_r2_text(row[t]['mlp'])}" for t in TERMS[:-1])
             + " |"
         )
     lines += [
@@ -329,7 +366,13 @@ def main(argv=None) -> int:
     p.add_argument("--name", required=True)
     p.add_argument("--warmup-steps", type=int, default=2000)
     p.add_argument("--radius", type=float, default=0.2)
-    p.add_argument("--mlp-steps", type=int, default=3000)
+    p.add_argument(
+        "--mlp-steps",
+        type=int,
+        default=3000,
+        help="full-batch Adam steps of each MLP fit; 0: ridge alone (a 50k-step search's "
+        "eight fits take ~20 min on 2 busy cores)",
+    )
     args = p.parse_args(argv)
     cpu.configure()
     metrics = load_metrics(args.search, args.checkpoint)

@@ -217,6 +217,11 @@ def test_diagnostics_near_counts_and_uniform_expectation_by_hand():
     assert search_diagnostics.uniform_expected(centre, 0.2, 1000) == pytest.approx(8.0)
     stairs = search_diagnostics.controller_actions()["staircase"]
     assert stairs.shape[1] == 3 and len(stairs) == 5  # the five rows of the add staircase
+    # the windows after the warm-up: cut at 10k, 20k, ... up to the search's length
+    edges = [(2000, 10_000), (10_000, 20_000), (20_000, 30_000), (30_000, 40_000)]
+    assert search_diagnostics.windows_after(2000, 50_000) == edges + [(40_000, 50_000)]
+    assert search_diagnostics.windows_after(2000, 4000) == [(2000, 4000)]
+    assert search_diagnostics.windows_after(2000, 2000) == []
 
 
 def test_diagnostics_r2_ridge_features_and_split_by_hand():
