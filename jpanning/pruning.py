@@ -138,11 +138,16 @@ class NoOptions:
 
 
 def options_of(problem: PruneProblem, cls: type):
-    """``problem.options`` as an instance of the method's options dataclass ``cls``: None
-    gives its defaults; a dict, or another method's options, gives the fields ``cls`` has
-    (the others are ignored: one problem serves several methods; a run refuses another
-    method's option earlier, :meth:`jpanning.config.RunConfig.from_flat`)."""
-    given = problem.options
+    """``problem.options`` as an instance of the method's options dataclass ``cls``
+    (:func:`as_options`)."""
+    return as_options(problem.options, cls)
+
+
+def as_options(given, cls: type):
+    """``given`` as an instance of the options dataclass ``cls``: None gives its defaults; a
+    dict, or another method's options, gives the fields ``cls`` has (the others are ignored:
+    one problem serves several methods; a run refuses another method's option earlier,
+    :meth:`jpanning.config.RunConfig.from_flat`)."""
     if given is None:
         return cls()
     if isinstance(given, cls):
@@ -257,7 +262,7 @@ def iterative_masks(score_fn, problem: PruneProblem, rounds: int, *, keep_pruned
     return masks
 
 
-ROUNDS = 100  # T of the iterative methods when not given (SynFlow's, Panning's)
+ROUNDS = 100  # T of SynFlow, iterative SNIP and FORCE when not given (Panning: its config's)
 PRESET = "paper"  # the search budget when not given: the authors'
 
 
@@ -379,7 +384,7 @@ def _panning_screen(problem: PruneProblem, context: ScreenContext):
     counted in the log and in results.json's ``panning`` entry."""
     run, options = context.config, options_of(problem, PanningOptions)
     fresh = (options.scoring or panning_lib.SCORING) == "fresh"
-    count = (options.rounds or ROUNDS) if fresh else (options.pool_size or 1)
+    count = options.config().rounds if fresh else (options.pool_size or 1)
     data = panning_lib.score_pool(context.dataset, run.data.samples_per_class, count, run.seed)
     masks, trace = _panning(dataclasses.replace(problem, data=data))
     record = shield_record(np.asarray(trace["shielded"]), options.collapse_shield)

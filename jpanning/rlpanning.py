@@ -793,9 +793,7 @@ def config_from_options(options) -> RLPanningConfig:
     ``agent_steps``, ``rounds``, ``critic_loss`` and the environment's options
     (:data:`ENV_OPTIONS`) overriding it. ``options``: :class:`RLPanningOptions`, or a dict
     (a run.json's settings: the fields it has of them)."""
-    if not isinstance(options, RLPanningOptions):
-        names = {f.name for f in dataclasses.fields(RLPanningOptions)}
-        options = RLPanningOptions(**{k: v for k, v in options.items() if k in names})
+    options = pruning.as_options(options, RLPanningOptions)
     config = pruning.preset(PRESETS, "rlpanning", options.preset)
     if options.agent_steps:
         config = dataclasses.replace(config, agent_steps=int(options.agent_steps), early_steps=None)
@@ -811,11 +809,10 @@ def config_from_options(options) -> RLPanningConfig:
 ENV_OPTIONS = ("scoring", "effective", "fusion", "reset_observes_sparsity")
 
 
-def with_env_options(config: RLPanningConfig, options) -> RLPanningConfig:
-    """``config`` with the environment options :data:`ENV_OPTIONS` that ``options`` (an
-    :class:`RLPanningOptions`, or a dict) gives (not None)."""
-    get = options.get if isinstance(options, dict) else lambda k: getattr(options, k, None)
-    given = {k: get(k) for k in ENV_OPTIONS if get(k) is not None}
+def with_env_options(config: RLPanningConfig, options: RLPanningOptions) -> RLPanningConfig:
+    """``config`` with the environment options :data:`ENV_OPTIONS` that ``options`` gives
+    (not None)."""
+    given = {k: getattr(options, k) for k in ENV_OPTIONS if getattr(options, k) is not None}
     return dataclasses.replace(config, **given)
 
 
@@ -845,7 +842,9 @@ def run(
                 f"the policy was trained with {config.rounds} rounds; --rounds "
                 f"{options.rounds} differs (leave it out to use the policy's)"
             )
-        config = with_env_options(config, {"scoring": options.scoring}).validate()
+        if options.scoring is not None:  # the policy's own scoring unless given
+            config = dataclasses.replace(config, scoring=options.scoring)
+        config = config.validate()
     else:
         config = config_from_options(options)
     data = problem.data
