@@ -60,10 +60,57 @@ def two_way(r: np.ndarray) -> dict:
 
 
 def candidates(staircase_row: np.ndarray, draws: np.ndarray) -> list[np.ndarray]:
-    """The actions tried at a round, in ``names`` order: each metric alone, the staircase's
-    row, then the random draws."""
+    """The actions tried at a round, in :func:`action_names` order: each metric alone, the
+    staircase's row, then the random draws."""
     alone = [policy_eval.single_metric_actions(m, 1)[0] for m in panning.METRICS]
     return [*alone, staircase_row, *draws]
+
+
+def action_names(random_actions: int) -> list[str]:
+    """The names of :func:`candidates`' actions, in order."""
+    return [*panning.METRICS, "staircase"] + [f"random{i}" for i in range(random_actions)]
+
+
+def greedy_episode(step, reset, env_params, config, target, key, ranges, draws):
+    """One episode of the one-step greedy controller: each round it steps from the round's
+    state with every :func:`candidates` action on the round's own step key (policy_eval's keys
+    for ``key``, the seed's) and keeps the one of highest reward.
+
+    Returns:
+        ``(totals, picks, state)``: the return, each reward term summed and whether the
+        network collapsed; the name of the action kept at each round (:func:`action_names`);
+        the last state (its masks).
+    """
+    names = action_names(len(draws))
+    stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
+    k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # policy_eval's keys
+    k_reset, k_steps = jax.random.split(k_episode)
+    _, state = reset(k_reset, env_params, target, ranges)
+    totals = {"return": 0.0} | {part: 0.0 for part in PARTS[1:]}
+    picks = []
+    for t in range(config.rounds):
+        k_t = jax.random.fold_in(k_steps, t)
+        tried = [
+            step(k_t, state, jnp.asarray(a, jnp.float32), env_params)
+            for a in candidates(stairs[t], draws)
+        ]
+        j = int(np.argmax([float(x[2]) for x in tried]))
+        _, state, reward, terminated, _, info = tried[j]
+        picks.append(names[j])
+        totals["return"] += float(reward)
+        for part in PARTS[1:]:
+            totals[part] += float(info[part])
+        if bool(terminated):
+            break
+    return totals | {"collapsed": bool(info["collapsed"])}, picks, state
+
+
+def greedy_draws(key, random_actions: int) -> np.ndarray:
+    """The random actions :func:`candidates` tries, drawn once per seed."""
+    return np.asarray(
+        jax.random.uniform(jax.random.fold_in(key, 99), (random_actions, 3), minval=-1.0,
+                           maxval=1.0)
+    )  # fmt: skip
 
 
 def main(argv=None) -> int:
@@ -83,11 +130,8 @@ def main(argv=None) -> int:
     dataset = data.load_dataset(dataset_name, seed=0)
     env, env_params, key = policy_eval.build(model_name, dataset, config, args.seed, 10)
     step, reset = jax.jit(env.step), jax.jit(env.reset)
-    names = [*panning.METRICS, "staircase"] + [f"random{i}" for i in range(args.random_actions)]
-    draws = np.asarray(
-        jax.random.uniform(jax.random.fold_in(key, 99), (args.random_actions, 3), minval=-1.0,
-                           maxval=1.0)
-    )  # fmt: skip
+    names = action_names(args.random_actions)
+    draws = greedy_draws(key, args.random_actions)
     rows = []
     for target in args.targets:
         stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
@@ -123,24 +167,9 @@ def main(argv=None) -> int:
             )  # fmt: skip
     greedy = []
     for target in args.greedy:
-        stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
-        k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # policy_eval's keys
-        k_reset, k_steps = jax.random.split(k_episode)
-        obs, state = reset(k_reset, env_params, target, meta["ranges"])
-        totals = {"return": 0.0} | {part: 0.0 for part in PARTS[1:]}
-        picks = []
-        for t in range(config.rounds):
-            actions = candidates(stairs[t], draws)
-            k_t = jax.random.fold_in(k_steps, t)
-            tried = [step(k_t, state, jnp.asarray(a, jnp.float32), env_params) for a in actions]
-            j = int(np.argmax([float(x[2]) for x in tried]))
-            obs, state, reward, terminated, _, info = tried[j]
-            picks.append(names[j])
-            totals["return"] += float(reward)
-            for part in PARTS[1:]:
-                totals[part] += float(info[part])
-            if bool(terminated):
-                break
+        totals, picks, state = greedy_episode(
+            step, reset, env_params, config, target, key, meta["ranges"], draws
+        )
         counts = {n: picks.count(n) for n in names}
         greedy.append({"target": target, "effective": float(state.effective), "picks": counts}
                       | totals)  # fmt: skip
