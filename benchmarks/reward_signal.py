@@ -11,6 +11,12 @@ batch's main effect and the rest. Each reward term (``r_sparsity``, ``r_loss``, 
 split the same way. Only the step's own reward is measured: what an action does to later
 rounds through the mask it leaves is not.
 
+With ``--future-batches N`` it also measures what an action carries into later rounds: for
+the first N step keys of each state, the rest of the episode is played with the staircase (on
+the episode's own keys) after each action, and its summed reward is split the same way. If
+its spread over the actions is small against the step's own, the return is decided round by
+round (a discount near 0 loses little). ``--proxy NAME`` plays the proxy environment.
+
 With ``--greedy TARGET...`` it also plays whole episodes with a one-step greedy controller:
 each round it tries the same M actions on the round's own step key and keeps the one with the
 highest reward. Its keys are ``benchmarks.policy_eval``'s, so its return compares with that
@@ -33,6 +39,7 @@ import numpy as np
 
 from benchmarks import policy_eval
 from jpanning import cpu, data, panning, report, rlpanning
+from jpanning import proxy as proxy_lib
 
 RESULTS = os.path.join(os.path.dirname(__file__), "results", "reward_signal")
 PARTS = ("reward", "r_sparsity", "r_loss", "r_gtg")
@@ -105,6 +112,31 @@ def greedy_episode(step, reset, env_params, config, target, key, ranges, draws):
     return totals | {"collapsed": bool(info["collapsed"])}, picks, state
 
 
+def future(step, env_params, state, actions, stairs, t, k_steps, k_probes) -> np.ndarray:
+    """``[K, M]``: the reward summed over the rest of the episode (rounds t+1 to the end,
+    the staircase's actions on the episode's own step keys, the same for every probe) after
+    round t stepped with action j on probe key k. Its spread over the actions is what an
+    action carries into later rounds (through the masks it leaves: SynFlow's next map and
+    the ranges); the step's own reward is not in it."""
+    table = np.zeros((len(k_probes), len(actions)))
+    for k, k_probe in enumerate(k_probes):
+        for j, a in enumerate(actions):
+            _, after, _, terminated, _, _ = step(
+                k_probe, state, jnp.asarray(a, jnp.float32), env_params
+            )
+            total = 0.0
+            for u in range(t + 1, env_params.rounds):
+                if bool(terminated):
+                    break
+                _, after, reward, terminated, _, _ = step(
+                    jax.random.fold_in(k_steps, u), after, jnp.asarray(stairs[u], jnp.float32),
+                    env_params,
+                )  # fmt: skip
+                total += float(reward)
+            table[k, j] = total
+    return table
+
+
 def greedy_draws(key, random_actions: int) -> np.ndarray:
     """The random actions :func:`candidates` tries, drawn once per seed."""
     return np.asarray(
@@ -122,13 +154,30 @@ def main(argv=None) -> int:
     p.add_argument("--random-actions", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--greedy", type=float, nargs="*", default=[], help="targets to play greedily")
+    p.add_argument(
+        "--future-batches",
+        type=int,
+        default=0,
+        help="for the first N step keys of each state, also play the rest of the episode "
+        "(the staircase) after each action and split its summed reward the same way: what an "
+        "action carries into later rounds (0: not measured)",
+    )
+    p.add_argument(
+        "--proxy",
+        default=None,
+        choices=sorted(proxy_lib.PROXIES),
+        help="the proxy environment of the same network (jpanning.proxy) instead of the real",
+    )
     p.add_argument("--name", default=None)
     args = p.parse_args(argv)
     cpu.configure()
     _, config, meta = rlpanning.load_policy(args.policy)
     model_name, dataset_name = meta["model"], meta["dataset"]
     dataset = data.load_dataset(dataset_name, seed=0)
-    env, env_params, key = policy_eval.build(model_name, dataset, config, args.seed, 10)
+    proxy_config = proxy_lib.proxy(args.proxy) if args.proxy else None
+    env, env_params, key = policy_eval.build(
+        model_name, dataset, config, args.seed, 10, proxy_config
+    )
     step, reset = jax.jit(env.step), jax.jit(env.reset)
     names = action_names(args.random_actions)
     draws = greedy_draws(key, args.random_actions)
@@ -142,6 +191,10 @@ def main(argv=None) -> int:
             if t in args.rounds:
                 actions = candidates(stairs[t], draws)
                 table = {part: np.zeros((args.batches, len(actions))) for part in PARTS}
+                k_probes = [
+                    jax.random.fold_in(jax.random.fold_in(k_steps, 10_000 + t), k)
+                    for k in range(args.batches)
+                ][: args.future_batches]
                 for k in range(args.batches):
                     k_probe = jax.random.fold_in(jax.random.fold_in(k_steps, 10_000 + t), k)
                     for j, a in enumerate(actions):
@@ -153,6 +206,10 @@ def main(argv=None) -> int:
                             table[part][k, j] = float(info[part])
                 row = {"target": target, "round": t, "effective": float(state.effective)}
                 row |= {part: two_way(table[part]) for part in PARTS}
+                if args.future_batches:
+                    row["future"] = two_way(
+                        future(step, env_params, state, actions, stairs, t, k_steps, k_probes)
+                    )
                 rows.append(row)
                 r = row["reward"]
                 print(
@@ -185,23 +242,33 @@ def main(argv=None) -> int:
          "environment": report.environment(), "rows": rows, "greedy": greedy},
     )  # fmt: skip
     lines = [
-        f"# How much of a step's reward the action decides: {model_name} / {dataset_name}",
+        f"# How much of a step's reward the action decides: {model_name}"
+        + (f" (its {args.proxy} environment)" if args.proxy else "")
+        + f" / {dataset_name}",
         "",
         f"{report.machine_line(report.environment())}; command: `{command}`",
         "",
         f"States reached by the staircase; {args.batches} step keys (scoring batches) x "
         f"{len(names)} actions ({', '.join(names)}) per state. Std of each main effect over "
-        "its levels, and the share of the sum of squares it explains.",
+        "its levels, and the share of the sum of squares it explains."
+        + (
+            " `future`: the reward of the rest of the episode (the staircase, the episode's "
+            f"keys) after each action, over the first {args.future_batches} step keys: what "
+            "the action carries into later rounds."
+            if args.future_batches
+            else ""
+        ),
         "",
         "| target | round | part | mean | std action | std batch | std rest | action share "
         "| batch share | best action |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        for part in PARTS:
+        for part in [*PARTS, "future"][: len(PARTS) + ("future" in row)]:
             s = row[part]
             means = np.asarray(s["action_means"])
-            best = names[int(np.argmax(means) if part == "reward" else np.argmin(means))]
+            higher = part in ("reward", "future")  # rewards; the terms are costs
+            best = names[int(np.argmax(means) if higher else np.argmin(means))]
             lines.append(
                 f"| {row['target']} | {row['round']} | {part} | {s['mean']:.4f} | "
                 f"{s['std_action']:.4f} | {s['std_batch']:.4f} | {s['std_rest']:.4f} | "
