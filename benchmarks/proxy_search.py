@@ -66,6 +66,14 @@ def main(argv=None) -> int:
         help="checkpoint selection: judge the actor every N steps on held-apart targets, "
         "keep the best (RLPanningConfig.select_every; 0: the last, the authors')",
     )
+    p.add_argument(
+        "--gamma",
+        type=float,
+        default=None,
+        help="the critic's discount (TD3Config.gamma; default the authors' 0.99); 0: the "
+        "critic learns each step's own reward and the actor acts myopically (docs/policy.md: "
+        "a myopic controller beats every fixed one on the proxy)",
+    )
     p.add_argument("--checkpoint-every", type=int, default=2000)
     p.add_argument("--steps-per-call", type=int, default=1)
     # Speed choices for this process only: the proxy's programs are small, and both library
@@ -108,6 +116,7 @@ def main(argv=None) -> int:
         critic_loss=args.critic_loss,
         target_reward_floor=args.target_reward_floor,
         demo_steps=args.demo_steps,
+        **({} if args.gamma is None else {"gamma": args.gamma}),
     )
     config = dataclasses.replace(base, td3=agent_settings)
     setting = proxy.proxy(args.proxy)

@@ -78,10 +78,15 @@ def action_names(random_actions: int) -> list[str]:
     return [*panning.METRICS, "staircase"] + [f"random{i}" for i in range(random_actions)]
 
 
-def greedy_episode(step, reset, env_params, config, target, key, ranges, draws):
+def greedy_episode(step, reset, env_params, config, target, key, ranges, draws, probes=0):
     """One episode of the one-step greedy controller: each round it steps from the round's
     state with every :func:`candidates` action on the round's own step key (policy_eval's keys
     for ``key``, the seed's) and keeps the one of highest reward.
+
+    With ``probes`` > 0 it does not see the round's batch: it picks the action of highest
+    mean reward over ``probes`` other step keys, then steps with it on the round's own key:
+    the best a myopic policy choosing among these actions can do (what a critic with
+    discount 0 would learn, given enough data).
 
     Returns:
         ``(totals, picks, state)``: the return, each reward term summed and whether the
@@ -97,12 +102,18 @@ def greedy_episode(step, reset, env_params, config, target, key, ranges, draws):
     picks = []
     for t in range(config.rounds):
         k_t = jax.random.fold_in(k_steps, t)
-        tried = [
-            step(k_t, state, jnp.asarray(a, jnp.float32), env_params)
-            for a in candidates(stairs[t], draws)
-        ]
-        j = int(np.argmax([float(x[2]) for x in tried]))
-        _, state, reward, terminated, _, info = tried[j]
+        actions = [jnp.asarray(a, jnp.float32) for a in candidates(stairs[t], draws)]
+        if probes:
+            k_probe = [jax.random.fold_in(jax.random.fold_in(k_steps, 20_000 + t), k)
+                       for k in range(probes)]  # fmt: skip
+            mean = [np.mean([float(step(k, state, a, env_params)[2]) for k in k_probe])
+                    for a in actions]  # fmt: skip
+            j = int(np.argmax(mean))
+            _, state, reward, terminated, _, info = step(k_t, state, actions[j], env_params)
+        else:
+            tried = [step(k_t, state, a, env_params) for a in actions]
+            j = int(np.argmax([float(x[2]) for x in tried]))
+            _, state, reward, terminated, _, info = tried[j]
         picks.append(names[j])
         totals["return"] += float(reward)
         for part in PARTS[1:]:
@@ -154,6 +165,13 @@ def main(argv=None) -> int:
     p.add_argument("--random-actions", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--greedy", type=float, nargs="*", default=[], help="targets to play greedily")
+    p.add_argument(
+        "--greedy-probes",
+        type=int,
+        default=0,
+        help="the greedy controller picks by the mean reward over N other scoring batches "
+        "instead of the round's own (0: the round's own batch, an oracle)",
+    )
     p.add_argument(
         "--future-batches",
         type=int,
@@ -225,8 +243,9 @@ def main(argv=None) -> int:
     greedy = []
     for target in args.greedy:
         totals, picks, state = greedy_episode(
-            step, reset, env_params, config, target, key, meta["ranges"], draws
-        )
+            step, reset, env_params, config, target, key, meta["ranges"], draws,
+            args.greedy_probes,
+        )  # fmt: skip
         counts = {n: picks.count(n) for n in names}
         greedy.append({"target": target, "effective": float(state.effective), "picks": counts}
                       | totals)  # fmt: skip
@@ -278,7 +297,13 @@ def main(argv=None) -> int:
         lines += [
             "",
             "One-step greedy episodes (each round the action of highest reward among the "
-            "same actions, on policy_eval's keys):",
+            "same actions, on policy_eval's keys"
+            + (
+                f"; picked by the mean reward over {args.greedy_probes} other scoring batches, "
+                "not the round's own):"
+                if args.greedy_probes
+                else "; picked on the round's own scoring batch, an oracle):"
+            ),
             "",
             "| target | return | r_sparsity | r_loss | r_gtg | effective | rounds per action |",
             "|---|---|---|---|---|---|---|",

@@ -21,7 +21,7 @@ PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-1}
 STEPS=${STEPS:-50000}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap select huber-floor1-demo1000 demo1000-select"}
+VARIANTS=${VARIANTS:-"mse huber floor1 huber-floor1 demo1000 gap select huber-floor1-demo1000 demo1000-select gamma0"}
 EVAL_SEEDS=${EVAL_SEEDS:-"10 11 12"}  # kept apart from the search seeds
 # 0: searches only (finished searches are skipped when run again); proxy: each policy judged on
 # the proxy (minutes); 1: on the proxy, then on the real environment
@@ -38,6 +38,7 @@ flags() {
     select) echo "--select-every 2000" ;;                     # checkpoint selection
     huber-floor1-demo1000) echo "--critic-loss huber --target-reward-floor -1 --demo-steps 1000" ;;
     demo1000-select) echo "--demo-steps 1000 --select-every 2000" ;;  # docs/policy.md
+    gamma0) echo "--gamma 0" ;;                               # myopic critic: docs/policy.md
     *) echo "unknown variant $1" >&2; exit 2 ;;
   esac
 }

@@ -124,6 +124,9 @@ def test_critic_target_matches_hand_computation():
     np.testing.assert_allclose(np.asarray(y), expected, rtol=1e-5, atol=1e-6)
     # Terminal transitions are the bare reward.
     np.testing.assert_allclose(np.asarray(y)[[1, 4]], batch.reward[[1, 4]], rtol=1e-6)
+    # gamma 0 (proxy_search --gamma 0, the step's own reward): every target is the reward
+    y0 = td3.critic_target(key, actor_params, critic_params, batch, config.replace(gamma=0.0))
+    np.testing.assert_allclose(np.asarray(y0), batch.reward, rtol=1e-6)
 
 
 def test_critic_target_without_smoothing_uses_the_target_policy():
