@@ -17,7 +17,8 @@ TARGET = 0.8
 
 @pytest.fixture(scope="module")
 def env():
-    env, env_params, key = policy_eval.build("tinycnn", data.load_dataset("synthetic"), CONFIG, 0, 1)
+    dataset = data.load_dataset("synthetic")
+    env, env_params, key = policy_eval.build("tinycnn", dataset, CONFIG, 0, 1)
     return env, env_params, key, jax.jit(env.step), jax.jit(env.reset)
 
 
@@ -71,3 +72,25 @@ def test_greedy_keeps_the_best_candidate_each_round(env):
     np.testing.assert_array_equal(
         np.asarray(jax.tree.leaves(state.masks)[0]), np.asarray(jax.tree.leaves(s.masks)[0])
     )
+
+
+def test_batch_blind_greedy_picks_by_other_batches_and_steps_on_its_own(env):
+    env, env_params, key, step, reset = env
+    draws = reward_signal.greedy_draws(key, 2)
+    totals, picks, _ = reward_signal.greedy_episode(
+        step, reset, env_params, CONFIG, TARGET, key, None, draws, probes=2
+    )
+    names = reward_signal.action_names(2)
+    stairs = policy_eval.staircase_actions(TARGET, CONFIG.rounds, CONFIG.fusion)
+    k_reset, k_steps = jax.random.split(jax.random.fold_in(key, int(round(TARGET * 1e4))))
+    _, s = reset(k_reset, env_params, TARGET, None)
+    total = 0.0
+    for t, pick in enumerate(picks):
+        options = [jnp.asarray(a, jnp.float32) for a in reward_signal.candidates(stairs[t], draws)]
+        probes = [jax.random.fold_in(jax.random.fold_in(k_steps, 20_000 + t), k) for k in (0, 1)]
+        means = [np.mean([float(step(k, s, a, env_params)[2]) for k in probes]) for a in options]
+        assert names.index(pick) == int(np.argmax(means))  # chosen on the other batches
+        _, s, reward, *_ = step(jax.random.fold_in(k_steps, t), s, options[names.index(pick)],
+                                env_params)  # fmt: skip
+        total += float(reward)  # ...and stepped on the round's own
+    assert totals["return"] == pytest.approx(total, rel=1e-6)
