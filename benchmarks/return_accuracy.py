@@ -248,6 +248,7 @@ def main(argv=None) -> int:
                     meta["ranges"],
                 )  # fmt: skip
                 record |= {"episode_seconds": time.perf_counter() - start}
+                masks = jax.tree.map(lambda m: np.asarray(m).astype(bool), masks)  # 0/1
                 report.save_npz(path + ".npz", masks=masks)
                 report.write_json(path + ".episode.json", record)
             print(f"seed {seed} target {target} {name}: return {record['return']:.2f}, "
@@ -259,7 +260,7 @@ def main(argv=None) -> int:
                 start = time.perf_counter()
                 _, history = train.train(
                     net.model, net.variables, train_data, experiment.train_config(run),
-                    net.train_key, masks=jax.tree.map(jax.numpy.asarray, masks),
+                    net.train_key, masks=jax.tree.map(lambda m: np.asarray(m, np.float32), masks),
                     progress=False,
                 )  # fmt: skip
                 accuracy, seconds = float(history[-1]["test_accuracy"]), time.perf_counter() - start
