@@ -2,20 +2,44 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import jax
 import pytest
 
 from jpanning import cpu, data, masks as M, models, pruning
 
+_CACHE = pytest.StashKey[str]()
+
 
 def pytest_configure(config):
     """The CPU tuning run.py has (``XLA_FLAGS`` and the allocator; importing jpanning sets
     neither), before collection imports the test modules and anything starts JAX's backends:
-    tests/test_cpu.py checks programs compiled under it."""
+    tests/test_cpu.py checks programs compiled under it.
+
+    And one persistent compilation cache for the session, empty at its start, shared with
+    the ``run.py`` subprocesses of the CLI tests (through the environment): the tests compile
+    the same programs many times over (new jitted closures, new processes), and XLA's
+    compile time is most of the suite's. JAX keys its entries by the program, the compile
+    options and ``XLA_FLAGS``."""
     cpu.configure()
+    cache = tempfile.mkdtemp(prefix="jpanning-tests-xla-cache-")
+    config.stash[_CACHE] = cache
+    settings = {
+        "jax_compilation_cache_dir": cache,
+        "jax_persistent_cache_min_compile_time_secs": 0,
+        "jax_persistent_cache_min_entry_size_bytes": 0,
+    }
+    for name, value in settings.items():
+        jax.config.update(name, value)
+        os.environ[name.upper()] = str(value)
+
+
+def pytest_unconfigure(config):
+    shutil.rmtree(config.stash.get(_CACHE, ""), ignore_errors=True)
 
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
