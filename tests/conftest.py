@@ -23,8 +23,9 @@ def pytest_configure(config):
     And one persistent compilation cache for the session, empty at its start, shared with
     the ``run.py`` subprocesses of the CLI tests (through the environment): the tests compile
     the same programs many times over (new jitted closures, new processes), and XLA's
-    compile time is most of the suite's. JAX keys its entries by the program, the compile
-    options and ``XLA_FLAGS``."""
+    compile time is a large part of the suite's (tests/test_panning.py: 224 s without the
+    cache, 141 s with it). JAX keys its entries by the program, the compile options and
+    ``XLA_FLAGS``."""
     cpu.configure()
     cache = tempfile.mkdtemp(prefix="jpanning-tests-xla-cache-")
     config.stash[_CACHE] = cache
