@@ -129,7 +129,7 @@ def main(argv=None) -> int:
         )
         step_fn, reset = jax.jit(env.step), jax.jit(env.reset)
         for target in args.targets:
-            k_episode = jax.random.fold_in(key, round(target * 1e4))  # policy_eval's keys
+            k_episode = policy_eval.episode_key(key, target)
             stair = policy_eval.staircase_actions(target, config.rounds, config.fusion)
             for name_c in CONTROLLERS:
                 actions_of = policy_eval.controller(

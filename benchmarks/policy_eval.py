@@ -90,6 +90,12 @@ def single_metric_actions(metric: str, rounds: int) -> np.ndarray:
     return np.tile(row, (rounds, 1))
 
 
+def episode_key(key, target: float):
+    """The key of the episode at ``target`` for a seed's ``key``: every controller judged at
+    that target and seed plays the same scoring batches."""
+    return jax.random.fold_in(key, int(round(target * 1e4)))
+
+
 def build(
     model_name: str,
     dataset,
@@ -443,7 +449,7 @@ def main(argv=None) -> int:
             }
             print(f"seed {seed}: ranges widened by {widen} policy episodes: {widened[str(seed)]}")
         for name, target in todo:
-            k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # same for all
+            k_episode = episode_key(key, target)  # the same for every controller
             actions_of = controller(
                 name, actor, agent_config, target, config.rounds, config.fusion,
                 jax.random.fold_in(k_episode, 7),

@@ -75,7 +75,7 @@ def episode(env, env_params, step, reset, name, actor, config, target, key, rang
         names = reward_signal.action_names(RANDOM_ACTIONS)
         extra = {"picks": {n: picks.count(n) for n in names}}
     else:
-        k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # policy_eval's keys
+        k_episode = policy_eval.episode_key(key, target)
         actions_of = policy_eval.controller(
             name, actor, config.agent_config(), target, config.rounds, config.fusion,
             jax.random.fold_in(k_episode, 7),

@@ -95,7 +95,7 @@ def greedy_episode(step, reset, env_params, config, target, key, ranges, draws, 
     """
     names = action_names(len(draws))
     stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
-    k_episode = jax.random.fold_in(key, int(round(target * 1e4)))  # policy_eval's keys
+    k_episode = policy_eval.episode_key(key, target)
     k_reset, k_steps = jax.random.split(k_episode)
     _, state = reset(k_reset, env_params, target, ranges)
     totals = {"return": 0.0} | {part: 0.0 for part in PARTS[1:]}
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
     rows = []
     for target in args.targets:
         stairs = policy_eval.staircase_actions(target, config.rounds, config.fusion)
-        k_episode = jax.random.fold_in(key, int(round(target * 1e4)))
+        k_episode = policy_eval.episode_key(key, target)
         k_reset, k_steps = jax.random.split(k_episode)
         obs, state = reset(k_reset, env_params, target, meta["ranges"])
         for t in range(max(args.rounds) + 1):

@@ -47,6 +47,15 @@ def test_future_completes_the_staircase_episode_it_probes(env):
     assert table[0, 1] != table[0, 0]
 
 
+def replay_start(env_params, reset, key):
+    """What a replay of a greedy episode starts from, derived by hand: the candidates' names,
+    the staircase, the step keys (policy_eval's episode key) and the reset state."""
+    stairs = policy_eval.staircase_actions(TARGET, CONFIG.rounds, CONFIG.fusion)
+    k_reset, k_steps = jax.random.split(jax.random.fold_in(key, int(round(TARGET * 1e4))))
+    _, state = reset(k_reset, env_params, TARGET, None)
+    return reward_signal.action_names(2), stairs, k_steps, state
+
+
 def test_greedy_keeps_the_best_candidate_each_round(env):
     env, env_params, key, step, reset = env
     draws = reward_signal.greedy_draws(key, 2)
@@ -56,10 +65,7 @@ def test_greedy_keeps_the_best_candidate_each_round(env):
     assert len(picks) == CONFIG.rounds and set(picks) <= set(reward_signal.action_names(2))
     # replayed with its own picks, the episode's return is the greedy one, and no candidate
     # would have paid more at any round
-    names = reward_signal.action_names(2)
-    stairs = policy_eval.staircase_actions(TARGET, CONFIG.rounds, CONFIG.fusion)
-    k_reset, k_steps = jax.random.split(jax.random.fold_in(key, int(round(TARGET * 1e4))))
-    _, s = reset(k_reset, env_params, TARGET, None)
+    names, stairs, k_steps, s = replay_start(env_params, reset, key)
     total = 0.0
     for t, pick in enumerate(picks):
         k_t = jax.random.fold_in(k_steps, t)
@@ -80,10 +86,7 @@ def test_batch_blind_greedy_picks_by_other_batches_and_steps_on_its_own(env):
     totals, picks, _ = reward_signal.greedy_episode(
         step, reset, env_params, CONFIG, TARGET, key, None, draws, probes=2
     )
-    names = reward_signal.action_names(2)
-    stairs = policy_eval.staircase_actions(TARGET, CONFIG.rounds, CONFIG.fusion)
-    k_reset, k_steps = jax.random.split(jax.random.fold_in(key, int(round(TARGET * 1e4))))
-    _, s = reset(k_reset, env_params, TARGET, None)
+    names, stairs, k_steps, s = replay_start(env_params, reset, key)
     total = 0.0
     for t, pick in enumerate(picks):
         options = [jnp.asarray(a, jnp.float32) for a in reward_signal.candidates(stairs[t], draws)]
